@@ -1,0 +1,38 @@
+# tqkv_add_module(NAME DIR [DEPS ...])
+# One static library per src/ folder; every .cpp in the folder belongs to it (so adding a file
+# needs no CMake edit). Files named *_avx2.cpp are compiled with AVX2/FMA/F16C and must only be
+# called after a run-time CPU check (see src/core/cpu_features.h).
+function(tqkv_add_module NAME DIR)
+  cmake_parse_arguments(M "" "" "DEPS" ${ARGN})
+  file(GLOB _srcs CONFIGURE_DEPENDS ${DIR}/*.cpp)
+  if(NOT _srcs)
+    add_library(${NAME} INTERFACE)
+    target_include_directories(${NAME} INTERFACE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/src)
+    target_link_libraries(${NAME} INTERFACE ${M_DEPS})
+    return()
+  endif()
+  add_library(${NAME} STATIC ${_srcs})
+  target_include_directories(${NAME} PUBLIC ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(${NAME} PUBLIC ${M_DEPS})
+  set_target_properties(${NAME} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  foreach(_s ${_srcs})
+    if(_s MATCHES "_avx2\\.cpp$")
+      set_source_files_properties(${_s} PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+    endif()
+  endforeach()
+endfunction()
+
+# tqkv_add_test_dir(NAME DIR LIBS ...): one GoogleTest executable per tests/ folder, built
+# from every test_*.cpp there; each TEST becomes its own CTest entry.
+function(tqkv_add_test_dir NAME DIR)
+  cmake_parse_arguments(T "" "" "LIBS" ${ARGN})
+  file(GLOB _srcs CONFIGURE_DEPENDS ${DIR}/test_*.cpp)
+  if(NOT _srcs)
+    return()
+  endif()
+  add_executable(${NAME} ${_srcs})
+  target_link_libraries(${NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
+  target_compile_definitions(${NAME} PRIVATE TQKV_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  include(GoogleTest)
+  gtest_discover_tests(${NAME} DISCOVERY_TIMEOUT 60 PROPERTIES ENVIRONMENT "TQKV_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()

@@ -1,0 +1,10 @@
+// Run-time CPU feature checks; *_avx2.cpp code may only run when these say yes.
+#pragma once
+
+namespace tqkv {
+bool cpu_has_avx2();
+bool cpu_has_fma();
+bool cpu_has_f16c();
+// All three: the set our *_avx2.cpp files are compiled for. TQKV_FORCE_SCALAR=1 turns it off.
+bool cpu_has_avx2_fma_f16c();
+}  // namespace tqkv
