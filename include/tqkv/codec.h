@@ -66,13 +66,26 @@ class Rotation {
   Rotation(int head_dim, RotationKind kind, uint64_t seed, std::vector<float> matrix,
            std::vector<float> signs)
       : head_dim_(head_dim), kind_(kind), seed_(seed), matrix_(std::move(matrix)),
-        signs_(std::move(signs)) {}
+        matrix_t_(transposed(matrix_, head_dim)), signs_(std::move(signs)) {}
+
+  // Same transforms with the implementation chosen by the caller (use_avx2 only if
+  // cpu_has_avx2_fma_f16c()). Both choices give bit-identical results (same float ops, same order).
+  void forward_with(const float* x, float* y, bool use_avx2) const;
+  void inverse_with(const float* y, float* x, bool use_avx2) const;
+  const float* matrix_transposed() const { return matrix_t_.data(); }  // [d][d] P^T row-major
 
  private:
+  static std::vector<float> transposed(const std::vector<float>& m, int d) {
+    std::vector<float> t(m.size());
+    for (int i = 0; i < d; ++i)
+      for (int j = 0; j < d; ++j) t[static_cast<size_t>(j) * d + i] = m[static_cast<size_t>(i) * d + j];
+    return t;
+  }
   int head_dim_;
   RotationKind kind_;
   uint64_t seed_;
   std::vector<float> matrix_;
+  std::vector<float> matrix_t_;  // P^T, so forward is a sequence of row axpys like inverse
   std::vector<float> signs_;
 };
 
@@ -88,6 +101,9 @@ struct CodecConfig {
   int bits = 4;                 // 1, 2, 3, 4 or 8
   RotationKind rotation = RotationKind::kHadamard;
   uint64_t seed = kDefaultRotationSeed;
+  // true: scale = |x| / |c[idx]| (the reconstruction keeps the input's norm; the cache's format).
+  // false: scale = |x|, the paper's plain TurboQuant_mse (what the theoretical MSE figures describe).
+  bool norm_correction = true;
 };
 
 // TurboQuant_mse. Encoded vector = packed indices (index_bytes(head_dim, bits) bytes, bitstream
