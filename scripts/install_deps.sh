@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config ccache python3 python3-pip unzip
       libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
-      libpcre2-dev libcpp-httplib-dev libopenblas-dev clang libclang-rt-14-dev)
+      libpcre2-dev libcpp-httplib-dev libopenblas-dev clang libclang-rt-14-dev libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
