@@ -14,6 +14,7 @@ deps:
 
 models:
 	@scripts/fetch_models.sh
+	@scripts/fetch_data.sh
 
 $(BUILD)/build.ninja:
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
@@ -29,3 +30,8 @@ demo: deps models build
 
 clean:
 	rm -rf $(BUILD)
+
+# Long fuzz runs (ASan + UBSan, clang, build dir build-fuzz): FUZZ_RUNS executions per target.
+FUZZ_RUNS ?= 10000000
+fuzz-long:
+	scripts/fuzz.sh --runs $(FUZZ_RUNS) build-fuzz
