@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The numbers of docs/benchmarks.md, "Model quality and CPU decode speed":
+#   perplexity + KLD vs f16 + top-1 for each KV format, both models, on data/pride_and_prejudice.txt;
+#   decode tokens/s with f16 and k4v4 after a 512- and an 8192-token prompt.
+# Usage: scripts/bench_model.sh [BUILD] [quality|speed|all]. Takes tens of minutes on 2 cores.
+set -euo pipefail
+BUILD=${1:-build}
+WHAT=${2:-all}
+cd "$(dirname "$0")/.."
+TQKV="$BUILD/src/cli/tqkv"
+TEXT=data/pride_and_prejudice.txt
+SMOL=models/smollm2-135m-instruct-q4_1.gguf
+GEMMA=models/gemma3-270m-q4_k_m.gguf
+CHUNKS_SMOL=${CHUNKS_SMOL:-4}
+CHUNKS_GEMMA=${CHUNKS_GEMMA:-2}
+if [ "$WHAT" = quality ] || [ "$WHAT" = all ]; then
+  for m in "$SMOL:$CHUNKS_SMOL" "$GEMMA:$CHUNKS_GEMMA"; do
+    model=${m%%:*}; chunks=${m##*:}
+    for kv in k8v4 k4v4 k4v3 k3v3 k2v2; do
+      "$TQKV" perplexity --model "$model" --text "$TEXT" --ctx 512 --chunks "$chunks" --kv "$kv" --json 2>/dev/null |
+        python3 -c "import json,sys; j=json.load(sys.stdin); print('$(basename $model)', j['kv'], 'ppl %.4f f16_ppl %.4f kld_mean %.5f kld_p99 %.5f top1 %.4f kv_bytes %d f16_bytes %d' % (j['ppl'], j['f16_ppl'], j['kld_mean'], j['kld_p99'], j['top1_agreement'], j['kv_bytes'], j['kv_bytes_f16']))"
+    done
+  done
+fi
+if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
+  for model in "$SMOL" "$GEMMA"; do
+    for ctx in 512 8192; do
+      for kv in f16 k4v4; do
+        "$TQKV" generate --model "$model" --prompt-file "$TEXT" --prompt-tokens "$ctx" -n 32 --kv "$kv" --json 2>/dev/null |
+          python3 -c "import json,sys; j=json.load(sys.stdin); print('$(basename $model)', 'ctx $ctx', j['kv'], 'prefill %.1f tok/s decode %.1f tok/s kv_bytes %d f16_bytes %d' % (j['prefill_tok_s'], j['decode_tok_s'], j['kv_bytes'], j['kv_bytes_f16']))"
+      done
+    done
+  done
+fi

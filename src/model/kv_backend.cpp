@@ -1,0 +1,28 @@
+// KV format names and the choice of backend.
+#include <string>
+
+#include "model/kv_backends.h"
+#include "tqkv/kv_cache.h"
+#include "tqkv/kv_layout.h"
+
+namespace tqkv {
+
+// The cache's own parser and names (include/tqkv/kv_cache.h), so every command spells formats alike.
+Result<KvFormat> parse_kv_format(const std::string& s) {
+  KvFormat f;
+  TQKV_RETURN_IF_ERROR(parse_kv_format(s, &f.k_bits, &f.v_bits));
+  return f;
+}
+
+std::string kv_format_name(const KvFormat& f) { return kv_format_name(f.k_bits, f.v_bits); }
+
+Result<std::unique_ptr<KvBackend>> make_kv_backend(const ModelConfig& cfg, const KvOptions& opt) {
+  if (opt.max_tokens <= 0) return invalid_argument("KV cache: max_tokens must be positive");
+  if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
+    return invalid_argument("KV cache: bits must be 2, 3, 4, 8 or 16");
+  if (cfg.head_dim % 8 != 0) return unsupported("KV cache: head size must be a multiple of 8");
+  if (opt.paged && !opt.dense_fp32 && is_valid_head_dim(cfg.head_dim)) return make_paged_kv(cfg, opt);
+  return make_contiguous_kv(cfg, opt);
+}
+
+}  // namespace tqkv

@@ -1,0 +1,146 @@
+// The model's KV backend over the paged cache (include/tqkv/kv_cache.h) and the fused CPU
+// attention (include/tqkv/attention.h): one sequence, pages sized for the requested context.
+// Per-layer policy: the chosen format, f16 for KvOptions::f16_layers, and an f16 sliding window
+// for Gemma's sliding layers (the cache evicts pages that fall out of the window).
+#include <algorithm>
+#include <memory>
+
+#include "model/kv_backends.h"
+#include "tqkv/attention.h"
+#include "tqkv/kv_cache.h"
+
+namespace tqkv {
+
+namespace {
+
+class PagedKv final : public KvBackend {
+ public:
+  static Result<std::unique_ptr<KvBackend>> create(const ModelConfig& cfg, const KvOptions& opt) {
+    std::unique_ptr<PagedKv> kv(new PagedKv());
+    kv->cfg_ = cfg;
+    kv->opt_ = opt;
+    KVCacheConfig cc;
+    cc.num_layers = cfg.n_layer;
+    cc.num_kv_heads = cfg.n_head_kv;
+    cc.head_dim = cfg.head_dim;
+    cc.page_size = kDefaultPageSize;
+    cc.max_seq_len = static_cast<int32_t>(opt.max_tokens);
+    const int64_t ps = cc.page_size;
+    const int64_t full_pages = (opt.max_tokens + ps - 1) / ps + 2;
+    // The cache gives a sliding group ceil(window/page)+2 pages per sequence slot, enough for
+    // decode; a prefill chunk of Model::kMaxChunk tokens needs its window plus the chunk. We use one
+    // sequence, and ask for as many slots as make the sliding pool large enough for that.
+    cc.max_seqs = 1;
+    int64_t slide_pages = 0;
+    if (cfg.sliding_window > 0) {
+      const int64_t w = cfg.sliding_window;
+      const int64_t need = (w - 1 + Model::kMaxChunk + ps - 1) / ps + 2;
+      const int64_t per_slot = (w + ps - 1) / ps + 2;
+      cc.max_seqs = static_cast<int32_t>((need + per_slot - 1) / per_slot);
+      slide_pages = cc.max_seqs * per_slot;
+    }
+    int64_t budget = 0;
+    for (int l = 0; l < cfg.n_layer; ++l) {
+      LayerPolicy p;
+      p.k_bits = opt.format.k_bits;
+      p.v_bits = opt.format.v_bits;
+      const bool sliding = cfg.is_sliding(l) && cfg.sliding_window > 0;
+      bool f16 = sliding;
+      for (int fl : opt.f16_layers) f16 |= (fl >= 0 ? fl : cfg.n_layer + fl) == l;
+      if (f16) p.k_bits = p.v_bits = kF16Bits;
+      if (sliding) p.window = cfg.sliding_window;
+      cc.layers.push_back(p);
+      // Sliding groups take exactly what they need; the rest of the budget sizes the full group.
+      const int64_t pages = sliding ? slide_pages : full_pages;
+      budget += pages * cfg.n_head_kv *
+                (tile_bytes(cc.page_size, cfg.head_dim, p.k_bits) + tile_bytes(cc.page_size, cfg.head_dim, p.v_bits));
+    }
+    cc.budget_bytes = budget;
+    TQKV_ASSIGN_OR_RETURN(kv->cache_, KVCache::create(cc));
+    TQKV_ASSIGN_OR_RETURN(kv->seq_, kv->cache_->add_sequence());
+    return std::unique_ptr<KvBackend>(std::move(kv));
+  }
+
+  Status attend(const LayerAttention& la, int64_t pos0, int n, const float* q, const float* k,
+                const float* v, float* out) override {
+    if (la.layer < 0 || la.layer >= cfg_.n_layer) return out_of_range("attend: bad layer");
+    if (la.layer == 0) {
+      if (pos0 != tokens_) return invalid_argument("attend: pos0 must equal tokens held");
+      if (pos0 + n > opt_.max_tokens)
+        return out_of_range("KV cache full: " + std::to_string(pos0 + n) + " tokens > context " +
+                            std::to_string(opt_.max_tokens) + " (raise --ctx)");
+      // Reserve the new positions in every layer group once per step.
+      TQKV_RETURN_IF_ERROR(cache_->append(seq_, n));
+      tokens_ = pos0 + n;
+    }
+    TQKV_RETURN_IF_ERROR(cache_->write(la.layer, seq_, static_cast<int32_t>(pos0), n, k, v));
+    const int32_t ids[1] = {seq_};
+    TQKV_ASSIGN_OR_RETURN(PagedKVView view, cache_->view(la.layer, ids));
+    AttentionParams p{cfg_.n_head, la.scale, la.softcap, la.window};
+    if (n == 1) return attention_decode_cpu(view, p, q, out);
+    const int32_t q_lens[1] = {n};
+    return attention_prefill_cpu(view, p, q_lens, q, out);
+  }
+
+  Status reset() override {
+    TQKV_RETURN_IF_ERROR(cache_->free_sequence(seq_));
+    TQKV_ASSIGN_OR_RETURN(seq_, cache_->add_sequence());
+    tokens_ = 0;
+    return Status::ok();
+  }
+  int64_t tokens() const override { return tokens_; }
+
+  // Bytes of the pages the sequence holds now (whole pages: padding of a partly filled page
+  // included), over every layer, K and V.
+  int64_t bytes_in_use() const override {
+    int64_t total = 0;
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+      auto pages = cache_->pages_of(cache_->group_of_layer(l), seq_);
+      if (!pages.is_ok()) continue;
+      const LayerPolicy& p = cache_->policy(l);
+      total += static_cast<int64_t>(pages->size()) * cfg_.n_head_kv *
+               (tile_bytes(kDefaultPageSize, cfg_.head_dim, p.k_bits) + tile_bytes(kDefaultPageSize, cfg_.head_dim, p.v_bits));
+    }
+    return total;
+  }
+  // An f16 paged cache holding the same tokens: whole pages, every layer (sliding layers their window).
+  int64_t f16_bytes_for(int64_t n_tokens) const override {
+    const int64_t ps = kDefaultPageSize, tile = tile_bytes(kDefaultPageSize, cfg_.head_dim, kF16Bits);
+    int64_t total = 0;
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+      const bool sliding = cfg_.is_sliding(l) && cfg_.sliding_window > 0;
+      int64_t pages = (n_tokens + ps - 1) / ps;
+      if (sliding) pages = std::min(pages, (cfg_.sliding_window + ps - 1) / ps + 1);
+      total += pages * cfg_.n_head_kv * 2 * tile;
+    }
+    return total;
+  }
+  std::string describe() const override {
+    std::string s = kv_format_name(opt_.format) + " paged (16-token pages)";
+    int sliding = 0, f16 = 0;
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+      const bool sl = cfg_.is_sliding(l) && cfg_.sliding_window > 0;
+      sliding += sl ? 1 : 0;
+      f16 += !sl && cache_->policy(l).k_bits == kF16Bits && opt_.format.k_bits != kF16Bits ? 1 : 0;
+    }
+    if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
+    if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
+    return s;
+  }
+
+ private:
+  PagedKv() = default;
+  ModelConfig cfg_;
+  KvOptions opt_;
+  std::unique_ptr<KVCache> cache_;
+  int32_t seq_ = 0;
+  int64_t tokens_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<KvBackend>> make_paged_kv(const ModelConfig& cfg, const KvOptions& opt) {
+  return PagedKv::create(cfg, opt);
+}
+
+}  // namespace tqkv

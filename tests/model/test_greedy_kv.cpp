@@ -1,0 +1,84 @@
+// Greedy decoding with a compressed KV cache against the f16 cache, on the 20 prompts of
+// tests/fixtures/prompts20.txt (one per line): how many produce the same first 32 tokens.
+// The issue asks for "most"; the count is printed (see the bounds below).
+// About 20-40 s on 2 cores per model, so it runs only with TQKV_LONG_TESTS=1.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tqkv/model.h"
+#include "tqkv/tokenizer.h"
+
+namespace {
+
+std::string source_dir() {
+  const char* e = std::getenv("TQKV_SOURCE_DIR");
+  return e ? e : TQKV_SOURCE_DIR;
+}
+
+int argmax(const std::vector<float>& v) {
+  return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+void run(const std::string& model_name, const std::string& kv_name, int need) {
+  if (!std::getenv("TQKV_LONG_TESTS")) GTEST_SKIP() << "set TQKV_LONG_TESTS=1 to run";
+  const std::string path = source_dir() + "/models/" + model_name + ".gguf";
+  if (!std::ifstream(path).good()) GTEST_SKIP() << path << " absent: run `make models`";
+  auto model = tqkv::Model::load(path);
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  auto tok = tqkv::Tokenizer::from_gguf((*model)->gguf());
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  std::ifstream f(source_dir() + "/tests/fixtures/prompts20.txt");
+  ASSERT_TRUE(f.good());
+  std::vector<std::string> prompts;
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) prompts.push_back(line);
+  ASSERT_EQ(prompts.size(), 20u);
+  constexpr int kTokens = 32;
+  const int V = (*model)->config().n_vocab;
+  int same = 0;
+  std::string detail;
+  for (const std::string& p : prompts) {
+    auto ids = (*tok)->encode(p, (*tok)->add_bos(), false);
+    ASSERT_TRUE(ids.is_ok());
+    const int n = static_cast<int>(ids->size());
+    tqkv::KvOptions a, b;
+    a.format = *tqkv::parse_kv_format("f16");
+    b.format = *tqkv::parse_kv_format(kv_name);
+    a.max_tokens = b.max_tokens = n + kTokens;
+    auto kva = tqkv::make_kv_backend((*model)->config(), a);
+    auto kvb = tqkv::make_kv_backend((*model)->config(), b);
+    ASSERT_TRUE(kva.is_ok() && kvb.is_ok());
+    std::vector<float> la(V), lb(V);
+    ASSERT_TRUE((*model)->forward(ids->data(), n, 0, **kva, la.data(), tqkv::LogitsMode::kLast).is_ok());
+    ASSERT_TRUE((*model)->forward(ids->data(), n, 0, **kvb, lb.data(), tqkv::LogitsMode::kLast).is_ok());
+    int agree = 0;
+    // Both caches decode the f16 cache's tokens, so the comparison stops at the first difference.
+    for (int s = 0; s < kTokens; ++s) {
+      const int32_t ta = argmax(la), tb = argmax(lb);
+      if (ta != tb) break;
+      ++agree;
+      if (s + 1 == kTokens) break;
+      ASSERT_TRUE((*model)->forward(&ta, 1, n + s, **kva, la.data(), tqkv::LogitsMode::kLast).is_ok());
+      ASSERT_TRUE((*model)->forward(&ta, 1, n + s, **kvb, lb.data(), tqkv::LogitsMode::kLast).is_ok());
+    }
+    same += agree == kTokens ? 1 : 0;
+    detail += " " + std::to_string(agree);
+  }
+  std::printf("[greedy] %s %s vs f16: %d of 20 prompts identical for %d tokens (tokens agreeing per prompt:%s)\n",
+              model_name.c_str(), kv_name.c_str(), same, kTokens, detail.c_str());
+  EXPECT_GE(same, need);
+}
+
+// Measured (docs/benchmarks.md): k4v4 falls well short of "most" on both small models (2/20
+// SmolLM2, 4/20 Gemma 3; k8v4: 5/20 and 12/20). The bounds below are the measured counts minus a
+// margin, so that a regression fails; they are NOT the issue's target, which is not met.
+TEST(GreedyVsF16, SmolLM2K4V4) { run("smollm2-135m-instruct-q4_1", "k4v4", 1); }
+TEST(GreedyVsF16, Gemma3K4V4) { run("gemma3-270m-q4_k_m", "k4v4", 2); }
+TEST(GreedyVsF16, SmolLM2K8V4) { run("smollm2-135m-instruct-q4_1", "k8v4", 3); }
+TEST(GreedyVsF16, Gemma3K8V4) { run("gemma3-270m-q4_k_m", "k8v4", 10); }
+
+}  // namespace
