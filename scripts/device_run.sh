@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The one script for the GPU machine. Two steps:
+#
+#   scripts/device_run.sh prepare      (here, on the build machine: nvcc, no GPU needed)
+#       builds test_cuda and tqkv_cuda_bench in build-cuda (TQKV_CUDA=ON, arch 90) and copies
+#       them into .device/ (git-ignored) so they can travel with the device tool's `carry`.
+#   scripts/device_run.sh run [what]   (on the GPU machine, from the repository root)
+#       what = all (default) | tests | sanitize | bench
+#       runs the CUDA tests, compute-sanitizer memcheck + racecheck on the kernel tests, the
+#       kernel benchmark and PyTorch SDPA on the same shape; logs go to $OUT (default
+#       ./device-out): nvidia-smi.txt, tests.log, memcheck.log, racecheck.log, bench.txt,
+#       bench.json, sdpa.txt. A summary is printed last.
+#
+# The binaries link the CUDA runtime statically and need only glibc/libstdc++ on the device.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+step=${1:-run}
+what=${2:-all}
+
+if [[ $step == prepare ]]; then
+  set -e
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
+    -DTQKV_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-cuda -j "${JOBS:-2}" --target test_cuda tqkv_cuda_bench
+  mkdir -p .device
+  cp build-cuda/tests/test_cuda build-cuda/src/cuda/tqkv_cuda_bench .device/
+  ls -la .device
+  exit 0
+fi
+
+OUT=${OUT:-device-out}
+mkdir -p "$OUT"
+BIN=.device
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+head -15 "$OUT/nvidia-smi.txt"
+
+if [[ $what == all || $what == tests ]]; then
+  timeout 300 "$BIN/test_cuda" --gtest_brief=1 >"$OUT/tests.log" 2>&1
+  rc=$?
+  tail -5 "$OUT/tests.log"
+  note "tests: rc=$rc, $(grep -E '^\[  PASSED|^\[  FAILED|tests? ran' "$OUT/tests.log" | tr '\n' ' ')"
+fi
+
+if [[ $what == all || $what == sanitize ]]; then
+  # Kernel tests at one head size per path (dense / Hadamard, every decode instantiation family),
+  # small enough for the sanitizers' slowdown.
+  mfilt='AllFormats/DecodeFormat.*/d80_*:AllFormats/DecodeFormat.*/d128_*:CudaDecode.*:Formats/QuantizeOnWrite.*d96*:Formats/QuantizeOnWrite.*d128*:CudaDequantize.*'
+  # racecheck instruments every shared-memory access: one head size per kernel family.
+  rfilt='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_k8_v4:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d128_kf16_vf16:CudaDecode.SplitCounts*:Formats/QuantizeOnWrite.*d128_k4_v4*:Formats/QuantizeOnWrite.*d96_k4_v4*'
+  for tool in memcheck racecheck; do
+    filt=$mfilt; [[ $tool == racecheck ]] && filt=$rfilt
+    timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 17 "$BIN/test_cuda" --gtest_brief=1 \
+      --gtest_filter="$filt" >"$OUT/$tool.log" 2>&1
+    rc=$?
+    tail -4 "$OUT/$tool.log"
+    note "$tool: rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1) $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/$tool.log" | tr '\n' ' ')"
+  done
+fi
+
+if [[ $what == all || $what == bench ]]; then
+  timeout 300 "$BIN/tqkv_cuda_bench" --head-dim 128 --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench_progress.txt"
+  note "bench d=128: rc=$?"
+  timeout 120 "$BIN/tqkv_cuda_bench" --head-dim 96 --formats f16,k4v4,k3v3 --batch 8,32 --context 16384 \
+    --no-quantize >>"$OUT/bench.txt" 2>>"$OUT/bench_progress.txt"
+  note "bench d=96: rc=$?"
+  cat "$OUT/bench_progress.txt" >>"$OUT/bench.txt"; rm -f "$OUT/bench_progress.txt"
+  if [[ ${SDPA:-1} != 0 ]] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    timeout 180 python3 bench/cuda/sdpa_bench.py --json "$OUT/sdpa.json" >"$OUT/sdpa.txt" 2>&1
+    note "sdpa: rc=$?"
+    cat "$OUT/sdpa.json" >>"$OUT/sdpa.txt" 2>/dev/null; rm -f "$OUT/sdpa.json"
+  else
+    note "sdpa: skipped (SDPA=0 or no torch with CUDA)"
+  fi
+  cat "$OUT/bench.txt" "$OUT/sdpa.txt" 2>/dev/null | grep -v '^ *[{}\[]' | head -120
+fi
+
+echo
+echo "==== summary"
+printf '%s\n' "${summary[@]}"

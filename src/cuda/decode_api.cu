@@ -1,0 +1,265 @@
+// attention_decode: query rotation pre-kernel, split-KV decode kernel (decode_*.cu), and the
+// merge kernel that combines the splits and rotates the output back. Plan and checks on the host.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/decode_launch.cuh"
+#include "tqkv/cuda_attention.h"
+
+namespace tqkv::cuda {
+namespace {
+
+using detail::DecodeArgs;
+
+__device__ __forceinline__ float load_elem(const void* p, DType t, size_t i) {
+  return t == DType::kF32 ? static_cast<const float*>(p)[i]
+                          : __half2float(static_cast<const __half*>(p)[i]);
+}
+
+// In-place fast Walsh-Hadamard transform of x[0..d) in shared memory (d a power of two), by the
+// whole block; leaves the block synchronised.
+__device__ void block_fwht(float* x, int d) {
+  for (int h = 1; h < d; h <<= 1) {
+    for (int p = threadIdx.x; p < d / 2; p += blockDim.x) {
+      const int i = (p / h) * 2 * h + (p % h);
+      const float a = x[i], b = x[i + h];
+      x[i] = a + b;
+      x[i + h] = a - b;
+    }
+    __syncthreads();
+  }
+}
+
+// q_rot[s][h] = scale * P q[s][h] (rotate only when K is TurboQuant). Grid: num_seqs * num_q_heads.
+// P = H diag(signs) / sqrt(d) through the fast transform when `signs` is set; else row i of the
+// dense P is one warp's coalesced dot product.
+__global__ void rotate_query_kernel(const void* q, DType q_type, const float* rotation, const float* signs,
+                                    int d, float scale, float* q_rot) {
+  extern __shared__ float xq[];
+  cudaTriggerProgrammaticLaunchCompletion();  // let the decode kernel start its prologue now
+  const size_t row = blockIdx.x;
+  const bool hadamard = rotation && signs;
+  for (int i = threadIdx.x; i < d; i += blockDim.x)
+    xq[i] = load_elem(q, q_type, row * d + i) * (hadamard ? signs[i] : 1.f);
+  __syncthreads();
+  if (!rotation) {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) q_rot[row * d + i] = scale * xq[i];
+    return;
+  }
+  if (hadamard) {
+    block_fwht(xq, d);
+    const float f = scale * rsqrtf(static_cast<float>(d));
+    for (int i = threadIdx.x; i < d; i += blockDim.x) q_rot[row * d + i] = f * xq[i];
+    return;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int i = warp; i < d; i += nw) {
+    const float* pr = rotation + static_cast<size_t>(i) * d;
+    float y = 0.f;
+#pragma unroll 8
+    for (int j = lane; j < d; j += 32) y = fmaf(pr[j], xq[j], y);
+    y = detail::warp_sum(y);
+    if (lane == 0) q_rot[row * d + i] = scale * y;
+  }
+}
+
+// out[s][h] = P^T (sum_k w_k o_k) with w_k = 2^(lse_k - lse) over the splits; zeros when every
+// split is empty. Grid: num_seqs * num_q_heads. P^T = diag(signs) H / sqrt(d) for Hadamard.
+__global__ void merge_splits_kernel(const float* part_o, const float* part_lse, int num_splits,
+                                    size_t split_stride_rows, int d, const float* rotation,
+                                    const float* signs, void* out, DType out_type) {
+  extern __shared__ float y[];
+  cudaGridDependencySynchronize();  // programmatic dependent of the decode kernel
+  const size_t row = blockIdx.x;
+  float mx = -INFINITY;
+  for (int k = 0; k < num_splits; ++k) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float num = 0.f, den = 0.f;
+    if (mx != -INFINITY) {
+      for (int k = 0; k < num_splits; ++k) {
+        const float w = exp2f(part_lse[k * split_stride_rows + row] - mx);
+        num += w * part_o[(k * split_stride_rows + row) * d + i];
+        den += w;
+      }
+    }
+    y[i] = den > 0.f ? num / den : 0.f;
+  }
+  __syncthreads();
+  if (rotation && signs) block_fwht(y, d);
+  const float inv_sqrt_d = rsqrtf(static_cast<float>(d));
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float x;
+    if (rotation && signs) {
+      x = y[i] * signs[i] * inv_sqrt_d;
+    } else if (rotation) {  // x_i = sum_j P[j][i] y_j  (column i of P: coalesced across threads)
+      x = 0.f;
+#pragma unroll 16
+      for (int j = 0; j < d; ++j) x = fmaf(rotation[static_cast<size_t>(j) * d + i], y[j], x);
+    } else {
+      x = y[i];
+    }
+    if (out_type == DType::kF32) {
+      static_cast<float*>(out)[row * d + i] = x;
+    } else {
+      static_cast<__half*>(out)[row * d + i] = __float2half_rn(x);
+    }
+  }
+}
+
+size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
+
+struct WorkspaceLayout {
+  size_t q_rot = 0, part_o = 0, part_lse = 0, total = 0;
+};
+WorkspaceLayout workspace_layout(int num_seqs, int num_q_heads, int head_dim, int num_splits) {
+  WorkspaceLayout w;
+  const size_t rows = static_cast<size_t>(num_seqs) * num_q_heads;
+  w.q_rot = 0;
+  w.part_o = align_up(rows * head_dim * 4);
+  w.part_lse = w.part_o + align_up(rows * num_splits * head_dim * 4);
+  w.total = w.part_lse + align_up(rows * num_splits * 4);
+  return w;
+}
+
+Status check_view(const PagedKVView& view, const DecodeParams& p) {
+  if (view.page_size != detail::kPage)
+    return unsupported("CUDA decode is built for page_size 16 (got " + std::to_string(view.page_size) + ")");
+  const int d = view.head_dim;
+  if (d != 64 && d != 80 && d != 96 && d != 128 && d != 256)
+    return unsupported("CUDA decode supports head_dim 64, 80, 96, 128, 256 (got " + std::to_string(d) + ")");
+  if (view.num_kv_heads <= 0 || p.num_q_heads <= 0 || p.num_q_heads % view.num_kv_heads != 0)
+    return invalid_argument("num_q_heads must be a positive multiple of num_kv_heads");
+  if (p.num_q_heads / view.num_kv_heads > 64) return unsupported("GQA group larger than 64");
+  if (view.num_seqs <= 0 || view.num_seqs > 65535) return invalid_argument("num_seqs must be in [1, 65535]");
+  if (!view.page_table || !view.seq_lens || !view.k.pages || !view.v.pages)
+    return invalid_argument("view has null page_table, seq_lens or pages");
+  if (view.max_pages_per_seq <= 0) return invalid_argument("max_pages_per_seq must be positive");
+  for (const KVSideView* side : {&view.k, &view.v}) {
+    if (!is_valid_kv_bits(side->bits)) return invalid_argument("bits must be 2, 3, 4, 8 or 16");
+    if (side->tile_bytes != tile_bytes(view.page_size, d, side->bits))
+      return invalid_argument("tile_bytes does not match kv_layout.h");
+    if (side->bits != kF16Bits && !side->centroids) return invalid_argument("TurboQuant side without centroids");
+  }
+  // The (k, v) bit pairs that decode_*.cu instantiate; checked here so nothing is launched for
+  // a combination without a kernel.
+  static constexpr int kBuilt[][2] = {{16, 16}, {8, 8}, {4, 4}, {3, 3}, {2, 2}, {8, 4}, {4, 3}};
+  bool built = false;
+  for (const auto& kv : kBuilt) built |= kv[0] == view.k.bits && kv[1] == view.v.bits;
+  if (!built)
+    return unsupported("no CUDA decode kernel for k bits " + std::to_string(view.k.bits) + ", v bits " +
+                       std::to_string(view.v.bits) + " (built: 16/16, 8/8, 4/4, 3/3, 2/2, 8/4, 4/3)");
+  if ((view.k.bits != kF16Bits || view.v.bits != kF16Bits) && !view.rotation)
+    return invalid_argument("TurboQuant side without a rotation matrix");
+  if (!(p.scale > 0.f)) return invalid_argument("scale must be positive");
+  if (p.softcap < 0.f || p.window < 0 || p.num_splits < 0) return invalid_argument("negative softcap, window or num_splits");
+  return Status::ok();
+}
+
+// Finds the decode_*.cu file that holds (d, kb, vb) and launches (or queries occupancy).
+Status dispatch_decode(int d, int kb, int vb, const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
+  for (auto* fn : {&detail::decode_split_f16, &detail::decode_split_b8, &detail::decode_split_b4,
+                   &detail::decode_split_b3, &detail::decode_split_b2}) {
+    Status s = fn(d, kb, vb, args, stream, occupancy);
+    if (s.code() != StatusCode::kUnsupported) return s;
+  }
+  return unsupported("no CUDA decode kernel for head_dim " + std::to_string(d) + ", k bits " +
+                     std::to_string(kb) + ", v bits " + std::to_string(vb));
+}
+
+}  // namespace
+
+Result<DecodePlan> plan_decode(const PagedKVView& view, const DecodeParams& params, int sm_count) {
+  TQKV_RETURN_IF_ERROR(check_view(view, params));
+  DecodePlan plan;
+  const int group = params.num_q_heads / view.num_kv_heads;
+  plan.head_chunks = (group + 7) / 8;
+  if (params.num_splits > 0) {
+    plan.num_splits = params.num_splits;
+  } else {
+    // Choose the split count s that minimises waves(s) * (1/s + set-up), i.e. the time of the
+    // slowest SM when every CTA of a sequence gets 1/s of its pages (ties: fewer splits). At
+    // least 2 pages per warp per split.
+    int occ = 0;
+    if (!dispatch_decode(view.head_dim, view.k.bits, view.v.bits, nullptr, nullptr, &occ).is_ok() || occ < 1)
+      occ = 1;  // no device to ask (plan on a machine without a GPU): assume one CTA per SM
+    const long long slots = static_cast<long long>(std::max(1, sm_count)) * occ;
+    const long long units = static_cast<long long>(view.num_seqs) * view.num_kv_heads * plan.head_chunks;
+    const int warps = detail::decode_shape(view.head_dim, view.k.bits, view.v.bits).warps;
+    const int cap = std::max(1, std::min(256, view.max_pages_per_seq / (2 * warps)));
+    // Each CTA also pays a fixed set-up (tables, pipeline fill, merge) worth about 4 pages per warp.
+    const double setup = 4.0 * warps / std::max(1, view.max_pages_per_seq);
+    double best = 1e300;
+    for (int sp = 1; sp <= cap; ++sp) {
+      const double waves = static_cast<double>((units * sp + slots - 1) / slots);
+      const double cost = waves * (1.0 / sp + setup);
+      if (cost < best * 0.97) { best = cost; plan.num_splits = sp; }
+    }
+  }
+  plan.workspace_bytes =
+      workspace_layout(view.num_seqs, params.num_q_heads, view.head_dim, plan.num_splits).total;
+  return plan;
+}
+
+Status attention_decode(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
+                        const void* q, DType q_type, void* out, DType out_type, void* workspace,
+                        size_t workspace_bytes, cudaStream_t stream) {
+  TQKV_RETURN_IF_ERROR(check_view(view, params));
+  if (!q || !out || !workspace) return invalid_argument("null q, out or workspace");
+  const int group = params.num_q_heads / view.num_kv_heads;
+  if (plan.num_splits <= 0 || plan.head_chunks != (group + 7) / 8)
+    return invalid_argument("plan does not match the view (call plan_decode)");
+  const int d = view.head_dim;
+  const WorkspaceLayout wl = workspace_layout(view.num_seqs, params.num_q_heads, d, plan.num_splits);
+  if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)
+    return invalid_argument("workspace must be 256-byte aligned (cudaMalloc memory is)");
+  if (workspace_bytes < wl.total)
+    return invalid_argument("workspace too small: need " + std::to_string(wl.total) + " bytes");
+
+  auto* ws = static_cast<uint8_t*>(workspace);
+  DecodeArgs args;
+  args.view = view;
+  args.q_rot = reinterpret_cast<float*>(ws + wl.q_rot);
+  args.part_o = reinterpret_cast<float*>(ws + wl.part_o);
+  args.part_lse = reinterpret_cast<float*>(ws + wl.part_lse);
+  args.num_q_heads = params.num_q_heads;
+  args.group = group;
+  args.head_chunks = plan.head_chunks;
+  args.num_splits = plan.num_splits;
+  args.softcap = params.softcap;
+  args.window = params.window;
+
+  const int rows = view.num_seqs * params.num_q_heads;
+  const int threads = 128;
+  const float* k_rot = view.k.bits == kF16Bits ? nullptr : view.rotation;
+  const float* v_rot = view.v.bits == kF16Bits ? nullptr : view.rotation;
+  // The fast transform needs a power-of-two head size (kv_layout.h: signs are set only then).
+  const float* signs = (view.hadamard_signs && (d & (d - 1)) == 0) ? view.hadamard_signs : nullptr;
+  rotate_query_kernel<<<rows, threads, d * sizeof(float), stream>>>(q, q_type, k_rot, signs, d, params.scale,
+                                                                     const_cast<float*>(args.q_rot));
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+
+  const int kb = view.k.bits, vb = view.v.bits;
+  const Status st = dispatch_decode(d, kb, vb, &args, stream, nullptr);
+  TQKV_RETURN_IF_ERROR(st);
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(rows);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = d * sizeof(float);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  TQKV_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, merge_splits_kernel, static_cast<const float*>(args.part_o),
+                                               static_cast<const float*>(args.part_lse), plan.num_splits,
+                                               static_cast<size_t>(rows), d, v_rot, signs, out, out_type));
+  return Status::ok();
+}
+
+}  // namespace tqkv::cuda

@@ -1,0 +1,341 @@
+// Fused split-KV decode attention over paged KV tiles (TurboQuant or fp16), on tensor cores.
+//
+// Grid: x = split (a contiguous share of one sequence's pages), y = kv_head * head_chunks +
+// chunk (up to 8 query heads of the GQA group), z = sequence. Block: W warps (16 for TurboQuant
+// sides at head_dim <= 128, so one lookup table serves many warps); warp w takes the CTA's pages
+// w, w + W, ... and streams them through its own cp.async ring of S (K tile + V tile) slots in
+// shared memory, so each K/V page is read from DRAM once for all the query heads of its group.
+//
+// Per page (16 tokens) and warp, everything in the ROTATED space (y = P x):
+//   S^T[16 tok x 8 heads] = K[16 x D] * Q^T[D x 8]       D/16 mma.m16n8k16, K dequantized on the
+//                                                        fly through the lane's lookup table
+//   online softmax per head column (log2 domain), token scales folded into scores / probabilities
+//   O^T[D x 8 heads] += V^T[D x 16 tok] * P^T[16 x 8]     D/16 mma; V^T read as token pairs
+//                                                        (kv_fetch.cuh), P^T by movmatrix
+// The warps' states are merged in shared memory and the CTA writes its normalised partial
+// output and log-sum-exp (base 2) to the workspace; merge_splits_kernel (decode_api.cu) combines
+// the splits and rotates the output back (x = P^T y).
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/device_utils.cuh"
+#include "cuda/kv_fetch.cuh"
+#include "tqkv/kv_layout.h"
+
+namespace tqkv::cuda::detail {
+
+struct DecodeArgs {
+  PagedKVView view;
+  const float* q_rot;   // [num_seqs][num_q_heads][D]: scale * P q (or scale * q for fp16 K)
+  float* part_o;        // [num_splits][num_seqs][num_q_heads][D] normalised partial outputs
+  float* part_lse;      // [num_splits][num_seqs][num_q_heads] log2-sum-exp2 (-inf: empty)
+  int32_t num_q_heads;
+  int32_t group;        // num_q_heads / num_kv_heads
+  int32_t head_chunks;  // ceil(group / 8)
+  int32_t num_splits;
+  float softcap;        // 0 = off
+  int32_t window;       // 0 = off
+};
+
+// Shared-memory plan of one instantiation; also evaluated on the host by plan_decode.
+struct DecodeShape {
+  int warps, stages, lut_bytes, ring_bytes, merge_bytes, smem_bytes;
+};
+inline constexpr int kSmemBudget = 225 * 1024;
+inline constexpr int kScratchBytes = 2 * 256 * 4;  // centroids staged while building tables
+constexpr DecodeShape decode_shape(int d, int kb, int vb) {
+  const int stage = static_cast<int>(tile_bytes(kPage, d, kb) + tile_bytes(kPage, d, vb));
+  const int lut = lut_bytes_of(kb, vb);
+  int warps = 4, stages = 2;
+  if (kb == 16 && vb == 16) {
+    warps = 4;
+    stages = stage <= 8192 ? 3 : 2;
+  } else {
+    warps = d <= 128 ? 16 : 8;  // 16 warps need <= 128 registers per thread
+    stages = 3;
+    while (lut + kScratchBytes + warps * stages * stage > kSmemBudget) {
+      if (stages > 2) --stages; else warps /= 2;
+    }
+  }
+  const int ring = warps * stages * stage;
+  const int merge = warps * (16 + 8 * d) * 4;  // per warp: m[8], l[8], O[8][d]
+  return {warps, stages, lut, ring, merge, lut + kScratchBytes + (ring > merge ? ring : merge)};
+}
+
+template <int D, int KB, int VB>
+struct DecodeConfig {
+  static constexpr DecodeShape kShape = decode_shape(D, KB, VB);
+  static constexpr int kWarps = kShape.warps;
+  static constexpr int kStages = kShape.stages;
+  static constexpr int kTileK = static_cast<int>(tile_bytes(kPage, D, KB));
+  static constexpr int kTileV = static_cast<int>(tile_bytes(kPage, D, VB));
+  static constexpr int kStageBytes = kTileK + kTileV;
+  static constexpr int kLut = kShape.lut_bytes;
+  static constexpr int kSmem = kShape.smem_bytes;
+  static_assert(kSmem <= 227 * 1024, "decode kernel shared memory over the sm_90 limit");
+};
+
+template <int D, int KB, int VB>
+__global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
+    decode_split_kernel(const DecodeArgs args) {
+  using Cfg = DecodeConfig<D, KB, VB>;
+  constexpr int W = Cfg::kWarps;
+  constexpr int kSteps = D / 16;
+  constexpr float kLog2e = 1.4426950408889634f;
+  using KChunk = Chunk<KB, D / 4, low_bit(D * KB / 4)>;
+  using VChunk = Chunk<VB, D / 8, low_bit(D * VB / 8)>;
+
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* lut = smem;  // interleaved K/V tables at the start: offsets fold into the LDS
+  float* scratch = reinterpret_cast<float*>(smem + Cfg::kLut);
+  uint8_t* ring = smem + Cfg::kLut + kScratchBytes;
+
+  const PagedKVView& view = args.view;
+  const int split = blockIdx.x;
+  const int kv_head = blockIdx.y / args.head_chunks;
+  const int chunk = blockIdx.y % args.head_chunks;
+  const int seq = blockIdx.z;
+  const int head0 = kv_head * args.group + chunk * 8;  // first query head of this CTA
+  const int nheads = min(8, args.group - chunk * 8);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+
+  // Token range that is visible: [lo_pos, len).
+  const int len = view.seq_lens[seq];
+  const int first_page = view.first_page ? view.first_page[seq] : 0;
+  int lo_pos = first_page * kPage;
+  if (args.window > 0) lo_pos = max(lo_pos, len - args.window);
+  const int pg_lo = lo_pos / kPage;
+  const int pg_hi = (len + kPage - 1) / kPage;
+  const int n_pages = max(0, pg_hi - pg_lo);
+  const int per_split = (n_pages + args.num_splits - 1) / args.num_splits;
+  const int cta_begin = pg_lo + split * per_split;
+  const int cta_n = max(0, min(per_split, pg_hi - cta_begin));
+
+  const size_t part_row = (static_cast<size_t>(split) * view.num_seqs + seq) * args.num_q_heads;
+  if (cta_n == 0) {  // nothing visible in this split: an empty partial
+    cudaGridDependencySynchronize();  // the previous call's merge must not see these writes early
+    for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) {
+      args.part_o[(part_row + head0 + i / D) * D + i % D] = 0.f;
+    }
+    if (threadIdx.x < nheads) args.part_lse[part_row + head0 + threadIdx.x] = -INFINITY;
+    return;
+  }
+
+  // ---- start streaming this warp's first pages before anything else ----
+  const int n_mine = cta_n > warp ? (cta_n - warp + W - 1) / W : 0;
+  const int32_t* page_row = view.page_table + static_cast<size_t>(seq) * view.max_pages_per_seq - first_page;
+  uint8_t* my_ring = ring + warp * Cfg::kStages * Cfg::kStageBytes;
+  // Physical page ids, 32 at a time: lane l holds the id of this warp's page ids_base + l, so the
+  // page-table read is off the per-page critical path.
+  int ids_base = -1000000;
+  int ids = 0;
+  // Per-lane bases: the page offset is one 64-bit multiply, the 512-byte steps are immediates.
+  const size_t k_stride = static_cast<size_t>(view.num_kv_heads) * Cfg::kTileK;
+  const size_t v_stride = static_cast<size_t>(view.num_kv_heads) * Cfg::kTileV;
+  const uint8_t* k_base = view.k.pages + static_cast<size_t>(kv_head) * Cfg::kTileK + lane * 16;
+  const uint8_t* v_base = view.v.pages + static_cast<size_t>(kv_head) * Cfg::kTileV + lane * 16;
+  uint8_t* ring_lane = my_ring + lane * 16;
+  int issue_slot = 0;  // ring slot of the next page to issue (= i % kStages, kept incrementally)
+  auto issue = [&](int i) {  // i-th page of this warp -> ring slot i % kStages (warp-uniform call)
+    if (i >= ids_base + 32) {
+      ids_base = i;
+      const int ii = i + lane;
+      ids = ii < n_mine ? page_row[cta_begin + warp + ii * W] : 0;
+    }
+    const int phys = __shfl_sync(0xffffffffu, ids, i - ids_base);
+    const uint8_t* ksrc = k_base + static_cast<size_t>(phys) * k_stride;
+    const uint8_t* vsrc = v_base + static_cast<size_t>(phys) * v_stride;
+    uint8_t* dst = ring_lane + issue_slot * Cfg::kStageBytes;
+    issue_slot = issue_slot + 1 == Cfg::kStages ? 0 : issue_slot + 1;
+#pragma unroll
+    for (int o = 0; o < Cfg::kTileK; o += 32 * 16)
+      if (o + lane * 16 < Cfg::kTileK) cp_async16(dst + o, ksrc + o);
+#pragma unroll
+    for (int o = 0; o < Cfg::kTileV; o += 32 * 16)
+      if (o + lane * 16 < Cfg::kTileV) cp_async16(dst + Cfg::kTileK + o, vsrc + o);
+  };
+#pragma unroll
+  for (int i = 0; i < Cfg::kStages - 1; ++i) {
+    if (i < n_mine) issue(i);
+    cp_async_commit();
+  }
+
+  if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
+  if constexpr (VB != 16) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
+
+  // Launched as a programmatic dependent of the query-rotation kernel: wait for q_rot here,
+  // after the page prefetch and the tables have been started.
+  cudaGridDependencySynchronize();
+  // Q^T fragments: b0 = coords c, c+1 and b1 = c+2, c+3 with c = t*D/4 + 4*kk, head g.
+  uint32_t qf[kSteps][2];
+  {
+    const bool valid = g < nheads;
+    const float* qrow = args.q_rot + ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + (valid ? g : 0)) * D;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      const int c = t * (D / 4) + 4 * kk;
+      const float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+      qf[kk][0] = pack_half2(v.x, v.y);
+      qf[kk][1] = pack_half2(v.z, v.w);
+    }
+  }
+  __syncthreads();  // tables ready
+  const uint32_t lane4k = 4u * lane, lane4v = 4u * lane + 128u;
+
+  // O^T fragments: acc[mt][0..1] = coordinate g*D/8 + 2mt, heads 2t, 2t+1;
+  //                acc[mt][2..3] = coordinate g*D/8 + 2mt + 1, heads 2t, 2t+1.
+  float acc[kSteps][4];
+#pragma unroll
+  for (int i = 0; i < kSteps; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // per head column 2t, 2t+1 (uniform over g)
+  float l_run[2] = {0.f, 0.f};              // this lane's share of the denominators
+
+  int read_slot = 0;  // = i % kStages
+  for (int i = 0; i < n_mine; ++i) {
+    cp_async_wait<Cfg::kStages - 2>();
+    __syncwarp();
+    const uint8_t* ktile = my_ring + read_slot * Cfg::kStageBytes;
+    read_slot = read_slot + 1 == Cfg::kStages ? 0 : read_slot + 1;
+    const uint8_t* vtile = ktile + Cfg::kTileK;
+    const int pos0 = (cta_begin + warp + i * W) * kPage;
+    auto visible = [&](int r) { return pos0 + r >= lo_pos && pos0 + r < len; };
+    const bool ok0 = visible(g), ok1 = visible(g + 8);
+
+    // ---- scores S^T = K Q^T (two accumulators halve the dependent mma chain) ----
+    float s[4];
+    {
+      KChunk r0, r1;
+      r0.load(ktile, (g * D + t * (D / 4)) * KB);
+      r1.load(ktile, ((g + 8) * D + t * (D / 4)) * KB);
+      float se[4] = {0.f, 0.f, 0.f, 0.f}, so[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int kk = 0; kk < kSteps; ++kk) {
+        const uint32_t a0 = k_pair<KB>(r0, 2 * kk, lut, lane4k), a1 = k_pair<KB>(r1, 2 * kk, lut, lane4k);
+        const uint32_t a2 = k_pair<KB>(r0, 2 * kk + 1, lut, lane4k), a3 = k_pair<KB>(r1, 2 * kk + 1, lut, lane4k);
+        if (kk & 1) mma_16816(so, a0, a1, a2, a3, qf[kk][0], qf[kk][1]);
+        else mma_16816(se, a0, a1, a2, a3, qf[kk][0], qf[kk][1]);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[e] = se[e] + so[e];
+    }
+    const float ks0 = token_scale<D, KB>(ktile, g), ks1 = token_scale<D, KB>(ktile, g + 8);
+    float x[4] = {s[0] * ks0, s[1] * ks0, s[2] * ks1, s[3] * ks1};
+    if (args.softcap > 0.f) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[e] = args.softcap * tanhf(x[e] / args.softcap);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x[e] *= kLog2e;
+    x[0] = ok0 ? x[0] : -INFINITY;
+    x[1] = ok0 ? x[1] : -INFINITY;
+    x[2] = ok1 ? x[2] : -INFINITY;
+    x[3] = ok1 ? x[3] : -INFINITY;
+
+    // ---- online softmax per head column ----
+    float p[4], alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float mp = warp_max_over_g(fmaxf(x[h], x[h + 2]));
+      const float m_new = fmaxf(m_run[h], mp);
+      if (m_new == -INFINITY) {  // nothing visible yet in this column
+        alpha[h] = 1.f;
+        p[h] = p[h + 2] = 0.f;
+      } else {
+        alpha[h] = fast_exp2(m_run[h] - m_new);
+        p[h] = fast_exp2(x[h] - m_new);
+        p[h + 2] = fast_exp2(x[h + 2] - m_new);
+      }
+      m_run[h] = m_new;
+      l_run[h] = l_run[h] * alpha[h] + p[h] + p[h + 2];
+    }
+    // Rescale only when some column's running max moved (rare once the max has settled).
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+      for (int mt = 0; mt < kSteps; ++mt) {
+        acc[mt][0] *= alpha[0];
+        acc[mt][1] *= alpha[1];
+        acc[mt][2] *= alpha[0];
+        acc[mt][3] *= alpha[1];
+      }
+    }
+
+    // ---- O^T += V^T P^T; V's token scales folded into the probabilities ----
+    const float vs0 = ok0 ? token_scale<D, VB>(vtile, g) : 0.f;
+    const float vs1 = ok1 ? token_scale<D, VB>(vtile, g + 8) : 0.f;
+    const uint32_t pb0 = transpose8x8(pack_half2(p[0] * vs0, p[1] * vs0));
+    const uint32_t pb1 = transpose8x8(pack_half2(p[2] * vs1, p[3] * vs1));
+    {
+      VChunk v0, v1, v8, v9;  // token rows 2t, 2t+1, 2t+8, 2t+9; coordinates [g*D/8, (g+1)*D/8)
+      const int cb = g * (D / 8);
+      v0.load(vtile, ((2 * t) * D + cb) * VB);
+      v1.load(vtile, ((2 * t + 1) * D + cb) * VB);
+      v8.load(vtile, ((2 * t + 8) * D + cb) * VB);
+      v9.load(vtile, ((2 * t + 9) * D + cb) * VB);
+      uint32_t mlo = 0xffffffffu, mhi = 0xffffffffu;
+      if constexpr (VB == 16) {  // unwritten fp16 slots may hold NaN, and 0 * NaN would leak
+        mlo = (visible(2 * t) ? 0x0000ffffu : 0u) | (visible(2 * t + 1) ? 0xffff0000u : 0u);
+        mhi = (visible(2 * t + 8) ? 0x0000ffffu : 0u) | (visible(2 * t + 9) ? 0xffff0000u : 0u);
+      }
+      VPairs<VB, VChunk> lo, hi;
+      lo.init(v0, v1);
+      hi.init(v8, v9);
+#pragma unroll
+      for (int mt = 0; mt < kSteps; ++mt) {
+        const uint32_t a0 = lo.get(2 * mt, lut, lane4v) & mlo;
+        const uint32_t a1 = lo.get(2 * mt + 1, lut, lane4v) & mlo;
+        const uint32_t a2 = hi.get(2 * mt, lut, lane4v) & mhi;
+        const uint32_t a3 = hi.get(2 * mt + 1, lut, lane4v) & mhi;
+        mma_16816(acc[mt], a0, a1, a2, a3, pb0, pb1);
+      }
+    }
+    __syncwarp();
+    if (i + Cfg::kStages - 1 < n_mine) issue(i + Cfg::kStages - 1);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+
+  // ---- merge the warps (shared memory reused: all tiles are consumed) ----
+  l_run[0] = warp_sum_over_g(l_run[0]);
+  l_run[1] = warp_sum_over_g(l_run[1]);
+  __syncthreads();
+  float* mrg = reinterpret_cast<float*>(ring);
+  float* wm = mrg + warp * (16 + 8 * D);  // m[8], l[8], O[8][D]
+  if (g == 0) {
+    wm[2 * t] = m_run[0]; wm[2 * t + 1] = m_run[1];
+    wm[8 + 2 * t] = l_run[0]; wm[8 + 2 * t + 1] = l_run[1];
+  }
+  float* wo = wm + 16;
+#pragma unroll
+  for (int mt = 0; mt < kSteps; ++mt) {
+    const int ca = g * (D / 8) + 2 * mt;
+    wo[(2 * t) * D + ca] = acc[mt][0];
+    wo[(2 * t + 1) * D + ca] = acc[mt][1];
+    wo[(2 * t) * D + ca + 1] = acc[mt][2];
+    wo[(2 * t + 1) * D + ca + 1] = acc[mt][3];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nheads * D; idx += blockDim.x) {
+    const int h = idx / D, c = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < W; ++w) mx = fmaxf(mx, mrg[w * (16 + 8 * D) + h]);
+    float num = 0.f, den = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < W; ++w) {
+        const float* b = mrg + w * (16 + 8 * D);
+        const float f = exp2f(b[h] - mx);  // empty warps: exp2(-inf) = 0
+        num += f * b[16 + h * D + c];
+        den += f * b[8 + h];
+      }
+    }
+    args.part_o[(part_row + head0 + h) * D + c] = den > 0.f ? num / den : 0.f;
+    if (c == 0) args.part_lse[part_row + head0 + h] = den > 0.f ? mx + log2f(den) : -INFINITY;
+  }
+}
+
+}  // namespace tqkv::cuda::detail

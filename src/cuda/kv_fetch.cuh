@@ -1,0 +1,186 @@
+// How the decode kernel turns one page tile (staged in shared memory) into tensor-core operands.
+//
+// Lanes: g = lane / 4 (0..7), t = lane % 4.
+// K side (A operand of S^T = K Q^T, pairs along coordinates): the lane reads token rows g and
+//   g + 8 and, in each, the contiguous chunk of D/4 coordinates [t*D/4, (t+1)*D/4); pair j of
+//   the chunk is coordinates t*D/4 + 2j, +1.
+// V side (A operand of O^T = V^T P^T, pairs along TOKENS): the lane reads token rows 2t, 2t+1,
+//   2t+8, 2t+9 and, in each, the chunk of D/8 coordinates [g*D/8, (g+1)*D/8); an operand
+//   register holds (V[2t][c], V[2t+1][c]) for one coordinate c, built from the two rows' index
+//   fields joined into one table entry. No transposition is needed.
+// A joined entry e = lo | hi << B (B <= 4) indexes a per-lane-replicated table in shared memory.
+// K and V tables are interleaved, 256 bytes per entry: bytes [e*256 + 4L] hold lane L's copy of
+// K entry e and [e*256 + 128 + 4L] its copy of V entry e. So 32 lanes looking up 32 random
+// entries hit 32 different banks, and the byte offset (e << 8) | (4L [+128]) comes out of ONE
+// byte-permute when e is a byte of the packed data (B = 4, 8). Entry e = half2(c[e & m], c[e >> B])
+// with m = 2^B - 1; for B == 8 a table entry is one value (low half) and a pair takes two
+// lookups; B == 16 needs no table.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/device_utils.cuh"
+#include "tqkv/kv_layout.h"
+
+namespace tqkv::cuda::detail {
+
+inline constexpr int kPage = 16;  // tokens per page the decode kernels are built for
+
+template <int B>
+struct LutTraits {
+  static constexpr int kEntries = B == 16 ? 0 : (B == 8 ? 256 : (1 << (2 * B)));
+};
+// Bytes of the interleaved K/V table for a (k bits, v bits) pair.
+constexpr int lut_bytes_of(int kb, int vb) {
+  const int ek = kb == 16 ? 0 : (kb == 8 ? 256 : (1 << (2 * kb)));
+  const int ev = vb == 16 ? 0 : (vb == 8 ? 256 : (1 << (2 * vb)));
+  return (ek > ev ? ek : ev) * 256;
+}
+
+// Fills one side's half of the interleaved table (side 0 = K at +0, 1 = V at +128) from its
+// centroids (global, [1 << B] floats). All threads take part; the caller synchronises afterwards.
+template <int B>
+__device__ __forceinline__ void build_lut(uint8_t* lut, int side, const float* centroids, float* scratch) {
+  constexpr int L = B == 16 ? 1 : (1 << B);
+  constexpr int E = LutTraits<B>::kEntries;
+  for (int i = threadIdx.x; i < L; i += blockDim.x) scratch[i] = centroids[i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
+    const int e = i >> 5, l = i & 31;
+    uint32_t v;
+    if constexpr (B == 8) {
+      v = static_cast<uint32_t>(__half_as_ushort(__float2half_rn(scratch[e])));
+    } else {
+      constexpr int m = (1 << B) - 1;
+      v = pack_half2(scratch[e & m], scratch[e >> B]);
+    }
+    *reinterpret_cast<uint32_t*>(lut + e * 256 + side * 128 + l * 4) = v;
+  }
+}
+
+__device__ __forceinline__ uint32_t lut_at(const uint8_t* lut, uint32_t off) {
+  return *reinterpret_cast<const uint32_t*>(lut + off);
+}
+// (byte i of w) << 8 | (low byte of lane4): the table offset of entry "byte i" for this lane.
+__device__ __forceinline__ uint32_t entry_off(uint32_t w, int i, uint32_t lane4) {
+  return __byte_perm(w, lane4, 0x5504u | (static_cast<uint32_t>(i) << 4));
+}
+
+constexpr int low_bit(int x) { return x & -x; }
+
+// NC consecutive coordinates (B bits each) of one row, held in registers. ALIGN: a power of two
+// that the chunk's bit offset inside the tile is known to be a multiple of (compile time).
+template <int B, int NC, int ALIGN>
+struct Chunk {
+  static constexpr int kBits = NC * B;
+  static constexpr int kWords = (kBits + 31) / 32;
+  uint32_t w[kWords];
+
+  __device__ __forceinline__ void load(const uint8_t* tile, int bit_off) {
+    const uint32_t* base = reinterpret_cast<const uint32_t*>(tile) + (bit_off >> 5);
+    if constexpr (ALIGN % 32 == 0) {
+      if constexpr (ALIGN % 128 == 0 && kWords % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < kWords / 4; ++i) {
+          const uint4 v = reinterpret_cast<const uint4*>(base)[i];
+          w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
+        }
+      } else if constexpr (ALIGN % 64 == 0 && kWords % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < kWords / 2; ++i) {
+          const uint2 v = reinterpret_cast<const uint2*>(base)[i];
+          w[2 * i] = v.x; w[2 * i + 1] = v.y;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kWords; ++i) w[i] = base[i];
+      }
+    } else {  // realign once: one extra word, one funnel shift per word
+      const int sh = bit_off & 31;
+      uint32_t r[kWords + 1];
+#pragma unroll
+      for (int i = 0; i <= kWords; ++i) r[i] = base[i];  // stays inside the tile (scales follow)
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(r[i], r[i + 1], sh);
+    }
+  }
+
+  // n bits (n <= 32) at bit `pos` of the chunk. Called from unrolled loops: pos, n constant.
+  __device__ __forceinline__ uint32_t bits(int pos, int n) const {
+    const int wi = pos >> 5, s = pos & 31;
+    uint32_t v;
+    if (s + n <= 32 || wi + 1 >= kWords) {
+      v = w[wi] >> s;
+    } else {
+      v = __funnelshift_r(w[wi], w[wi + 1], s);
+    }
+    return n == 32 ? v : (v & ((1u << n) - 1u));
+  }
+};
+
+// K operand: pair j (coordinates 2j, 2j+1 of the chunk) as half2 bits. lane4 = 4 * lane.
+template <int B, typename C>
+__device__ __forceinline__ uint32_t k_pair(const C& c, int j, const uint8_t* lut, uint32_t lane4) {
+  if constexpr (B == 16) {
+    return c.w[j];
+  } else if constexpr (B == 8) {  // coordinates 2j, 2j+1 are bytes 2j, 2j+1 of the chunk
+    const uint32_t w = c.w[j >> 1];
+    const int b0 = (j & 1) * 2;
+    return __byte_perm(lut_at(lut, entry_off(w, b0, lane4)), lut_at(lut, entry_off(w, b0 + 1, lane4)), 0x5410);
+  } else if constexpr (B == 4 && C::kWords * 32 == C::kBits) {  // the pair is byte j
+    return lut_at(lut, entry_off(c.w[j >> 2], j & 3, lane4));
+  } else {
+    return lut_at(lut, (c.bits(2 * B * j, 2 * B) << 8) | lane4);
+  }
+}
+
+// V operands of one pair of token rows: joined table entries for every coordinate of the chunk,
+// precomputed word-wise where the bit width allows (B = 4: two LOP3s give 8 entries).
+// lane4 = 4 * lane + 128 (the V half of the table).
+template <int B, typename C>
+struct VPairs {
+  static constexpr bool kNibbles = B == 4 && C::kWords * 32 == C::kBits;
+  uint32_t even[kNibbles ? C::kWords : 1], odd[kNibbles ? C::kWords : 1];
+  const C* a;
+  const C* b;
+  __device__ __forceinline__ void init(const C& ra, const C& rb) {
+    a = &ra;
+    b = &rb;
+    if constexpr (kNibbles) {
+#pragma unroll
+      for (int q = 0; q < C::kWords; ++q) {
+        // byte i of even = A[2i] | B[2i] << 4 (coordinate 8q + 2i); odd: coordinate 8q + 2i + 1
+        even[q] = (ra.w[q] & 0x0F0F0F0Fu) | ((rb.w[q] & 0x0F0F0F0Fu) << 4);
+        odd[q] = ((ra.w[q] >> 4) & 0x0F0F0F0Fu) | (rb.w[q] & 0xF0F0F0F0u);
+      }
+    }
+  }
+  // Coordinate k as half2 bits (low = row a, high = row b).
+  __device__ __forceinline__ uint32_t get(int k, const uint8_t* lut, uint32_t lane4) const {
+    if constexpr (B == 16) {
+      return __byte_perm(a->w[k >> 1], b->w[k >> 1], (k & 1) ? 0x7632 : 0x5410);
+    } else if constexpr (B == 8) {
+      const uint32_t lo = lut_at(lut, entry_off(a->w[k >> 2], k & 3, lane4));
+      const uint32_t hi = lut_at(lut, entry_off(b->w[k >> 2], k & 3, lane4));
+      return __byte_perm(lo, hi, 0x5410);
+    } else if constexpr (kNibbles) {
+      const uint32_t* src = (k & 1) ? odd : even;
+      return lut_at(lut, entry_off(src[k >> 3], (k & 7) >> 1, lane4));
+    } else {
+      return lut_at(lut, ((a->bits(B * k, B) | (b->bits(B * k, B) << B)) << 8) | lane4);
+    }
+  }
+};
+
+// fp16 scale of token `row` in a TurboQuant tile (1 for fp16 tiles).
+template <int D, int B>
+__device__ __forceinline__ float token_scale(const uint8_t* tile, int row) {
+  if constexpr (B == 16) {
+    return 1.f;
+  } else {
+    constexpr int off = static_cast<int>(tile_scales_offset(kPage, D, B));
+    return __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(tile + off)[row]));
+  }
+}
+
+}  // namespace tqkv::cuda::detail

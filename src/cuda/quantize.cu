@@ -1,0 +1,407 @@
+// Quantize-on-write (new K/V tokens into their page slots) and page dequantization.
+//
+// One warp per (token, kv head): it loads the K and the V vector together (both loads in flight
+// before any arithmetic), then for each TurboQuant side rotates (fast Walsh-Hadamard across the
+// warp when view.hadamard_signs is set and head_dim is a power of two, else the dense P), finds
+// each coordinate's codebook index by binary search over the decision boundaries, and stores the
+// packed indices and the norm-corrected fp16 scale |x| / |c[idx]| (codec.h). fp16 sides are copied.
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "cuda/cuda_check.h"
+#include "cuda/device_utils.cuh"
+#include "tqkv/cuda_attention.h"
+#include "tqkv/kv_layout.h"
+
+namespace tqkv::cuda {
+namespace {
+
+using detail::warp_sum;
+
+constexpr int kWarpsPerBlock = 8;
+constexpr int kMaxD = 256;
+
+struct QuantArgs {
+  PagedKVView view;
+  const float* bnd[2];  // boundaries per side (null for fp16)
+  const void* src[2];   // k_new, v_new
+  DType in_type;
+  const int64_t* slots;
+  int32_t num_tokens;
+};
+
+__device__ __forceinline__ float load_in(const void* p, DType t, size_t i) {
+  return t == DType::kF32 ? static_cast<const float*>(p)[i]
+                          : __half2float(static_cast<const __half*>(p)[i]);
+}
+
+// Lane `lane` holds coordinates lane*E .. lane*E+E-1 (E = D/32) and their signs (registers);
+// returns H diag(signs) x / sqrt(D).
+template <int E>
+__device__ __forceinline__ void fwht_warp(float (&v)[E], const float (&sg)[E], int lane, float inv_sqrt_d) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) v[e] *= sg[e];
+#pragma unroll
+  for (int h = 1; h < E; h <<= 1) {  // strides inside the lane
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if ((e & h) == 0) {
+        const float a = v[e], b = v[e + h];
+        v[e] = a + b;
+        v[e + h] = a - b;
+      }
+    }
+  }
+#pragma unroll
+  for (int lm = 1; lm < 32; lm <<= 1) {  // strides across lanes: h = lm * E
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float u = __shfl_xor_sync(0xffffffffu, v[e], lm);
+      v[e] = (lane & lm) ? u - v[e] : v[e] + u;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) v[e] *= inv_sqrt_d;
+}
+
+// Encodes one side's vector (rotated coordinates y, unnormalised, in the warp's scratch `ys`)
+// into tile row `row`. Every lane takes part; the D/32 coordinates of a lane are searched
+// independently (unrolled) so their table reads overlap.
+template <int D>
+__device__ void encode_store(const float* ys, float norm, uint8_t* idx_scratch, const float* bnd,
+                             const float* centroids, int bits, uint8_t* tile, int page_size, int row,
+                             int lane) {
+  constexpr int kPer = (D + 31) / 32;
+  const int levels = 1 << bits;
+  const float inv = norm > 0.f ? 1.f / norm : 0.f;
+  float y[kPer];
+  uint32_t q[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int j = lane + 32 * k;
+    y[k] = j < D ? ys[j] * inv : 0.f;
+    q[k] = 0;
+  }
+  for (int s = levels >> 1; s >= 1; s >>= 1) {  // binary search, all coordinates in step
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) q[k] += y[k] > bnd[q[k] + s - 1] ? s : 0;
+  }
+  float c2 = 0.f;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int j = lane + 32 * k;
+    if (j < D) {
+      idx_scratch[j] = static_cast<uint8_t>(q[k]);
+      const float c = centroids[q[k]];
+      c2 = fmaf(c, c, c2);
+    }
+  }
+  c2 = warp_sum(c2);
+  __syncwarp();
+  const int nbytes = D * bits / 8;
+  uint8_t* dst = tile + static_cast<size_t>(row) * nbytes;
+  for (int k = lane; k < nbytes; k += 32) {  // byte k holds bits [8k, 8k+8) of the bitstream
+    uint32_t v = 0;
+    for (int j = (8 * k) / bits; j < D && j * bits < 8 * k + 8; ++j) {
+      const int sh = j * bits - 8 * k;
+      v |= sh >= 0 ? (static_cast<uint32_t>(idx_scratch[j]) << sh) : (static_cast<uint32_t>(idx_scratch[j]) >> -sh);
+    }
+    dst[k] = static_cast<uint8_t>(v & 0xffu);
+  }
+  if (lane == 0) {
+    const float scale = (norm > 0.f && c2 > 0.f) ? norm / sqrtf(c2) : 0.f;
+    uint16_t* scales = reinterpret_cast<uint16_t*>(tile + tile_scales_offset(page_size, D, bits));
+    scales[row] = __half_as_ushort(__float2half_rn(scale));
+  }
+  __syncwarp();
+}
+
+// Fast path: lane holds the E = D/32 contiguous rotated coordinates y[] (unnormalised) of one
+// vector. Indices by unrolled binary search (BITS known), the lane's E*BITS bits OR-ed into a
+// zeroed word buffer (lanes' ranges are adjacent, so neighbours share words), then stored as
+// 32-bit words (rows are 4-byte aligned for power-of-two D).
+template <int D, int BITS>
+__device__ __forceinline__ void encode_fast(const float (&y)[D / 32], float norm, const float* bnd,
+                                            const float* cent, uint32_t* words, uint8_t* tile,
+                                            int page_size, int row, int lane) {
+  constexpr int E = D / 32, L = 1 << BITS, NW = D * BITS / 32;
+  const float inv = norm > 0.f ? 1.f / norm : 0.f;
+  uint64_t v = 0;
+  float c2 = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float yy = y[e] * inv;
+    uint32_t idx = 0;
+#pragma unroll
+    for (int st = L >> 1; st >= 1; st >>= 1) idx += yy > bnd[idx + st - 1] ? st : 0;
+    const float c = cent[idx];
+    c2 = fmaf(c, c, c2);
+    v |= static_cast<uint64_t>(idx) << (e * BITS);
+  }
+  for (int i = lane; i < NW; i += 32) words[i] = 0u;
+  __syncwarp();
+  const int bit0 = lane * E * BITS, w0 = bit0 >> 5, sh = bit0 & 31;
+  const uint64_t lo = v << sh;
+  atomicOr(&words[w0], static_cast<uint32_t>(lo));
+  if (E * BITS + sh > 32) atomicOr(&words[w0 + 1], static_cast<uint32_t>(lo >> 32));
+  if (E * BITS + sh > 64) atomicOr(&words[w0 + 2], static_cast<uint32_t>(v >> (64 - sh)));
+  __syncwarp();
+  uint32_t* dst = reinterpret_cast<uint32_t*>(tile + static_cast<size_t>(row) * (D * BITS / 8));
+  for (int i = lane; i < NW; i += 32) dst[i] = words[i];
+  c2 = warp_sum(c2);
+  if (lane == 0) {
+    const float scale = (norm > 0.f && c2 > 0.f) ? norm / sqrtf(c2) : 0.f;
+    reinterpret_cast<uint16_t*>(tile + tile_scales_offset(page_size, D, BITS))[row] =
+        __half_as_ushort(__float2half_rn(scale));
+  }
+  __syncwarp();
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const QuantArgs a) {
+  constexpr bool kPow2 = (D & (D - 1)) == 0;
+  constexpr int E = kPow2 ? D / 32 : 1;
+  __shared__ float xs[kWarpsPerBlock][2][kMaxD];
+  __shared__ __align__(16) uint8_t idx_scratch[kWarpsPerBlock][kMaxD];
+  __shared__ float tables[2][2][256];  // [side][boundaries, centroids]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const PagedKVView& v = a.view;
+  for (int s = 0; s < 2; ++s) {
+    const KVSideView& side = s == 0 ? v.k : v.v;
+    if (side.bits == kF16Bits) continue;
+    const int levels = 1 << side.bits;
+    for (int i = threadIdx.x; i < levels; i += blockDim.x) {
+      tables[s][1][i] = side.centroids[i];
+      if (i + 1 < levels) tables[s][0][i] = a.bnd[s][i];
+    }
+  }
+  __syncthreads();
+  const int H = v.num_kv_heads;
+  const long long total = static_cast<long long>(a.num_tokens) * H;
+  const bool fast = kPow2 && v.hadamard_signs != nullptr;
+  const float inv_sqrt_d = rsqrtf(static_cast<float>(D));
+  float sg[kPow2 ? E : 1];  // this lane's Hadamard signs, loaded once
+#pragma unroll
+  for (int e = 0; e < (kPow2 ? E : 1); ++e) sg[e] = fast ? v.hadamard_signs[lane * E + e] : 1.f;
+
+  auto process_item = [&](long long item, const float (&xcur)[2][kPow2 ? E : 1]) {
+    const int it32 = static_cast<int>(item);  // < 2^31 (checked on the host)
+    const int token = it32 / H, head = it32 - token * H;
+    const int64_t slot = a.slots[token];
+    if (slot < 0) return;
+    const int page = static_cast<int>(slot / v.page_size), row = static_cast<int>(slot % v.page_size);
+    const size_t base = static_cast<size_t>(item) * D;
+
+    const auto& x = xcur;
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const KVSideView& side = s == 0 ? v.k : v.v;
+      uint8_t* tile = s == 0 ? v.k_tile(page, head) : v.v_tile(page, head);
+      float* ys = xs[warp][s];
+      if (side.bits == kF16Bits) {
+        uint16_t* dst = reinterpret_cast<uint16_t*>(tile) + static_cast<size_t>(row) * D;
+        if constexpr (kPow2) {  // E halves per lane, stored as E/2 words (rows are 2D-byte aligned)
+          uint32_t* d32 = reinterpret_cast<uint32_t*>(dst + lane * E);
+#pragma unroll
+          for (int e = 0; e < E; e += 2) d32[e / 2] = detail::pack_half2(x[s][e], x[s][e + 1]);
+        } else {
+          for (int j = lane; j < D; j += 32)
+            dst[j] = __half_as_ushort(__float2half_rn(load_in(a.src[s], a.in_type, base + j)));
+        }
+        continue;
+      }
+      float n2 = 0.f;
+      if (fast) {
+        if constexpr (kPow2) {
+          float y[E];
+#pragma unroll
+          for (int e = 0; e < E; ++e) { y[e] = x[s][e]; n2 = fmaf(y[e], y[e], n2); }
+          fwht_warp<E>(y, sg, lane, inv_sqrt_d);
+          const float norm = sqrtf(warp_sum(n2));
+          uint32_t* words = reinterpret_cast<uint32_t*>(idx_scratch[warp]);
+          const float* bnd = tables[s][0];
+          const float* cent = tables[s][1];
+          switch (side.bits) {
+            case 2: encode_fast<D, 2>(y, norm, bnd, cent, words, tile, v.page_size, row, lane); break;
+            case 3: encode_fast<D, 3>(y, norm, bnd, cent, words, tile, v.page_size, row, lane); break;
+            case 4: encode_fast<D, 4>(y, norm, bnd, cent, words, tile, v.page_size, row, lane); break;
+            default: encode_fast<D, 8>(y, norm, bnd, cent, words, tile, v.page_size, row, lane); break;
+          }
+          continue;
+        }
+      } else {  // dense: y_i = sum_j P[i][j] x_j
+        float* xin = xs[warp][s];
+        float xr[(D + 31) / 32];
+#pragma unroll
+        for (int k = 0; k < (D + 31) / 32; ++k) {
+          const int j = lane + 32 * k;
+          xr[k] = j < D ? load_in(a.src[s], a.in_type, base + j) : 0.f;
+          n2 = fmaf(xr[k], xr[k], n2);
+        }
+        // Stage x in idx-free scratch (the other side's buffer is not in use yet for s == 0;
+        // for s == 1 side 0 has been stored already), then compute y into ys.
+        float* stage = xs[warp][1 - s];
+#pragma unroll
+        for (int k = 0; k < (D + 31) / 32; ++k)
+          if (lane + 32 * k < D) stage[lane + 32 * k] = xr[k];
+        __syncwarp();
+        float yr[(D + 31) / 32];
+#pragma unroll
+        for (int k = 0; k < (D + 31) / 32; ++k) {
+          const int i = lane + 32 * k;
+          float acc = 0.f;
+          if (i < D) {
+            const float* pr = v.rotation + static_cast<size_t>(i) * D;
+            for (int j = 0; j < D; ++j) acc = fmaf(pr[j], stage[j], acc);
+          }
+          yr[k] = acc;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < (D + 31) / 32; ++k)
+          if (lane + 32 * k < D) xin[lane + 32 * k] = yr[k];
+      }
+      __syncwarp();
+      const float norm = sqrtf(warp_sum(n2));
+      encode_store<D>(ys, norm, idx_scratch[warp], tables[s][0], tables[s][1], side.bits, tile,
+                      v.page_size, row, lane);
+    }
+  };
+  // Inputs of the next item are loaded while the current one is processed (one item is only
+  // 2 * D * 2 bytes per warp).
+  float xc[2][kPow2 ? E : 1], xn[2][kPow2 ? E : 1];
+  auto load_item = [&](long long item, float (&x)[2][kPow2 ? E : 1]) {
+    const size_t base = static_cast<size_t>(item) * D;
+    if constexpr (kPow2) {
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        if (a.in_type == DType::kF16 && E % 2 == 0) {  // paired loads (lane chunks are 4-byte aligned)
+          const __half2* src = reinterpret_cast<const __half2*>(static_cast<const __half*>(a.src[s]) + base + lane * E);
+#pragma unroll
+          for (int e = 0; e < E; e += 2) {
+            const float2 f = __half22float2(src[e / 2]);
+            x[s][e] = f.x;
+            x[s][e + 1] = f.y;
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) x[s][e] = load_in(a.src[s], a.in_type, base + lane * E + e);
+        }
+      }
+    }
+  };
+  const long long stride = static_cast<long long>(gridDim.x) * kWarpsPerBlock;
+  long long item = static_cast<long long>(blockIdx.x) * kWarpsPerBlock + warp;
+  if (item < total) load_item(item, xc);
+  for (; item < total; item += stride) {
+    if (item + stride < total) load_item(item + stride, xn);
+    process_item(item, xc);
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int e = 0; e < (kPow2 ? E : 1); ++e) xc[s][e] = xn[s][e];
+  }
+}
+
+// One warp per (page, head, token row): x = scale * P^T c[idx] (dense P^T), or fp16 copy.
+__global__ void dequantize_kernel(const PagedKVView v, int side_id, const int32_t* pages, int num_pages,
+                                  float* out) {
+  __shared__ float ys[kWarpsPerBlock][kMaxD];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int D = v.head_dim, P = v.page_size, H = v.num_kv_heads;
+  const KVSideView& side = side_id == 0 ? v.k : v.v;
+  const long long total = static_cast<long long>(num_pages) * H * P;
+  for (long long item = static_cast<long long>(blockIdx.x) * kWarpsPerBlock + warp; item < total;
+       item += static_cast<long long>(gridDim.x) * kWarpsPerBlock) {
+    const int row = static_cast<int>(item % P);
+    const int head = static_cast<int>((item / P) % H);
+    const int pi = static_cast<int>(item / (static_cast<long long>(P) * H));
+    const uint8_t* tile = side_id == 0 ? v.k_tile(pages[pi], head) : v.v_tile(pages[pi], head);
+    float* dst = out + static_cast<size_t>(item) * D;
+    if (side.bits == kF16Bits) {
+      const uint16_t* src = reinterpret_cast<const uint16_t*>(tile) + static_cast<size_t>(row) * D;
+      for (int j = lane; j < D; j += 32) dst[j] = __half2float(__ushort_as_half(src[j]));
+      continue;
+    }
+    const int nbytes = D * side.bits / 8;
+    const uint8_t* idx = tile + static_cast<size_t>(row) * nbytes;
+    const float scale = __half2float(__ushort_as_half(
+        reinterpret_cast<const uint16_t*>(tile + tile_scales_offset(P, D, side.bits))[row]));
+    for (int j = lane; j < D; j += 32) ys[warp][j] = side.centroids[unpack_index(idx, side.bits, j)];
+    __syncwarp();
+    for (int i = lane; i < D; i += 32) {
+      float acc = 0.f;
+      for (int j = 0; j < D; ++j) acc = fmaf(v.rotation[static_cast<size_t>(j) * D + i], ys[warp][j], acc);
+      dst[i] = scale * acc;
+    }
+    __syncwarp();
+  }
+}
+
+Status check_common(const PagedKVView& view) {
+  const int d = view.head_dim;
+  if (d != 64 && d != 80 && d != 96 && d != 128 && d != 256)
+    return unsupported("CUDA quantize supports head_dim 64, 80, 96, 128, 256 (got " + std::to_string(d) + ")");
+  if (view.page_size <= 0 || view.num_kv_heads <= 0) return invalid_argument("bad page_size or num_kv_heads");
+  for (const KVSideView* s : {&view.k, &view.v}) {
+    if (!is_valid_kv_bits(s->bits)) return invalid_argument("bits must be 2, 3, 4, 8 or 16");
+    if (s->tile_bytes != tile_bytes(view.page_size, d, s->bits)) return invalid_argument("tile_bytes does not match kv_layout.h");
+    if (!s->pages) return invalid_argument("null pages");
+    if (s->bits != kF16Bits && (!s->centroids || !view.rotation))
+      return invalid_argument("TurboQuant side needs centroids and the rotation");
+  }
+  return Status::ok();
+}
+
+// Enough resident blocks to fill the device; the kernels loop over the rest (grid-stride), so
+// per-block set-up (tables) is paid once per block, not once per item.
+int grid_for(long long items) {
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const long long cap = 3LL * sms;  // = blocks resident per SM (__launch_bounds__(256, 3)): one wave
+  const long long blocks = (items + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  return static_cast<int>(blocks < cap ? blocks : cap);
+}
+
+}  // namespace
+
+Status quantize_and_store(const PagedKVView& view, const float* boundaries_k, const float* boundaries_v,
+                          const void* k_new, const void* v_new, DType in_type, const int64_t* slot_mapping,
+                          int32_t num_tokens, cudaStream_t stream) {
+  TQKV_RETURN_IF_ERROR(check_common(view));
+  if (num_tokens < 0) return invalid_argument("negative num_tokens");
+  if (num_tokens == 0) return Status::ok();
+  if (static_cast<long long>(num_tokens) * view.num_kv_heads >= (1LL << 31))
+    return invalid_argument("num_tokens * num_kv_heads must be < 2^31");
+  if (!k_new || !v_new || !slot_mapping) return invalid_argument("null k_new, v_new or slot_mapping");
+  if ((view.k.bits != kF16Bits && !boundaries_k) || (view.v.bits != kF16Bits && !boundaries_v))
+    return invalid_argument("TurboQuant side without boundaries");
+  QuantArgs a{view, {boundaries_k, boundaries_v}, {k_new, v_new}, in_type, slot_mapping, num_tokens};
+  const int grid = grid_for(static_cast<long long>(num_tokens) * view.num_kv_heads);
+  switch (view.head_dim) {
+    case 64: quantize_kernel<64><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
+    case 80: quantize_kernel<80><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
+    case 96: quantize_kernel<96><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
+    case 128: quantize_kernel<128><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
+    case 256: quantize_kernel<256><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
+    default: return unsupported("head_dim");
+  }
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return Status::ok();
+}
+
+Status dequantize_pages(const PagedKVView& view, int side, const int32_t* pages, int32_t num_pages,
+                        float* out, cudaStream_t stream) {
+  TQKV_RETURN_IF_ERROR(check_common(view));
+  if (side != 0 && side != 1) return invalid_argument("side must be 0 (K) or 1 (V)");
+  if (num_pages < 0) return invalid_argument("negative num_pages");
+  if (num_pages == 0) return Status::ok();
+  if (!pages || !out) return invalid_argument("null pages or out");
+  const long long items = static_cast<long long>(num_pages) * view.num_kv_heads * view.page_size;
+  dequantize_kernel<<<grid_for(items), kWarpsPerBlock * 32, 0, stream>>>(view, side, pages, num_pages, out);
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return Status::ok();
+}
+
+}  // namespace tqkv::cuda

@@ -1,0 +1,276 @@
+// Decode attention on the GPU against a plain-loop fp64 reference, for every built format, head
+// size, GQA ratio and a batch of mixed lengths with pages placed at random.
+//
+// Tolerance: |gpu - ref| <= atol + rtol * |ref| per element with rtol = 1e-2 and atol = 4e-3 times
+// the largest |ref| of that (sequence, head) row, zero violations, NaN never passes. The kernel
+// feeds the tensor cores fp16 operands (query, codebook values / fp16 keys, probabilities) with
+// fp32 accumulation, so each operand carries a relative rounding of 2^-11 ~ 4.9e-4; the budget is
+// about 8x that.
+#include <gtest/gtest.h>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "paged_fixture.h"
+#include "tqkv/cuda_attention.h"
+
+namespace tqkv::cuda {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::PagedFixture;
+
+constexpr double kRtol = 1e-2;
+constexpr double kAtolFrac = 4e-3;
+
+int sm_count() {
+  int dev = 0, n = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  return n;
+}
+
+// Compares row by row with the row-relative atol.
+std::string check_rows(const std::vector<float>& got, const std::vector<double>& ref, int d) {
+  for (size_t r = 0; r * d < ref.size(); ++r) {
+    double mx = 0;
+    for (int j = 0; j < d; ++j) mx = std::max(mx, std::fabs(ref[r * d + j]));
+    const std::string e = testing::compare(&got[r * d], &ref[r * d], d, kAtolFrac * mx + 1e-30, kRtol);
+    if (!e.empty()) return "row " + std::to_string(r) + ": " + e;
+  }
+  return {};
+}
+
+struct RunOptions {
+  int hq = 0;
+  float softcap = 0.f;
+  int window = 0;
+  int splits = 0;
+  bool half_io = false;
+};
+
+// Runs decode once (outputs and workspace poisoned first) and returns the fp32 output.
+std::vector<float> run_decode(PagedFixture& fx, const PagedKVView& view, const std::vector<float>& q,
+                              const RunOptions& o, Status* status) {
+  DecodeParams p;
+  p.num_q_heads = o.hq;
+  p.scale = 1.f / std::sqrt(static_cast<float>(fx.d));
+  p.softcap = o.softcap;
+  p.window = o.window;
+  p.num_splits = o.splits;
+  auto plan = plan_decode(view, p, sm_count());
+  if (!plan.is_ok()) { *status = plan.status(); return {}; }
+  const size_t n = q.size();
+  DeviceBuffer dq, dout(n * (o.half_io ? 2 : 4)), ws(plan->workspace_bytes);
+  if (o.half_io) {
+    std::vector<__half> qh(n);
+    for (size_t i = 0; i < n; ++i) qh[i] = __float2half_rn(q[i]);
+    dq = testing::to_device(qh);
+  } else {
+    dq = testing::to_device(q);
+  }
+  testing::poison(dout);
+  testing::poison(ws);
+  const DType t = o.half_io ? DType::kF16 : DType::kF32;
+  *status = attention_decode(view, p, *plan, dq.get(), t, dout.get(), t, ws.get(), ws.bytes(), nullptr);
+  if (!status->is_ok()) return {};
+  if (cudaDeviceSynchronize() != cudaSuccess) { *status = internal_error("kernel failed"); return {}; }
+  std::vector<float> out(n);
+  if (o.half_io) {
+    auto h = testing::to_host<__half>(dout, n);
+    for (size_t i = 0; i < n; ++i) out[i] = __half2float(h[i]);
+  } else {
+    out = testing::to_host<float>(dout, n);
+  }
+  return out;
+}
+
+std::vector<float> random_q(int num_seqs, int hq, int d, uint64_t seed, float sigma) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, sigma);
+  std::vector<float> q(static_cast<size_t>(num_seqs) * hq * d);
+  for (auto& x : q) x = nd(rng);
+  return q;
+}
+
+struct FormatCase {
+  int d, kb, vb;
+};
+std::string case_name(const ::testing::TestParamInfo<FormatCase>& info) {
+  auto b = [](int x) { return x == 16 ? std::string("f16") : std::to_string(x); };
+  return "d" + std::to_string(info.param.d) + "_k" + b(info.param.kb) + "_v" + b(info.param.vb);
+}
+
+class DecodeFormat : public ::testing::TestWithParam<FormatCase> {};
+
+TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
+  TQKV_REQUIRE_GPU();
+  const FormatCase c = GetParam();
+  PagedFixture fx;
+  fx.d = c.d; fx.kb = c.kb; fx.vb = c.vb;
+  fx.num_kv_heads = 2;
+  fx.lens = {1, 17, 129, 1000, 5000};
+  const bool pow2 = (c.d & (c.d - 1)) == 0;
+  fx.build(1000 + c.d * 31 + c.kb * 7 + c.vb, pow2);
+  fx.decode_all();
+  const PagedKVView view = fx.upload();
+  for (int group : {1, 4, 8}) {
+    const int hq = group * fx.num_kv_heads;
+    const auto q = random_q(fx.num_seqs(), hq, c.d, 77 + group, 1.5f);
+    Status st;
+    const auto got = run_decode(fx, view, q, {hq}, &st);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(static_cast<double>(c.d)), 0.0, 0);
+    const std::string err = check_rows(got, ref, c.d);
+    EXPECT_TRUE(err.empty()) << "group " << group << ": " << err;
+  }
+}
+
+std::vector<FormatCase> all_cases() {
+  std::vector<FormatCase> v;
+  for (int d : {64, 80, 96, 128, 256})
+    for (auto kv : {std::pair{16, 16}, {8, 8}, {4, 4}, {3, 3}, {2, 2}, {8, 4}, {4, 3}})
+      v.push_back({d, kv.first, kv.second});
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(AllFormats, DecodeFormat, ::testing::ValuesIn(all_cases()), case_name);
+
+// Sliding window, logit soft-capping, evicted leading pages and an empty sequence together.
+TEST(CudaDecode, WindowSoftcapEvictionAndEmptySequence) {
+  TQKV_REQUIRE_GPU();
+  for (auto kv : {std::pair{4, 4}, {16, 16}, {4, 3}}) {
+    PagedFixture fx;
+    fx.d = 128; fx.kb = kv.first; fx.vb = kv.second;
+    fx.num_kv_heads = 2;
+    fx.lens = {300, 0, 2000, 45};
+    fx.first_page = {4, 0, 10, 0};  // sequence 0 keeps positions >= 64, sequence 2 >= 160
+    fx.build(4242 + kv.first, true);
+    fx.decode_all();
+    const PagedKVView view = fx.upload();
+    const int hq = 8;
+    const auto q = random_q(fx.num_seqs(), hq, fx.d, 5, 6.f);  // large logits: the cap bites
+    for (int window : {0, 100, 1}) {
+      Status st;
+      const auto got = run_decode(fx, view, q, {hq, 10.f, window}, &st);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+      const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(128.0), 10.0, window);
+      const std::string err = check_rows(got, ref, fx.d);
+      EXPECT_TRUE(err.empty()) << "k" << kv.first << "v" << kv.second << " window " << window << ": " << err;
+    }
+  }
+}
+
+// The split-KV partition count must not change the result beyond rounding; fp16 in/out works;
+// a group of 12 query heads (two head chunks) works.
+TEST(CudaDecode, SplitCountsHalfIoAndLargeGroups) {
+  TQKV_REQUIRE_GPU();
+  PagedFixture fx;
+  fx.d = 128; fx.kb = 4; fx.vb = 4;
+  fx.num_kv_heads = 2;
+  fx.lens = {3000, 700, 16};
+  fx.build(99, true);
+  fx.decode_all();
+  const PagedKVView view = fx.upload();
+  const int hq = 24;  // group 12
+  const auto q = random_q(fx.num_seqs(), hq, fx.d, 11, 1.5f);
+  const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(128.0), 0.0, 0);
+  for (int splits : {1, 2, 5, 64, 200}) {
+    Status st;
+    const auto got = run_decode(fx, view, q, {hq, 0.f, 0, splits}, &st);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    const std::string err = check_rows(got, ref, fx.d);
+    EXPECT_TRUE(err.empty()) << "splits " << splits << ": " << err;
+  }
+  Status st;
+  const auto got = run_decode(fx, view, q, {hq, 0.f, 0, 0, true}, &st);
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  // fp16 output adds one more rounding of the result (relative 2^-11).
+  const std::string err = check_rows(got, ref, fx.d);
+  EXPECT_TRUE(err.empty()) << "fp16 io: " << err;
+}
+
+// The launch sequence captures into a CUDA graph (no allocation, no host sync) and replays
+// to the same result.
+TEST(CudaDecode, CapturesIntoGraph) {
+  TQKV_REQUIRE_GPU();
+  PagedFixture fx;
+  fx.d = 128; fx.kb = 3; fx.vb = 3;
+  fx.lens = {500, 1200};
+  fx.build(7, true);
+  fx.decode_all();
+  const PagedKVView view = fx.upload();
+  const int hq = 8;
+  const auto q = random_q(fx.num_seqs(), hq, fx.d, 3, 1.5f);
+  DecodeParams p;
+  p.num_q_heads = hq;
+  p.scale = 1.f / std::sqrt(128.f);
+  auto plan = plan_decode(view, p, sm_count());
+  ASSERT_TRUE(plan.is_ok());
+  DeviceBuffer dq = testing::to_device(q), dout(q.size() * 4), ws(plan->workspace_bytes);
+  cudaStream_t stream;
+  TQKV_CUDA_ASSERT(cudaStreamCreate(&stream));
+  cudaGraph_t graph;
+  TQKV_CUDA_ASSERT(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const Status st = attention_decode(view, p, *plan, dq.get(), DType::kF32, dout.get(), DType::kF32,
+                                     ws.get(), ws.bytes(), stream);
+  TQKV_CUDA_ASSERT(cudaStreamEndCapture(stream, &graph));
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  cudaGraphExec_t exec;
+  TQKV_CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+  testing::poison(dout);
+  TQKV_CUDA_ASSERT(cudaGraphLaunch(exec, stream));
+  TQKV_CUDA_ASSERT(cudaStreamSynchronize(stream));
+  const auto got = testing::to_host<float>(dout, q.size());
+  const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(128.0), 0.0, 0);
+  const std::string err = check_rows(got, ref, fx.d);
+  EXPECT_TRUE(err.empty()) << err;
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+// Unsupported shapes fail loudly before any launch (runs without a GPU too).
+TEST(CudaDecode, RejectsUnsupportedShapesAndFormats) {
+  PagedKVView v;
+  int32_t dummy = 0;
+  float fdummy = 0;
+  v.k = {reinterpret_cast<uint8_t*>(&dummy), 4, tile_bytes(16, 128, 4), &fdummy};
+  v.v = {reinterpret_cast<uint8_t*>(&dummy), 4, tile_bytes(16, 128, 4), &fdummy};
+  v.num_kv_heads = 2; v.head_dim = 128; v.page_size = 16; v.num_seqs = 1;
+  v.page_table = &dummy; v.max_pages_per_seq = 1; v.seq_lens = &dummy; v.rotation = &fdummy;
+  DecodeParams p;
+  p.num_q_heads = 8;
+  p.scale = 0.1f;
+  EXPECT_TRUE(plan_decode(v, p, 132).is_ok());
+  PagedKVView bad = v;
+  bad.head_dim = 72;
+  bad.k.tile_bytes = bad.v.tile_bytes = tile_bytes(16, 72, 4);
+  EXPECT_EQ(plan_decode(bad, p, 132).status().code(), StatusCode::kUnsupported);
+  bad = v;
+  bad.page_size = 32;
+  bad.k.tile_bytes = bad.v.tile_bytes = tile_bytes(32, 128, 4);
+  EXPECT_EQ(plan_decode(bad, p, 132).status().code(), StatusCode::kUnsupported);
+  bad = v;
+  bad.k.tile_bytes += 16;
+  EXPECT_EQ(plan_decode(bad, p, 132).status().code(), StatusCode::kInvalidArgument);
+  DecodeParams bp = p;
+  bp.num_q_heads = 7;  // not a multiple of num_kv_heads
+  EXPECT_EQ(plan_decode(v, bp, 132).status().code(), StatusCode::kInvalidArgument);
+  // (k2, v8) is a valid layout but no kernel is built for it: kUnsupported, nothing launched.
+  bad = v;
+  bad.k.bits = 2; bad.k.tile_bytes = tile_bytes(16, 128, 2);
+  bad.v.bits = 8; bad.v.tile_bytes = tile_bytes(16, 128, 8);
+  EXPECT_EQ(plan_decode(bad, p, 132).status().code(), StatusCode::kUnsupported);
+  DecodePlan plan;
+  const Status st = attention_decode(bad, p, plan, &fdummy, DType::kF32, &fdummy, DType::kF32, &fdummy,
+                                     1 << 20, nullptr);
+  EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.to_string();
+}
+
+}  // namespace
+}  // namespace tqkv::cuda
