@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/command_registry.h"
 #include "tqkv/codec.h"
 #include "tqkv/codec_prod.h"
@@ -110,12 +112,23 @@ int run(const Options& o) {
   const double enc_gbps = bytes_in / enc_s / 1e9, dec_gbps = bytes_in / dec_s / 1e9;
   const int64_t bpv = c.index_bytes() + 2;
   if (o.json) {
-    std::printf(
-        "{\"bits\": %d, \"head_dim\": %d, \"rotation\": \"%s\", \"vectors\": %lld, \"mse\": %.6g, "
-        "\"lower_bound\": %.6g, \"ratio\": %.4f, \"solver_mse\": %.6g, \"ip_bias\": %.6g, \"ip_variance\": %.6g, \"prod_ip_bias\": %.6g, \"prod_ip_variance\": %.6g, "
-        "\"bytes_per_vector\": %lld, \"encode_gbps\": %.4f, \"decode_gbps\": %.4f}\n",
-        o.bits, d, tqkv::rotation_kind_name(rot), static_cast<long long>(n), mse, lb, mse / lb,
-        c.codebook().expected_mse(), bias, var, pbias, pvar, static_cast<long long>(bpv), enc_gbps, dec_gbps);
+    // nlohmann::json writes a NaN (prod at 1 bit of MSE, i.e. not applicable) as null.
+    const nlohmann::json j = {{"bits", o.bits},
+                              {"head_dim", d},
+                              {"rotation", tqkv::rotation_kind_name(rot)},
+                              {"vectors", n},
+                              {"mse", mse},
+                              {"lower_bound", lb},
+                              {"ratio", mse / lb},
+                              {"solver_mse", c.codebook().expected_mse()},
+                              {"ip_bias", bias},
+                              {"ip_variance", var},
+                              {"prod_ip_bias", pbias},
+                              {"prod_ip_variance", pvar},
+                              {"bytes_per_vector", bpv},
+                              {"encode_gbps", enc_gbps},
+                              {"decode_gbps", dec_gbps}};
+    std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("TurboQuant_mse  bits=%d head_dim=%d rotation=%s vectors=%lld (norm-corrected scale)\n", o.bits, d,
                 tqkv::rotation_kind_name(rot), static_cast<long long>(n));

@@ -93,52 +93,123 @@ struct Solution {
   double distortion;  // per coordinate, E[(t - Q(t))^2]
 };
 
+void symmetrize_odd(std::vector<double>& c) {
+  const size_t L = c.size();
+  for (size_t k = 0; k < L / 2; ++k) {
+    const double s = (c[L - 1 - k] - c[k]) / 2;
+    c[k] = -s;
+    c[L - 1 - k] = s;
+  }
+}
+
+// One Lloyd step: decision boundaries at the midpoints of `c`, then every centroid moved to the
+// conditional mean of its cell. Returns the distortion of the cells it integrated.
+double lloyd_step(int d, double total, const std::vector<double>& c, std::vector<double>& out,
+                  bool symmetrize = true) {
+  const int L = static_cast<int>(c.size());
+  const double half_pi = M_PI / 2;
+  double distortion = 0;
+  double lo = -half_pi;
+  for (int k = 0; k < L; ++k) {
+    const double hi = k + 1 < L ? std::asin((c[k] + c[k + 1]) / 2) : half_pi;
+    // Outer cells span a wide theta range where the mass falls off like a Gaussian: more pieces.
+    // 8 bits: the 254 inner cells are each ~1/40 of a standard deviation wide, where an 8-point
+    // rule is exact to double precision for all practical purposes.
+    const bool outer = k == 0 || k == L - 1;
+    const Moments m = outer ? cell_moments<20>(d, lo, hi, 64)
+                      : L > 16 ? cell_moments<8>(d, lo, hi, 1)
+                               : cell_moments<20>(d, lo, hi, 8);
+    const double ck = m.m0 > 0 ? m.m1 / m.m0 : (std::sin(lo) + std::sin(hi)) / 2;
+    out[k] = ck;
+    distortion += (m.m2 - 2 * ck * m.m1 + ck * ck * m.m0) / total;
+    lo = hi;
+  }
+  // Exact symmetry: the density is even, so the optimum is odd.
+  if (symmetrize) symmetrize_odd(out);
+  return distortion;
+}
+
+bool strictly_increasing(const std::vector<double>& c) {
+  for (size_t k = 0; k < c.size(); ++k)
+    if (!(c[k] > -1 && c[k] < 1) || (k > 0 && !(c[k] > c[k - 1]))) return false;
+  return true;
+}
+
+// Lloyd-Max: the fixed point c = T(c) of the Lloyd step. Plain Lloyd iteration contracts slowly
+// when there are many cells (thousands of steps at 8 bits), so after a short Lloyd warm-up the
+// fixed point is found by Newton's method on F(c) = T(c) - c. Centroid k depends only on
+// c[k-1], c[k], c[k+1] (its two boundaries), so the Jacobian is tridiagonal: three perturbed Lloyd
+// steps (every third coordinate at once) give it by finite differences, and a Thomas solve gives
+// the update. Newton falls back to Lloyd steps if it ever leaves the ordered region.
 Solution solve(int d, int bits) {
   const int L = 1 << bits;
   const double sigma = 1.0 / std::sqrt(static_cast<double>(d));
-  std::vector<double> c(L);
+  std::vector<double> c(L), t(L), tp(L);
   // Start: the high-resolution optimum for a Gaussian (point density ~ f^(1/3): sigma * sqrt(3)).
   for (int k = 0; k < L; ++k)
     c[k] = std::clamp(std::sqrt(3.0) * sigma * normal_quantile((k + 0.5) / L), -0.999, 0.999);
-  const double half_pi = M_PI / 2;
-  double total = 0;
-  {
-    // Total mass with many pieces (the normaliser).
-    total = cell_moments(d, -half_pi, half_pi, 512).m0;
+  const double total = cell_moments(d, -M_PI / 2, M_PI / 2, 512).m0;  // the normaliser
+  const double tol = 1e-13 * sigma;
+  double distortion = 0;
+  for (int iter = 0; iter < 30; ++iter) {  // warm-up: gets every cell near its optimum
+    distortion = lloyd_step(d, total, c, t);
+    c.swap(t);
   }
-  std::vector<double> edge(L + 1);
-  double distortion = 0, prev_distortion = 0;
-  for (int iter = 0; iter < 100000; ++iter) {
-    edge[0] = -half_pi;
-    edge[L] = half_pi;
-    for (int k = 1; k < L; ++k) edge[k] = std::asin((c[k - 1] + c[k]) / 2);
-    double max_move = 0;
-    distortion = 0;
-    for (int k = 0; k < L; ++k) {
-      // Outer cells span a wide theta range where the mass falls off like a Gaussian: more pieces.
-      // 8 bits: the 254 inner cells are each ~1/40 of a standard deviation wide, where an 8-point
-      // rule is exact to double precision for all practical purposes.
-      const bool outer = k == 0 || k == L - 1;
-      const Moments m = outer ? cell_moments<20>(d, edge[k], edge[k + 1], 64)
-                        : L > 16 ? cell_moments<8>(d, edge[k], edge[k + 1], 1)
-                                 : cell_moments<20>(d, edge[k], edge[k + 1], 8);
-      const double ck = m.m0 > 0 ? m.m1 / m.m0 : (std::sin(edge[k]) + std::sin(edge[k + 1])) / 2;
-      max_move = std::max(max_move, std::fabs(ck - c[k]));
-      c[k] = ck;
-      distortion += (m.m2 - 2 * ck * m.m1 + ck * ck * m.m0) / total;
+  std::vector<double> lower(L), diag(L), upper(L), rhs(L), cp(L), dp(L);
+  for (int newton = 0; newton < 60; ++newton) {
+    distortion = lloyd_step(d, total, c, t);
+    double resid = 0;
+    for (int k = 0; k < L; ++k) resid = std::max(resid, std::fabs(t[k] - c[k]));
+    if (resid < tol) {
+      c.swap(t);
+      break;
     }
-    // Exact symmetry: the density is even, so the optimum is odd.
-    for (int k = 0; k < L / 2; ++k) {
-      const double s = (c[L - 1 - k] - c[k]) / 2;
-      c[k] = -s;
-      c[L - 1 - k] = s;
+    // Jacobian of F = T - I by forward differences, columns j = r, r+3, ... at once.
+    const double h = 1e-7 * sigma;
+    std::vector<double> base(L);
+    lloyd_step(d, total, c, base, /*symmetrize=*/false);
+    std::fill(lower.begin(), lower.end(), 0.0);
+    std::fill(upper.begin(), upper.end(), 0.0);
+    for (int r = 0; r < 3; ++r) {
+      std::vector<double> cpert = c;
+      for (int j = r; j < L; j += 3) cpert[j] += h;
+      // Symmetrising would mix columns: the raw step gives the differences.
+      lloyd_step(d, total, cpert, tp, /*symmetrize=*/false);
+      for (int j = r; j < L; j += 3) {
+        // Row k's entry in column j comes from the perturbed step's centroid k (k = j-1, j, j+1).
+        for (int k = std::max(0, j - 1); k <= std::min(L - 1, j + 1); ++k) {
+          const double dTdc = (tp[k] - base[k]) / h;
+          const double a = dTdc - (k == j ? 1.0 : 0.0);
+          if (k == j) diag[k] = a;
+          else if (k == j - 1) upper[k] = a;  // row k = j-1, column k+1
+          else lower[k] = a;                  // row k = j+1, column k-1
+        }
+      }
     }
-    // 8 bits: Lloyd's iteration contracts slowly with 256 cells; 1e-9 sigma moves centroids far
-    // below float resolution of the decision boundaries' effect on the MSE (second order).
-    if (max_move < (bits == 8 ? 1e-9 : 1e-13) * sigma) break;
-    if (bits == 8 && std::fabs(prev_distortion - distortion) < 1e-9 * distortion) break;
-    prev_distortion = distortion;
+    // Solve J dc = -(T(c) - c) (Thomas algorithm; J is diagonally dominant near the optimum).
+    for (int k = 0; k < L; ++k) rhs[k] = -(t[k] - c[k]);
+    cp[0] = upper[0] / diag[0];
+    dp[0] = rhs[0] / diag[0];
+    for (int k = 1; k < L; ++k) {
+      const double m = diag[k] - lower[k] * cp[k - 1];
+      cp[k] = upper[k] / m;
+      dp[k] = (rhs[k] - lower[k] * dp[k - 1]) / m;
+    }
+    std::vector<double> next(L);
+    next[L - 1] = dp[L - 1];
+    for (int k = L - 2; k >= 0; --k) next[k] = dp[k] - cp[k] * next[k + 1];
+    for (int k = 0; k < L; ++k) next[k] += c[k];
+    symmetrize_odd(next);
+    if (strictly_increasing(next)) {
+      c.swap(next);
+    } else {
+      for (int i = 0; i < 20; ++i) {  // left the ordered region: plain Lloyd steps instead
+        lloyd_step(d, total, c, t);
+        c.swap(t);
+      }
+    }
   }
+  distortion = lloyd_step(d, total, c, t);  // distortion of the final codebook itself
   return {c, distortion};
 }
 
