@@ -2,8 +2,8 @@
 // the same run (time, bytes read, GB/s, speed ratio, error against the reference).
 // `tqkv bench capacity`: tokens that fit in a byte budget, per KV format.
 //
-// The measuring code lives in src/attention/bench_cpu.{h,cpp}; a `--backend cuda` or a
-// `bench decode` subcommand can be added here next to the CPU one.
+// The measuring code lives in src/attention/bench_cpu.{h,cpp}; `--backend cuda` hands the same
+// flags to the CUDA kernel bench (src/cuda/bench_attention.*, via cmd_bench_cuda.cpp).
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -14,6 +14,13 @@
 #include "attention/bench_cpu.h"
 #include "cli/command_registry.h"
 #include "tqkv/kv_cache.h"
+
+#ifdef TQKV_HAVE_CUDA
+namespace tqkv::cli {
+// `bench attention --backend cuda` (cmd_bench_cuda.cpp): the same flags, timed by the CUDA bench.
+int run_bench_attention_cuda(const CpuAttentionBenchConfig& cfg, bool json);
+}  // namespace tqkv::cli
+#endif
 
 namespace {
 
@@ -29,14 +36,24 @@ struct Options {
 };
 
 int run_attention(const Options& o) {
-  if (o.backend != "cpu") {
-    std::fprintf(stderr, "error: --backend %s is not available here (cpu only)\n", o.backend.c_str());
-    return 2;
-  }
   tqkv::CpuAttentionBenchConfig cfg = o.cfg;
   char tail = 0;
   if (std::sscanf(o.heads.c_str(), "%d:%d%c", &cfg.num_q_heads, &cfg.num_kv_heads, &tail) != 2) {
     std::fprintf(stderr, "error: --heads must look like 32:8 (got '%s')\n", o.heads.c_str());
+    return 2;
+  }
+  if (o.backend == "cuda") {
+#ifdef TQKV_HAVE_CUDA
+    return tqkv::cli::run_bench_attention_cuda(cfg, o.json);  // cmd_bench_cuda.cpp
+#else
+    std::fprintf(stderr,
+                 "error: --backend cuda: this tqkv was built without the CUDA backend (no nvcc when it was "
+                 "configured; configure with -DTQKV_CUDA=ON on a machine with the CUDA toolkit)\n");
+    return 2;
+#endif
+  }
+  if (o.backend != "cpu") {
+    std::fprintf(stderr, "error: --backend must be cpu or cuda (got '%s')\n", o.backend.c_str());
     return 2;
   }
   auto r = tqkv::run_cpu_attention_bench(cfg, [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); });
@@ -128,7 +145,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   auto o = std::make_shared<Options>();
   sub.require_subcommand(1);
   CLI::App* att = sub.add_subcommand("attention", "Decode attention over a compressed cache vs the f16 path");
-  att->add_option("--backend", o->backend, "cpu")->check(CLI::IsMember({"cpu"}));
+  att->add_option("--backend", o->backend, "cpu or cuda (cuda: needs a build with the CUDA backend)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   att->add_option("--kv", o->cfg.kv, "KV format: f16, k8v8, k8v4, k4v4, k4v3, k3v3, k2v2 (any kXvY)");
   att->add_option("--context", o->cfg.context, "tokens per sequence")->check(CLI::PositiveNumber);
   att->add_option("--batch", o->cfg.batch, "sequences")->check(CLI::PositiveNumber);

@@ -276,6 +276,7 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
           DecodeParams p;
           p.num_q_heads = cfg.num_q_heads;
           p.scale = 1.f / std::sqrt(static_cast<float>(d));
+          p.window = cfg.window;
           TQKV_ASSIGN_OR_RETURN(const DecodePlan plan, plan_decode(cs.view, p, sms));
           const size_t qn = static_cast<size_t>(batch) * cfg.num_q_heads * d;
           DevMem q, out, ws;
@@ -292,8 +293,11 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
           r.op = "decode"; r.kv = name; r.batch = batch; r.context = context; r.head_dim = d;
           r.splits = plan.num_splits;
           r.time_us = us;
-          r.bytes = static_cast<double>(cs.pages_per_copy) * cfg.num_kv_heads * (cs.view.k.tile_bytes + cs.view.v.tile_bytes) +
-                    2.0 * qn * 4;
+          // Pages the query can see (all of them without a window), K and V, padding included.
+          const int lo = cfg.window > 0 ? std::max(0, context - cfg.window) : 0;
+          const double pages_read = static_cast<double>(batch) * ((context - 1) / kPageSize - lo / kPageSize + 1);
+          r.bytes = pages_read * cfg.num_kv_heads * (cs.view.k.tile_bytes + cs.view.v.tile_bytes) + 2.0 * qn * 4;
+          r.copy_gbps = copy_gbps;
           r.gbps = r.bytes / (us * 1e3);
           r.frac_copy = r.gbps / copy_gbps;
           if (name == "f16") f16_us = us;
@@ -343,6 +347,7 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
       r.bytes = 2.0 * xn * 2 + static_cast<double>(n) * hkv * (tile_bytes(16, d, f.kb) + tile_bytes(16, d, f.vb)) / 16 + n * 8.0;
       r.gbps = r.bytes / (us * 1e3);
       r.frac_copy = r.gbps / copy_gbps;
+      r.copy_gbps = copy_gbps;
       rows.push_back(r);
       if (progress) {
         char buf[200];

@@ -17,6 +17,7 @@ struct CudaBenchConfig {
   std::vector<int> head_dims = {128};  // 96 too for the per-byte comparison
   int num_q_heads = 32;
   int num_kv_heads = 8;
+  int window = 0;      // sliding window of the decode query (0 = full); bytes count visible pages only
   int reps = 7;        // timed repetitions (median reported)
   int iters = 20;      // decode calls per repetition, replayed from one CUDA graph
   bool quantize = true;
@@ -32,6 +33,7 @@ struct CudaBenchRow {
   double gbps = 0;      // bytes / time
   double frac_copy = 0; // gbps / copy bandwidth of this run
   double speedup_vs_f16 = 0;  // f16 time / this time (decode rows)
+  double copy_gbps = 0;       // the copy ceiling of this run that frac_copy refers to
 };
 
 // Runs every configured case on the current device. `progress` (may be null) gets one line per case.
