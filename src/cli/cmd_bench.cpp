@@ -22,6 +22,10 @@ int run_bench_attention_cuda(const CpuAttentionBenchConfig& cfg, bool json);
 }  // namespace tqkv::cli
 #endif
 
+namespace tqkv::cli {
+RunFn setup_bench_decode(CLI::App& sub);  // src/cli/cmd_bench_decode.cpp
+}  // namespace tqkv::cli
+
 namespace {
 
 struct Options {
@@ -144,6 +148,9 @@ int run_capacity(const Options& o) {
 tqkv::cli::RunFn setup(CLI::App& sub) {
   auto o = std::make_shared<Options>();
   sub.require_subcommand(1);
+  // `bench decode` (GPU runtime, end to end): src/cli/cmd_bench_decode.cpp.
+  CLI::App* dec = sub.add_subcommand("decode", "End-to-end decode on the GPU runtime: f16 vs a compressed KV cache");
+  tqkv::cli::RunFn dec_run = tqkv::cli::setup_bench_decode(*dec);
   CLI::App* att = sub.add_subcommand("attention", "Decode attention over a compressed cache vs the f16 path");
   att->add_option("--backend", o->backend, "cpu or cuda (cuda: needs a build with the CUDA backend)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -166,7 +173,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   cap->add_option("--page-size", o->page_size, "tokens per page");
   cap->add_option("--formats", o->formats, "formats, comma-separated")->delimiter(',');
   cap->add_flag("--json", o->json, "print JSON");
-  return [o, att, cap] {
+  return [o, att, cap, dec, dec_run] {
+    if (dec->parsed()) return dec_run();
     if (att->parsed()) return run_attention(*o);
     if (cap->parsed()) return run_capacity(*o);
     return 2;

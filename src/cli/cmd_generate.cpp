@@ -12,6 +12,9 @@
 #include "cli/command_registry.h"
 #include "tqkv/chat_template.h"
 #include "tqkv/generate.h"
+#ifdef TQKV_HAVE_GPU_RUNTIME
+#include "tqkv/gpu_model.h"
+#endif
 
 namespace {
 
@@ -25,6 +28,7 @@ struct Options {
   tqkv::SamplerOptions s;
   bool as_json = false;
   bool greedy = false;
+  std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -34,6 +38,22 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 int fail(const std::string& what, const tqkv::Status& st) {
   std::fprintf(stderr, "tqkv generate: %s: %s\n", what.c_str(), st.to_string().c_str());
   return 1;
+}
+
+// --device cuda: the same loop on the GPU runtime (weights uploaded as fp16, KV cache on the device).
+tqkv::Result<tqkv::GenerateStats> generate_on_gpu(const tqkv::Model& model, const tqkv::Tokenizer& tok,
+                                                  tqkv::KvFormat fmt, int64_t max_tokens,
+                                                  const std::vector<int32_t>& ids, const tqkv::GenerateOptions& go,
+                                                  const std::function<void(int32_t)>& on_token) {
+#ifdef TQKV_HAVE_GPU_RUNTIME
+  TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
+  TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
+  std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
+  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token);
+#else
+  (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token;
+  return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
+#endif
 }
 
 int run(const Options& o) {
@@ -78,9 +98,12 @@ int run(const Options& o) {
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +
                                                std::to_string(ids->size()) + ") + -n"));
-  auto kv = tqkv::make_kv_backend(cfg, ko);
-  if (!kv.is_ok()) return fail("KV cache", kv.status());
-  std::fprintf(stderr, "  KV cache: %s; prompt %zu tokens\n", (*kv)->describe().c_str(), ids->size());
+  tqkv::Result<std::unique_ptr<tqkv::KvBackend>> kv = tqkv::invalid_argument("no CPU KV cache with --device cuda");
+  if (o.device == "cpu") {
+    kv = tqkv::make_kv_backend(cfg, ko);
+    if (!kv.is_ok()) return fail("KV cache", kv.status());
+    std::fprintf(stderr, "  KV cache: %s; prompt %zu tokens\n", (*kv)->describe().c_str(), ids->size());
+  }
 
   tqkv::GenerateOptions go;
   go.max_new_tokens = o.n;
@@ -97,7 +120,8 @@ int run(const Options& o) {
     }
   };
   if (!o.as_json && o.chat.empty() && o.prompt_file.empty()) std::fputs(o.prompt.c_str(), stdout);
-  auto st = tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
+  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token)
+                               : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
   const std::string tail = dec.flush();
   out_text += tail;
@@ -152,6 +176,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--seed", o->s.seed, "Random seed (default 0)");
   sub.add_flag("--greedy", o->greedy, "Greedy decoding (same as --temp 0)");
   sub.add_flag("--json", o->as_json, "Print one JSON object at the end instead of streaming");
+  sub.add_option("--device", o->device, "cpu (default) or cuda (the GPU runtime; needs a CUDA build and a GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return [o] {
     if (o->prompt.empty() && o->chat.empty() && o->prompt_file.empty()) {
       std::fprintf(stderr, "tqkv generate: give --prompt TEXT, --prompt-file FILE or --chat MESSAGE\n");

@@ -12,6 +12,9 @@
 
 #include "cli/command_registry.h"
 #include "tqkv/generate.h"
+#ifdef TQKV_HAVE_GPU_RUNTIME
+#include "tqkv/gpu_model.h"
+#endif
 
 namespace {
 
@@ -24,11 +27,26 @@ struct Options {
   bool as_json = false;
   bool no_compare = false;
   std::vector<int> f16_layers;
+  std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
 };
 
 int fail(const std::string& what, const tqkv::Status& st) {
   std::fprintf(stderr, "tqkv perplexity: %s: %s\n", what.c_str(), st.to_string().c_str());
   return 1;
+}
+
+// --device cuda: the same evaluation with the forward pass on the GPU runtime.
+tqkv::Result<tqkv::PerplexityResult> perplexity_on_gpu(const tqkv::Model& model, const std::vector<int32_t>& ids,
+                                                       const tqkv::PerplexityOptions& po,
+                                                       const std::function<void(int, int)>& progress) {
+#ifdef TQKV_HAVE_GPU_RUNTIME
+  TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
+  TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
+  return tqkv::gpu_evaluate_perplexity(*gm, ids, po, progress);
+#else
+  (void)model, (void)ids, (void)po, (void)progress;
+  return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
+#endif
 }
 
 int run(const Options& o) {
@@ -66,7 +84,8 @@ int run(const Options& o) {
                  done, total);
     if (done == total) std::fprintf(stderr, "\n");
   };
-  auto r = tqkv::evaluate_perplexity(**model, *ids, po, progress);
+  auto r = o.device == "cuda" ? perplexity_on_gpu(**model, *ids, po, progress)
+                              : tqkv::evaluate_perplexity(**model, *ids, po, progress);
   if (!r.is_ok()) return fail("perplexity", r.status());
   if (o.as_json) {
     json j;
@@ -112,6 +131,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
       ->delimiter(',')->allow_extra_args(false);
   sub.add_flag("--no-compare", o->no_compare, "Do not run the f16 comparison");
   sub.add_flag("--json", o->as_json, "Print machine-readable JSON");
+  sub.add_option("--device", o->device, "cpu (default) or cuda (the GPU runtime; needs a CUDA build and a GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return [o] { return run(*o); };
 }
 

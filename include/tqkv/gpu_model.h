@@ -1,0 +1,149 @@
+// The GPU model runtime: the CPU runtime's architectures (include/tqkv/model.h) on one CUDA
+// device, over a device-resident paged KV cache with the same byte layout as the CPU cache
+// (include/tqkv/kv_layout.h) and the CUDA kernels of include/tqkv/cuda_attention.h.
+//
+//   TQKV_ASSIGN_OR_RETURN(auto cpu, tqkv::Model::load(path));          // config + mapped file
+//   TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(cpu->gguf(), cpu->config()));
+//   tqkv::GpuContextOptions o;  o.format = {4, 4};  o.max_seqs = 1;  o.max_tokens = 4096;
+//   TQKV_ASSIGN_OR_RETURN(auto ctx, tqkv::GpuContext::create(*gm, o));
+//   TQKV_RETURN_IF_ERROR(ctx->prefill(0, ids.data(), n, logits.data(), tqkv::LogitsMode::kLast));
+//   TQKV_RETURN_IF_ERROR(ctx->decode(&next, 1, logits.data(), nullptr));   // one token per sequence
+//
+// Weights: every matrix is dequantized on the CPU (src/quant row dequantization, as the CPU
+// runtime reads it) and uploaded as fp16; Q/K/V are stored as one fused [q; k; v] matrix and
+// gate/up as one [gate; up] matrix, so a layer is 4 GEMMs (cuBLAS, fp16 in, fp32 accumulate).
+// Norm weights and biases are fp32. Activations: the residual stream is fp32, GEMM inputs fp16.
+//
+// KV cache: one device pool per layer and side, pages of 16 tokens; each sequence slot owns a
+// fixed, shuffled set of pages for the full-attention layers (max_tokens of them) and a ring of
+// ceil((window + chunk) / 16) + 2 pages for sliding-window layers (Gemma): the page table row of
+// a sliding layer repeats the ring, so old positions are overwritten in place and the decode
+// kernel's window keeps them out of view. Per-layer policy as on the CPU: the chosen format,
+// f16 for `f16_layers`, f16 for sliding layers. New K/V go through quantize_and_store; attention
+// is attention_decode with one "virtual sequence" per query token (its own length = position + 1),
+// so a prefill chunk is one decode call over the chunk's tokens (correct and causal, but it reads
+// the pages once per query: prefill is not fast).
+//
+// Decode steps (`decode`) run as one CUDA graph per batch size, captured on first use (no
+// allocation and no host synchronisation inside; the inputs are copied in before the launch).
+//
+// Threads: a GpuModel is immutable after load; a GpuContext belongs to one caller at a time.
+// Built only with the CUDA backend (TQKV_HAVE_CUDA); `gpu_available()` says whether a device is there.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tqkv/generate.h"
+#include "tqkv/model.h"
+#include "tqkv/status.h"
+
+namespace tqkv {
+
+// OK when a CUDA device is usable; else kUnsupported with the reason (no device, driver error).
+Status gpu_available();
+
+struct GpuDeviceInfo {
+  std::string name;
+  int sm_count = 0;
+  int64_t free_bytes = 0, total_bytes = 0;
+};
+Result<GpuDeviceInfo> gpu_device_info();
+// Copy bandwidth of a 16-byte grid-stride copy kernel over `bytes` (read + written bytes per
+// second, median of `reps` timed copies), the ceiling the benchmarks compare against.
+Result<double> gpu_copy_bandwidth(int64_t bytes, int reps);
+
+class GpuModel {
+ public:
+  // Uploads the weights of a file whose configuration is `cfg` (config_from_gguf). The file only
+  // needs to live during the call.
+  static Result<std::unique_ptr<GpuModel>> from_gguf(const GgufFile& g, const ModelConfig& cfg);
+  // Random fp16 weights generated on the device (benchmarks): matrices ~ N(0, 1/cols) in spirit
+  // (uniform with that variance), norms 1, no biases. Only llama-style configs (no fused/bias flags needed).
+  static Result<std::unique_ptr<GpuModel>> synthetic(const ModelConfig& cfg, uint64_t seed);
+  // Llama-3.1-8B shape: 32 layers, 4096 hidden, 32:8 heads of 128, 14336 FFN, vocab 128256.
+  static ModelConfig llama3_8b_config();
+
+  const ModelConfig& config() const { return cfg_; }
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  ~GpuModel();
+  struct Impl;
+  Impl& impl() const { return *impl_; }
+
+ private:
+  GpuModel() = default;
+  ModelConfig cfg_;
+  int64_t weight_bytes_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct GpuContextOptions {
+  KvFormat format;                 // K/V bits of the compressed layers
+  std::vector<int> f16_layers;     // layers kept in f16 (negative = from the end)
+  int max_seqs = 1;                // sequence slots (decode batch size at most this)
+  int64_t max_tokens = 4096;       // tokens each slot can hold
+  int max_chunk = 128;             // prefill tokens per forward pass
+  bool use_graphs = true;          // capture decode steps in CUDA graphs
+  uint64_t page_shuffle_seed = 1;  // 0 = pages in order; else a random placement in the pool
+};
+
+class GpuContext {
+ public:
+  static Result<std::unique_ptr<GpuContext>> create(const GpuModel& model, const GpuContextOptions& opt);
+  ~GpuContext();
+
+  // Appends n tokens to sequence `seq` (at its current length) and writes logits to host memory:
+  // kLast [n_vocab] of the last token, kAll [n][n_vocab]; null logits = none.
+  Status prefill(int seq, const int32_t* tokens, int n, float* logits, LogitsMode mode);
+  // One token for each of the sequences 0..batch-1 (tokens[b] at position seq_len(b)).
+  // logits: [batch][n_vocab] host, or null; argmax: [batch] host, or null.
+  Status decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax);
+  Status reset(int seq);
+  int64_t seq_len(int seq) const;
+
+  // --- benchmarking -------------------------------------------------------------------------
+  // Fills every slot with `len` tokens of random but valid KV data (indices uniform, finite
+  // scales / fp16 values) in every layer, without running the model.
+  Status fill_random(int64_t len, uint64_t seed);
+  // Runs `steps` decode steps of sequences 0..batch-1 back to back from the current lengths,
+  // each step's greedy token feeding the next, entirely on the device (graph replays); returns
+  // seconds between device events. Lengths advance by `steps`.
+  Result<double> time_decode_steps(int batch, int steps, int32_t first_token);
+  // Times only the attention calls of one decode step (every layer; rotation + split-KV + merge)
+  // over the current lengths of sequences 0..batch-1, `iters` times in one graph; returns seconds
+  // per step (median of `reps` replays).
+  Result<double> time_attention_step(int batch, int iters, int reps);
+  // KV bytes the attention of one decode step reads at the current lengths (tiles, all layers).
+  int64_t attention_bytes_per_step(int batch) const;
+
+  int64_t kv_bytes_allocated() const;
+  // Bytes one sequence of `len` tokens needs under this context's per-layer policy (whole pages).
+  int64_t kv_bytes_per_seq(int64_t len) const;
+  std::string describe() const;
+
+  struct Impl;
+
+ private:
+  GpuContext() = default;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Bytes one sequence of `len` tokens needs for `cfg` with every layer in `fmt` except sliding
+// layers (f16 window ring) and f16_layers, in whole 16-token pages (capacity reports).
+int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::vector<int>& f16_layers,
+                             int64_t len, int max_chunk = 128);
+
+// Generation and perplexity on the GPU: the same loops and outputs as generate() and
+// evaluate_perplexity() in include/tqkv/generate.h (sampling on the host).
+Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
+                                   const std::vector<int>& f16_layers, int64_t max_tokens,
+                                   const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                                   const std::function<void(int32_t)>& on_token);
+Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
+                                                 const PerplexityOptions& opt,
+                                                 const std::function<void(int done, int total)>& progress);
+
+}  // namespace tqkv

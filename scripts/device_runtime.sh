@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU model runtime on the GPU machine (the kernels have scripts/device_run.sh). Two steps:
+#
+#   scripts/device_runtime.sh prepare   (here: nvcc, no GPU needed)
+#       builds tqkv and test_gpu in build-gpu (TQKV_CUDA=ON, sm_90, no BLAS), copies them and the
+#       shared libraries the GPU machine lacks (PCRE2, libgomp) into .device-gpu/ (git-ignored, name
+#       it in the device tool's `carry`), and writes the reduced real models and their CPU logits
+#       there: SmolLM2-135M cut to 4 layers and Gemma-3-270M to 6 layers (5 sliding + 1 global), both
+#       to the first 8192 vocabulary rows (tools/slice_gguf; the full files are too large to travel).
+#   scripts/device_runtime.sh run       (on the GPU machine, from the repository root)
+#       runs test_gpu (GPU vs CPU logits), then `tqkv bench decode` on the synthetic Llama-3.1-8B
+#       shape (batch 32, context 16K, k4v4 against f16). Logs to $OUT (default ./device-out).
+#
+# cuBLAS is linked dynamically (libcublasLt is 540 MB, too large to carry): `run` finds the
+# device's own libcublas.so.13 (CUDA toolkit or PyTorch's wheel) and puts it on LD_LIBRARY_PATH.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+step=${1:-run}
+D=.device-gpu
+
+if [[ $step == prepare ]]; then
+  set -e
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
+    -DTQKV_BUILD_BENCH=OFF -DCMAKE_DISABLE_FIND_PACKAGE_BLAS=ON >/dev/null
+  cmake --build build-gpu -j "${JOBS:-2}" --target tqkv test_gpu tqkv_slice_gguf
+  mkdir -p "$D/lib"
+  cp build-gpu/src/cli/tqkv build-gpu/tests/test_gpu "$D/"
+  strip "$D/tqkv" "$D/test_gpu"
+  for lib in libpcre2-8.so.0 libgomp.so.1; do
+    cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$D/lib/"
+  done
+  S=build-gpu/src/gpu/tqkv_slice_gguf
+  [[ -f $D/smollm2-4l.gguf ]] || $S slice models/smollm2-135m-instruct-q4_1.gguf $D/smollm2-4l.gguf --layers 4 --vocab 8192
+  [[ -f $D/gemma3-6l.gguf ]] || $S slice models/gemma3-270m-q4_k_m.gguf $D/gemma3-6l.gguf --layers 6 --vocab 8192
+  [[ -f $D/smollm2-4l.f32 ]] || $S logits $D/smollm2-4l.gguf $D/smollm2-4l
+  [[ -f $D/gemma3-6l.f32 ]] || $S logits $D/gemma3-6l.gguf $D/gemma3-6l
+  du -ab "$D" | sort -n | tail -12
+  exit 0
+fi
+
+OUT=${OUT:-device-out}
+mkdir -p "$OUT"
+libdirs="$PWD/$D/lib"
+for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
+export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$OUT/nvidia-smi.txt"
+ldd "$D/tqkv" | grep -E 'not found|cublas' | tee "$OUT/ldd.txt"
+
+export TQKV_GPU_FIXTURES="$PWD/$D"
+timeout 300 "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | head -60
+echo "== test_gpu rc=${PIPESTATUS[0]}"
+
+args=(bench decode --backend cuda --synthetic llama3-8b --batch "${BATCH:-32}" --context "${CONTEXT:-16384}" --steps 20)
+for kv in ${FORMATS:-k4v4}; do
+  timeout 240 "$D/tqkv" "${args[@]}" --kv "$kv" --json >"$OUT/bench_decode_$kv.json" 2>"$OUT/bench_decode_$kv.err"
+  echo "== bench decode $kv rc=$?"
+  cat "$OUT/bench_decode_$kv.err" | tail -8
+  python3 - "$OUT/bench_decode_$kv.json" <<'EOF' || cat "$OUT/bench_decode_$kv.json"
+import json, sys
+j = json.load(open(sys.argv[1]))
+print(f"device {j['device']} copy {j['copy_gb_s']:.0f} GB/s weights {j['weight_bytes']/1e9:.2f} GB budget {j['budget_bytes']/2**30:.1f} GiB")
+for r in j['rows']:
+    print(f"{r['kv']:6} attn {r['attention_us_per_step']:9.1f} us/step {r['attention_bytes_per_step']/1e6:9.1f} MB "
+          f"{r['attention_gb_s']:6.0f} GB/s ({100*r['attention_frac_copy_bw']:.0f}% of copy, {r['attention_speedup_vs_f16']:.2f}x f16) | "
+          f"step {r['step_ms']:7.2f} ms {r['decode_tok_s']:8.1f} tok/s ({r['decode_speedup_vs_f16']:.2f}x f16) | "
+          f"fit {r['seqs_fit_budget']} seqs ({r['capacity_vs_f16']:.2f}x f16)")
+EOF
+done

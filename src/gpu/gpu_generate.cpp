@@ -1,0 +1,161 @@
+// Generation and perplexity over the GPU runtime: the loops of src/model/generate.cpp and
+// src/model/perplexity.cpp with the forward pass on the device (sampling and scoring on the host).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "tqkv/gpu_model.h"
+
+namespace tqkv {
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void log_softmax(const float* x, int n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  double mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += std::exp(x[i] - mx);
+  const double lse = mx + std::log(s);
+  for (int i = 0; i < n; ++i) out[i] = x[i] - lse;
+}
+
+int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
+
+}  // namespace
+
+Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
+                                   const std::vector<int>& f16_layers, int64_t max_tokens,
+                                   const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                                   const std::function<void(int32_t)>& on_token) {
+  if (prompt.empty()) return invalid_argument("generate: empty prompt");
+  GpuContextOptions co;
+  co.format = format;
+  co.f16_layers = f16_layers;
+  co.max_seqs = 1;
+  co.max_tokens = max_tokens;
+  TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
+  TQKV_ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(opt.sampler));
+  const int V = model.config().n_vocab;
+  std::vector<float> logits(static_cast<size_t>(V));
+  std::vector<int32_t> context = prompt;
+  GenerateStats st;
+  st.prompt_tokens = static_cast<int>(prompt.size());
+  st.stop_reason = "length";
+
+  double t0 = now_s();
+  TQKV_RETURN_IF_ERROR(ctx->prefill(0, prompt.data(), static_cast<int>(prompt.size()), logits.data(), LogitsMode::kLast));
+  st.prefill_seconds = now_s() - t0;
+  t0 = now_s();
+  for (int i = 0; i < opt.max_new_tokens; ++i) {
+    const int32_t id = sampler.sample(logits, context);
+    if (opt.stop_at_eog && tok.is_eog(id)) {
+      st.stop_reason = "eog";
+      break;
+    }
+    context.push_back(id);
+    st.ids.push_back(id);
+    ++st.generated;
+    if (on_token) on_token(id);
+    if (i + 1 == opt.max_new_tokens) break;
+    TQKV_RETURN_IF_ERROR(ctx->decode(&id, 1, logits.data(), nullptr));
+  }
+  st.decode_seconds = now_s() - t0;
+  st.kv_bytes = ctx->kv_bytes_per_seq(ctx->seq_len(0));
+  st.kv_f16_bytes = gpu_kv_bytes_per_seq(model.config(), KvFormat{16, 16}, {}, ctx->seq_len(0));
+  return st;
+}
+
+Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
+                                                 const PerplexityOptions& opt,
+                                                 const std::function<void(int, int)>& progress) {
+  if (opt.ctx < 16) return invalid_argument("perplexity: --ctx must be at least 16");
+  const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
+  if (avail < 1)
+    return invalid_argument("perplexity: the text has " + std::to_string(tokens.size()) +
+                            " tokens, fewer than one chunk of " + std::to_string(opt.ctx));
+  const int chunks = static_cast<int>(opt.max_chunks > 0 ? std::min<int64_t>(opt.max_chunks, avail) : avail);
+  const bool compare = opt.compare_f16 && !(opt.format.k_bits == 16 && opt.format.v_bits == 16);
+  const int V = model.config().n_vocab;
+  constexpr int kChunk = 128;
+
+  GpuContextOptions co;
+  co.format = opt.format;
+  co.f16_layers = opt.f16_layers;
+  co.max_seqs = 1;
+  co.max_tokens = opt.ctx;
+  co.max_chunk = kChunk;
+  TQKV_ASSIGN_OR_RETURN(auto kv, GpuContext::create(model, co));
+  std::unique_ptr<GpuContext> kv_ref;
+  if (compare) {
+    GpuContextOptions cr = co;
+    cr.format = KvFormat{16, 16};
+    TQKV_ASSIGN_OR_RETURN(kv_ref, GpuContext::create(model, cr));
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  PerplexityResult r;
+  double nll = 0, nll_ref = 0;
+  int64_t agree = 0;
+  std::vector<double> klds;
+  std::vector<float> la(static_cast<size_t>(kChunk) * V), lb(compare ? la.size() : 0);
+  std::vector<double> lpa, lpb;
+  const int first_scored = opt.ctx / 2;
+  for (int c = 0; c < chunks; ++c) {
+    std::vector<int32_t> ids(tokens.begin() + static_cast<int64_t>(c) * opt.ctx,
+                             tokens.begin() + static_cast<int64_t>(c + 1) * opt.ctx);
+    if (opt.bos_id >= 0) ids[0] = opt.bos_id;
+    TQKV_RETURN_IF_ERROR(kv->reset(0));
+    if (compare) TQKV_RETURN_IF_ERROR(kv_ref->reset(0));
+    for (int b = 0; b < opt.ctx; b += kChunk) {
+      const int m = std::min(kChunk, opt.ctx - b);
+      TQKV_RETURN_IF_ERROR(kv->prefill(0, ids.data() + b, m, la.data(), LogitsMode::kAll));
+      if (compare) TQKV_RETURN_IF_ERROR(kv_ref->prefill(0, ids.data() + b, m, lb.data(), LogitsMode::kAll));
+      for (int i = 0; i < m; ++i) {
+        const int p = b + i;
+        if (p < first_scored || p + 1 >= opt.ctx) continue;
+        const int32_t next = ids[p + 1];
+        const float* ra = la.data() + static_cast<int64_t>(i) * V;
+        log_softmax(ra, V, lpa);
+        nll -= lpa[next];
+        ++r.scored;
+        if (compare) {
+          const float* rb = lb.data() + static_cast<int64_t>(i) * V;
+          log_softmax(rb, V, lpb);
+          nll_ref -= lpb[next];
+          double kl = 0;
+          for (int t = 0; t < V; ++t) kl += std::exp(lpb[t]) * (lpb[t] - lpa[t]);
+          klds.push_back(std::max(0.0, kl));
+          agree += argmax(ra, V) == argmax(rb, V) ? 1 : 0;
+        }
+      }
+    }
+    r.kv_bytes = kv->kv_bytes_per_seq(kv->seq_len(0));
+    r.kv_f16_bytes = gpu_kv_bytes_per_seq(model.config(), KvFormat{16, 16}, {}, kv->seq_len(0));
+    if (progress) progress(c + 1, chunks);
+  }
+  r.chunks = chunks;
+  r.nll_mean = nll / static_cast<double>(r.scored);
+  r.ppl = std::exp(r.nll_mean);
+  if (compare && !klds.empty()) {
+    r.compared = true;
+    r.f16_ppl = std::exp(nll_ref / static_cast<double>(r.scored));
+    double s = 0;
+    for (double k : klds) s += k;
+    r.kld_mean = s / static_cast<double>(klds.size());
+    std::vector<double> sorted = klds;
+    std::sort(sorted.begin(), sorted.end());
+    r.kld_p99 = sorted[std::min(sorted.size() - 1, static_cast<size_t>(0.99 * static_cast<double>(sorted.size())))];
+    r.kld_max = sorted.back();
+    r.top1_agreement = static_cast<double>(agree) / static_cast<double>(klds.size());
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace tqkv

@@ -1,0 +1,929 @@
+// The GPU model runtime (include/tqkv/gpu_model.h): weights to fp16 at load, cuBLAS GEMMs, the
+// small kernels of gpu_kernels.cu, and the paged-cache kernels of include/tqkv/cuda_attention.h.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cuda/cuda_check.h"
+#include "gpu/gpu_kernels.h"
+#include "tqkv/codec.h"
+#include "tqkv/cuda_attention.h"
+#include "tqkv/fp16.h"
+#include "tqkv/gpu_model.h"
+#include "tqkv/kv_layout.h"
+#include "tqkv/weights.h"
+
+namespace tqkv {
+
+#define CK(expr) TQKV_CUDA_RETURN_IF_ERROR(expr)
+
+namespace {
+
+Status blas_status(cublasStatus_t st, const char* what) {
+  if (st == CUBLAS_STATUS_SUCCESS) return Status::ok();
+  return internal_error(std::string("cuBLAS error ") + std::to_string(static_cast<int>(st)) + " in " + what);
+}
+#define BK(expr) TQKV_RETURN_IF_ERROR(blas_status((expr), #expr))
+
+// Device allocations owned by an object, freed together.
+struct DeviceArena {
+  std::vector<void*> ptrs;
+  ~DeviceArena() {
+    for (void* p : ptrs) cudaFree(p);
+  }
+  template <typename T>
+  Result<T*> alloc(size_t count) {
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(count * sizeof(T), 256);
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return resource_exhausted("cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
+    }
+    ptrs.push_back(p);
+    return static_cast<T*>(p);
+  }
+};
+
+std::vector<float> inv_freq_of(int n_rot, float base, const std::vector<float>& factors) {
+  std::vector<float> inv(static_cast<size_t>(std::max(1, n_rot / 2)), 0.f);
+  for (int i = 0; i < n_rot / 2; ++i) {
+    double f = std::pow(static_cast<double>(base), -2.0 * i / n_rot);
+    if (!factors.empty()) f /= factors[i];
+    inv[i] = static_cast<float>(f);
+  }
+  return inv;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+Status gpu_available() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return unsupported(std::string("no usable CUDA device: ") + cudaGetErrorString(e));
+  }
+  if (n < 1) return unsupported("no CUDA device found");
+  return Status::ok();
+}
+
+Result<GpuDeviceInfo> gpu_device_info() {
+  TQKV_RETURN_IF_ERROR(gpu_available());
+  GpuDeviceInfo info;
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  info.name = prop.name;
+  info.sm_count = prop.multiProcessorCount;
+  size_t fr = 0, tot = 0;
+  CK(cudaMemGetInfo(&fr, &tot));
+  info.free_bytes = static_cast<int64_t>(fr);
+  info.total_bytes = static_cast<int64_t>(tot);
+  return info;
+}
+
+Result<double> gpu_copy_bandwidth(int64_t bytes, int reps) {
+  TQKV_RETURN_IF_ERROR(gpu_available());
+  bytes = bytes / 16 * 16;
+  DeviceArena a;
+  TQKV_ASSIGN_OR_RETURN(uint8_t* src, a.alloc<uint8_t>(bytes));
+  TQKV_ASSIGN_OR_RETURN(uint8_t* dst, a.alloc<uint8_t>(bytes));
+  CK(cudaMemset(src, 0x3c, bytes));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < reps + 2; ++r) {
+    CK(cudaEventRecord(e0, nullptr));
+    TQKV_RETURN_IF_ERROR(gpu::copy_kernel(src, dst, bytes, nullptr));
+    CK(cudaEventRecord(e1, nullptr));
+    CK(cudaEventSynchronize(e1));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, e0, e1));
+    if (r >= 2) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);
+}
+
+// ---------------------------------------------------------------------------------------------
+struct DevMat {
+  uint16_t* w = nullptr;  // fp16 [rows][cols]
+  int64_t rows = 0, cols = 0;
+};
+
+struct GpuModel::Impl {
+  DeviceArena arena;
+  uint16_t* tok_embd = nullptr;  // [vocab][E]
+  DevMat output;
+  float* output_norm = nullptr;
+  struct Layer {
+    float *attn_norm = nullptr, *ffn_norm = nullptr, *post_attn_norm = nullptr, *post_ffn_norm = nullptr;
+    float *q_norm = nullptr, *k_norm = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
+    DevMat wqkv, wo, wgu, down;
+  };
+  std::vector<Layer> layers;
+  float* inv_freq_global = nullptr;
+  float* inv_freq_local = nullptr;
+};
+
+GpuModel::~GpuModel() = default;
+
+namespace {
+
+// Dequantizes `rows` rows of tensor t starting at row r0 into fp16 device memory at dst.
+Status upload_rows(const GgufTensorInfo& t, int64_t r0, int64_t rows, uint16_t* dst) {
+  const int64_t cols = t.dims[0];
+  const uint64_t rb = t.row_bytes();
+  TQKV_ASSIGN_OR_RETURN(WeightRowKernels k, weight_row_kernels(t.type));
+  const int64_t block = std::max<int64_t>(1, (int64_t{16} << 20) / (cols * 2));
+  std::vector<uint16_t> host(static_cast<size_t>(std::min(block, rows) * cols));
+  for (int64_t b = 0; b < rows; b += block) {
+    const int64_t m = std::min(block, rows - b);
+#pragma omp parallel
+    {
+      std::vector<float> tmp(static_cast<size_t>(cols));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < m; ++r) {
+        k.dequantize(t.data + (r0 + b + r) * rb, tmp.data(), cols);
+        uint16_t* o = host.data() + r * cols;
+        for (int64_t c = 0; c < cols; ++c) o[c] = float_to_fp16(tmp[c]);
+      }
+    }
+    CK(cudaMemcpy(dst + b * cols, host.data(), static_cast<size_t>(m * cols) * 2, cudaMemcpyHostToDevice));
+  }
+  return Status::ok();
+}
+
+Result<const GgufTensorInfo*> matrix_tensor(const GgufFile& g, const std::string& name, int64_t rows, int64_t cols) {
+  TQKV_ASSIGN_OR_RETURN(const GgufTensorInfo* t, g.get_tensor(name));
+  if (t->dims[0] != cols || t->num_rows() != rows)
+    return corrupt_data(name + ": unexpected shape (" + std::to_string(t->dims[0]) + " x " +
+                        std::to_string(t->num_rows()) + ")");
+  TQKV_RETURN_IF_ERROR(check_weight_row(t->type, cols));
+  return t;
+}
+
+// Uploads the row-concatenation of the named matrices (each [rows_i][cols]) as one fp16 matrix.
+Result<DevMat> upload_matrix(DeviceArena& a, const GgufFile& g, const std::vector<std::pair<std::string, int64_t>>& parts,
+                             int64_t cols) {
+  DevMat m;
+  m.cols = cols;
+  for (auto& p : parts) m.rows += p.second;
+  TQKV_ASSIGN_OR_RETURN(m.w, a.alloc<uint16_t>(static_cast<size_t>(m.rows * cols)));
+  int64_t r = 0;
+  for (auto& p : parts) {
+    TQKV_ASSIGN_OR_RETURN(const GgufTensorInfo* t, matrix_tensor(g, p.first, p.second, cols));
+    TQKV_RETURN_IF_ERROR(upload_rows(*t, 0, p.second, m.w + r * cols));
+    r += p.second;
+  }
+  return m;
+}
+
+Result<std::vector<float>> host_vector(const GgufFile& g, const std::string& name, int64_t n) {
+  TQKV_ASSIGN_OR_RETURN(const GgufTensorInfo* t, g.get_tensor(name));
+  if (t->num_elements() != n) return corrupt_data(name + ": expected " + std::to_string(n) + " elements");
+  std::vector<float> v(static_cast<size_t>(n));
+  TQKV_RETURN_IF_ERROR(dequantize_row(t->type, t->data, v.data(), n));
+  return v;
+}
+
+Result<float*> upload_f32(DeviceArena& a, const std::vector<float>& v) {
+  TQKV_ASSIGN_OR_RETURN(float* p, a.alloc<float>(v.size()));
+  CK(cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return p;
+}
+
+Result<float*> vector_to_device(DeviceArena& a, const GgufFile& g, const std::string& name, int64_t n) {
+  TQKV_ASSIGN_OR_RETURN(std::vector<float> v, host_vector(g, name, n));
+  return upload_f32(a, v);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<GpuModel>> GpuModel::from_gguf(const GgufFile& g, const ModelConfig& c) {
+  TQKV_RETURN_IF_ERROR(gpu_available());
+  std::unique_ptr<GpuModel> m(new GpuModel());
+  m->cfg_ = c;
+  m->impl_ = std::make_unique<Impl>();
+  Impl& w = *m->impl_;
+  DeviceArena& a = w.arena;
+  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim, V = c.n_vocab;
+
+  {
+    TQKV_ASSIGN_OR_RETURN(const GgufTensorInfo* t, matrix_tensor(g, "token_embd.weight", V, E));
+    TQKV_ASSIGN_OR_RETURN(w.tok_embd, a.alloc<uint16_t>(static_cast<size_t>(V * E)));
+    TQKV_RETURN_IF_ERROR(upload_rows(*t, 0, V, w.tok_embd));
+  }
+  if (c.tied_output) {
+    w.output = DevMat{w.tok_embd, V, E};
+  } else {
+    TQKV_ASSIGN_OR_RETURN(w.output, upload_matrix(a, g, {{"output.weight", V}}, E));
+  }
+  TQKV_ASSIGN_OR_RETURN(w.output_norm, vector_to_device(a, g, "output_norm.weight", E));
+  std::vector<float> factors;
+  if (c.has_rope_freqs) {
+    TQKV_ASSIGN_OR_RETURN(factors, host_vector(g, "rope_freqs.weight", c.n_rot / 2));
+  }
+  TQKV_ASSIGN_OR_RETURN(w.inv_freq_global, upload_f32(a, inv_freq_of(c.n_rot, c.rope_base, factors)));
+  TQKV_ASSIGN_OR_RETURN(w.inv_freq_local, upload_f32(a, inv_freq_of(c.n_rot, c.rope_base_local, factors)));
+
+  w.layers.resize(static_cast<size_t>(c.n_layer));
+  for (int l = 0; l < c.n_layer; ++l) {
+    Impl::Layer& L = w.layers[l];
+    const std::string p = "blk." + std::to_string(l) + ".";
+    TQKV_ASSIGN_OR_RETURN(L.attn_norm, vector_to_device(a, g, p + "attn_norm.weight", E));
+    TQKV_ASSIGN_OR_RETURN(L.ffn_norm, vector_to_device(a, g, p + "ffn_norm.weight", E));
+    if (c.fused_qkv) {
+      TQKV_ASSIGN_OR_RETURN(L.wqkv, upload_matrix(a, g, {{p + "attn_qkv.weight", Q + 2 * KV}}, E));
+    } else {
+      TQKV_ASSIGN_OR_RETURN(L.wqkv, upload_matrix(a, g, {{p + "attn_q.weight", Q}, {p + "attn_k.weight", KV}, {p + "attn_v.weight", KV}}, E));
+    }
+    if (c.qkv_bias) {
+      TQKV_ASSIGN_OR_RETURN(L.bq, vector_to_device(a, g, p + "attn_q.bias", Q));
+      TQKV_ASSIGN_OR_RETURN(L.bk, vector_to_device(a, g, p + "attn_k.bias", KV));
+      TQKV_ASSIGN_OR_RETURN(L.bv, vector_to_device(a, g, p + "attn_v.bias", KV));
+    }
+    if (c.qk_norm) {
+      TQKV_ASSIGN_OR_RETURN(L.q_norm, vector_to_device(a, g, p + "attn_q_norm.weight", D));
+      TQKV_ASSIGN_OR_RETURN(L.k_norm, vector_to_device(a, g, p + "attn_k_norm.weight", D));
+    }
+    if (c.post_norms) {
+      TQKV_ASSIGN_OR_RETURN(L.post_attn_norm, vector_to_device(a, g, p + "post_attention_norm.weight", E));
+      TQKV_ASSIGN_OR_RETURN(L.post_ffn_norm, vector_to_device(a, g, p + "post_ffw_norm.weight", E));
+    }
+    TQKV_ASSIGN_OR_RETURN(L.wo, upload_matrix(a, g, {{p + "attn_output.weight", E}}, Q));
+    if (c.fused_gate_up) {
+      TQKV_ASSIGN_OR_RETURN(L.wgu, upload_matrix(a, g, {{p + "ffn_up.weight", 2 * F}}, E));
+    } else {
+      TQKV_ASSIGN_OR_RETURN(L.wgu, upload_matrix(a, g, {{p + "ffn_gate.weight", F}, {p + "ffn_up.weight", F}}, E));
+    }
+    TQKV_ASSIGN_OR_RETURN(L.down, upload_matrix(a, g, {{p + "ffn_down.weight", E}}, F));
+  }
+  m->weight_bytes_ = 2 * (V * E * (c.tied_output ? 1 : 2) +
+                          static_cast<int64_t>(c.n_layer) * ((Q + 2 * KV) * E + E * Q + 2 * F * E + E * F));
+  return m;
+}
+
+ModelConfig GpuModel::llama3_8b_config() {
+  ModelConfig c;
+  c.arch = ModelArch::kLlama;
+  c.arch_name = "llama";
+  c.n_vocab = 128256;
+  c.n_embd = 4096;
+  c.n_layer = 32;
+  c.n_head = 32;
+  c.n_head_kv = 8;
+  c.head_dim = 128;
+  c.n_ff = 14336;
+  c.n_ctx_train = 131072;
+  c.n_rot = 128;
+  c.rms_eps = 1e-5f;
+  c.rope_style = RopeStyle::kAdjacent;
+  c.rope_base = c.rope_base_local = 500000.0f;
+  c.attn_scale = 1.0f / std::sqrt(128.0f);
+  c.layer_sliding.assign(32, 0);
+  return c;
+}
+
+Result<std::unique_ptr<GpuModel>> GpuModel::synthetic(const ModelConfig& c, uint64_t seed) {
+  TQKV_RETURN_IF_ERROR(gpu_available());
+  if (c.qkv_bias || c.qk_norm || c.post_norms) return unsupported("synthetic: only llama-style configurations");
+  std::unique_ptr<GpuModel> m(new GpuModel());
+  m->cfg_ = c;
+  m->impl_ = std::make_unique<Impl>();
+  Impl& w = *m->impl_;
+  DeviceArena& a = w.arena;
+  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, V = c.n_vocab;
+  uint64_t s = seed;
+  auto mat = [&](int64_t rows, int64_t cols) -> Result<DevMat> {
+    DevMat d{nullptr, rows, cols};
+    TQKV_ASSIGN_OR_RETURN(d.w, a.alloc<uint16_t>(static_cast<size_t>(rows * cols)));
+    TQKV_RETURN_IF_ERROR(gpu::fill_uniform_f16(d.w, rows * cols, std::sqrt(3.0f / cols), ++s * 0x9e3779b97f4a7c15ull, nullptr));
+    return d;
+  };
+  auto ones = [&](int64_t n) -> Result<float*> {
+    TQKV_ASSIGN_OR_RETURN(float* p, a.alloc<float>(n));
+    TQKV_RETURN_IF_ERROR(gpu::fill_f32(p, n, 1.0f, nullptr));
+    return p;
+  };
+  TQKV_ASSIGN_OR_RETURN(DevMat emb, mat(V, E));
+  w.tok_embd = emb.w;
+  TQKV_ASSIGN_OR_RETURN(w.output, mat(V, E));
+  TQKV_ASSIGN_OR_RETURN(w.output_norm, ones(E));
+  TQKV_ASSIGN_OR_RETURN(w.inv_freq_global, upload_f32(a, inv_freq_of(c.n_rot, c.rope_base, {})));
+  TQKV_ASSIGN_OR_RETURN(w.inv_freq_local, upload_f32(a, inv_freq_of(c.n_rot, c.rope_base_local, {})));
+  w.layers.resize(static_cast<size_t>(c.n_layer));
+  for (auto& L : w.layers) {
+    TQKV_ASSIGN_OR_RETURN(L.attn_norm, ones(E));
+    TQKV_ASSIGN_OR_RETURN(L.ffn_norm, ones(E));
+    TQKV_ASSIGN_OR_RETURN(L.wqkv, mat(Q + 2 * KV, E));
+    TQKV_ASSIGN_OR_RETURN(L.wo, mat(E, Q));
+    TQKV_ASSIGN_OR_RETURN(L.wgu, mat(2 * F, E));
+    TQKV_ASSIGN_OR_RETURN(L.down, mat(E, F));
+  }
+  CK(cudaDeviceSynchronize());
+  m->weight_bytes_ = 2 * (2 * V * E + static_cast<int64_t>(c.n_layer) * ((Q + 2 * KV) * E + E * Q + 2 * F * E + E * F));
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+constexpr int kPage = kDefaultPageSize;
+
+struct LayerPlanKey {
+  int T, layer;
+  bool operator<(const LayerPlanKey& o) const { return T != o.T ? T < o.T : layer < o.layer; }
+};
+
+bool layer_is_sliding(const ModelConfig& c, int l) { return c.is_sliding(l) && c.sliding_window > 0; }
+
+bool layer_is_f16(const ModelConfig& c, const std::vector<int>& f16_layers, int l) {
+  bool f = layer_is_sliding(c, l);
+  for (int x : f16_layers) f |= (x >= 0 ? x : c.n_layer + x) == l;
+  return f;
+}
+
+int64_t ring_pages_for(const ModelConfig& c, int max_chunk) {
+  return (c.sliding_window + max_chunk + kPage - 1) / kPage + 2;
+}
+
+}  // namespace
+
+int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vector<int>& f16_layers, int64_t len,
+                             int max_chunk) {
+  int64_t total = 0;
+  const int64_t pages = (len + kPage - 1) / kPage;
+  for (int l = 0; l < c.n_layer; ++l) {
+    const bool f16 = layer_is_f16(c, f16_layers, l);
+    const int kb = f16 ? kF16Bits : fmt.k_bits, vb = f16 ? kF16Bits : fmt.v_bits;
+    const int64_t p = layer_is_sliding(c, l) ? std::min(pages, ring_pages_for(c, max_chunk)) : pages;
+    total += p * c.n_head_kv * (tile_bytes(kPage, c.head_dim, kb) + tile_bytes(kPage, c.head_dim, vb));
+  }
+  return total;
+}
+
+struct GpuContext::Impl {
+  const GpuModel* model = nullptr;
+  ModelConfig cfg;
+  GpuContextOptions opt;
+  DeviceArena arena;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  int sm_count = 1;
+  int Tmax = 1;
+
+  int G = 1;
+  int max_pages[2] = {0, 0};
+  int64_t ring = 0;
+  int32_t* table[2] = {nullptr, nullptr};
+  struct LayerKv {
+    uint8_t *k = nullptr, *v = nullptr;
+    int kb = 16, vb = 16, group = 0, window = 0;
+    int64_t tk = 0, tv = 0, pages = 0;
+  };
+  std::vector<LayerKv> lkv;
+  float* centroids[17] = {};
+  float* boundaries[17] = {};
+  float* rotation = nullptr;
+  float* signs = nullptr;
+
+  float *x = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *gu = nullptr,
+        *logits = nullptr;
+  uint16_t *h16 = nullptr, *att16 = nullptr;
+  int32_t *d_in = nullptr;  // [3][Tmax]: tokens, seqs, positions (one copy from pinned memory)
+  int32_t *d_vlen = nullptr, *d_argmax = nullptr;
+  int64_t* d_slots[2] = {nullptr, nullptr};
+  int32_t* d_vtable[2] = {nullptr, nullptr};
+  int32_t* h_in = nullptr;  // pinned [3][Tmax]
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+  void* blas_ws = nullptr;
+  std::map<LayerPlanKey, cuda::DecodePlan> plans;
+  std::vector<int64_t> lens;
+  std::map<int, cudaGraphExec_t> graphs;  // decode steps by batch size
+  std::map<int, int> graph_uses;
+
+  ~Impl() {
+    for (auto& g : graphs) cudaGraphExecDestroy(g.second);
+    if (blas) cublasDestroy(blas);
+    if (h_in) cudaFreeHost(h_in);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  int32_t* d_tok() const { return d_in; }
+  int32_t* d_seq() const { return d_in + Tmax; }
+  int32_t* d_pos() const { return d_in + 2 * Tmax; }
+
+  PagedKVView view(int l, int T) const {
+    const LayerKv& L = lkv[l];
+    PagedKVView vw;
+    vw.k = KVSideView{L.k, L.kb, L.tk, L.kb == kF16Bits ? nullptr : centroids[L.kb]};
+    vw.v = KVSideView{L.v, L.vb, L.tv, L.vb == kF16Bits ? nullptr : centroids[L.vb]};
+    vw.num_kv_heads = cfg.n_head_kv;
+    vw.head_dim = cfg.head_dim;
+    vw.page_size = kPage;
+    vw.num_seqs = T;
+    vw.page_table = d_vtable[L.group];
+    vw.max_pages_per_seq = max_pages[L.group];
+    vw.seq_lens = d_vlen;
+    vw.first_page = nullptr;
+    vw.rotation = (L.kb == kF16Bits && L.vb == kF16Bits) ? nullptr : rotation;
+    vw.hadamard_signs = vw.rotation ? signs : nullptr;
+    return vw;
+  }
+  cuda::DecodeParams params(int l) const {
+    cuda::DecodeParams p;
+    p.num_q_heads = cfg.n_head;
+    p.scale = cfg.attn_scale;
+    p.softcap = cfg.attn_softcap;
+    p.window = lkv[l].window;
+    return p;
+  }
+  Result<cuda::DecodePlan> plan(int T, int l) {
+    auto it = plans.find({T, l});
+    if (it != plans.end()) return it->second;
+    TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan p, cuda::plan_decode(view(l, T), params(l), sm_count));
+    plans[{T, l}] = p;
+    return p;
+  }
+
+  Status gemm(const DevMat& W, const uint16_t* X, int T, float* Y) {
+    const float alpha = 1.f, beta = 0.f;
+    BK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(W.rows), T, static_cast<int>(W.cols), &alpha,
+                    W.w, CUDA_R_16F, static_cast<int>(W.cols), X, CUDA_R_16F, static_cast<int>(W.cols), &beta, Y,
+                    CUDA_R_32F, static_cast<int>(W.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return Status::ok();
+  }
+
+  // Enqueues the forward pass of T tokens staged in d_in; logits for rows [first, T) when want_logits.
+  Status enqueue_forward(int T, bool want_logits, int first) {
+    const ModelConfig& c = cfg;
+    const GpuModel::Impl& w = model->impl();
+    const int E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
+    gpu::PrepareArgs pa;
+    pa.T = T;
+    pa.G = G;
+    pa.seq = d_seq();
+    pa.pos = d_pos();
+    pa.vlen = d_vlen;
+    for (int g = 0; g < G; ++g) {
+      pa.table[g] = table[g];
+      pa.max_pages[g] = max_pages[g];
+      pa.slots[g] = d_slots[g];
+      pa.vtable[g] = d_vtable[g];
+    }
+    TQKV_RETURN_IF_ERROR(gpu::prepare_step(pa, stream));
+    TQKV_RETURN_IF_ERROR(gpu::embed_rows(w.tok_embd, d_tok(), T, E, c.embed_scale ? std::sqrt(static_cast<float>(E)) : 1.f, x, stream));
+    for (int l = 0; l < c.n_layer; ++l) {
+      const GpuModel::Impl::Layer& L = w.layers[l];
+      const bool sliding = layer_is_sliding(c, l);
+      TQKV_RETURN_IF_ERROR(gpu::rms_norm(x, L.attn_norm, T, E, c.rms_eps, h16, true, stream));
+      TQKV_RETURN_IF_ERROR(gemm(L.wqkv, h16, T, qkv));
+      gpu::QkvPostArgs qa;
+      qa.qkv = qkv;
+      qa.T = T;
+      qa.n_head = c.n_head;
+      qa.n_head_kv = c.n_head_kv;
+      qa.head_dim = c.head_dim;
+      qa.n_rot = c.n_rot;
+      qa.rope_half = c.rope_style == RopeStyle::kHalf;
+      qa.bq = L.bq;
+      qa.bk = L.bk;
+      qa.bv = L.bv;
+      qa.q_norm = L.q_norm;
+      qa.k_norm = L.k_norm;
+      qa.eps = c.rms_eps;
+      qa.inv_freq = c.is_sliding(l) ? w.inv_freq_local : w.inv_freq_global;
+      qa.pos = d_pos();
+      qa.q = q;
+      qa.k = k;
+      qa.v = v;
+      TQKV_RETURN_IF_ERROR(gpu::qkv_post(qa, stream));
+      const PagedKVView vw = view(l, T);
+      const LayerKv& LK = lkv[l];
+      TQKV_RETURN_IF_ERROR(cuda::quantize_and_store(vw, LK.kb == kF16Bits ? nullptr : boundaries[LK.kb],
+                                                    LK.vb == kF16Bits ? nullptr : boundaries[LK.vb], k, v,
+                                                    cuda::DType::kF32, d_slots[LK.group], T, stream));
+      TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan pl, plan(T, l));
+      if (pl.workspace_bytes > ws_bytes) return internal_error("decode workspace too small (sizing bug)");
+      TQKV_RETURN_IF_ERROR(cuda::attention_decode(vw, params(l), pl, q, cuda::DType::kF32, att16, cuda::DType::kF16,
+                                                  ws, ws_bytes, stream));
+      (void)sliding;
+      TQKV_RETURN_IF_ERROR(gemm(L.wo, att16, T, o));
+      TQKV_RETURN_IF_ERROR(gpu::residual_add(x, o, c.post_norms ? L.post_attn_norm : nullptr, T, E, c.rms_eps, stream));
+      TQKV_RETURN_IF_ERROR(gpu::rms_norm(x, L.ffn_norm, T, E, c.rms_eps, h16, true, stream));
+      TQKV_RETURN_IF_ERROR(gemm(L.wgu, h16, T, gu));
+      TQKV_RETURN_IF_ERROR(gpu::act_mul(gu, T, F, c.act == Activation::kGeluTanh, h16, stream));
+      TQKV_RETURN_IF_ERROR(gemm(L.down, h16, T, o));
+      TQKV_RETURN_IF_ERROR(gpu::residual_add(x, o, c.post_norms ? L.post_ffn_norm : nullptr, T, E, c.rms_eps, stream));
+    }
+    (void)Q;
+    (void)KV;
+    if (!want_logits) return Status::ok();
+    const int rows = T - first;
+    TQKV_RETURN_IF_ERROR(gpu::rms_norm(x + static_cast<int64_t>(first) * E, w.output_norm, rows, E, c.rms_eps, h16, true, stream));
+    TQKV_RETURN_IF_ERROR(gemm(w.output, h16, rows, logits));
+    if (c.final_softcap > 0.f)
+      TQKV_RETURN_IF_ERROR(gpu::softcap(logits, static_cast<int64_t>(rows) * c.n_vocab, c.final_softcap, stream));
+    TQKV_RETURN_IF_ERROR(gpu::argmax_rows(logits, rows, c.n_vocab, d_argmax, stream));
+    return Status::ok();
+  }
+
+  Status stage(int T, const int32_t* tokens, const int32_t* seqs, const int32_t* pos) {
+    std::memcpy(h_in, tokens, T * sizeof(int32_t));
+    std::memcpy(h_in + Tmax, seqs, T * sizeof(int32_t));
+    std::memcpy(h_in + 2 * Tmax, pos, T * sizeof(int32_t));
+    CK(cudaMemcpyAsync(d_in, h_in, 3 * Tmax * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    return Status::ok();
+  }
+
+  Status fetch(int rows, float* logits_host, int32_t* argmax_host) {
+    if (logits_host)
+      CK(cudaMemcpyAsync(logits_host, logits, static_cast<size_t>(rows) * cfg.n_vocab * sizeof(float),
+                         cudaMemcpyDeviceToHost, stream));
+    if (argmax_host) CK(cudaMemcpyAsync(argmax_host, d_argmax, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+    return Status::ok();
+  }
+
+  Status capture(int T, bool chain, cudaGraphExec_t* out) {
+    cudaGraph_t graph = nullptr;
+    CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    Status st = enqueue_forward(T, true, 0);
+    if (st.is_ok() && chain) {
+      // The greedy token of each sequence becomes its next input; positions advance.
+      const cudaError_t e = cudaMemcpyAsync(d_tok(), d_argmax, T * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream);
+      if (e != cudaSuccess) st = cuda::cuda_status(e, "chain copy", __FILE__, __LINE__);
+      if (st.is_ok()) st = gpu::advance_positions(d_pos(), T, stream);
+    }
+    const cudaError_t e = cudaStreamEndCapture(stream, &graph);
+    TQKV_RETURN_IF_ERROR(st);
+    CK(e);
+    const cudaError_t ie = cudaGraphInstantiate(out, graph, 0);
+    cudaGraphDestroy(graph);
+    CK(ie);
+    return Status::ok();
+  }
+};
+
+GpuContext::~GpuContext() = default;
+
+Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, const GpuContextOptions& opt) {
+  TQKV_RETURN_IF_ERROR(gpu_available());
+  const ModelConfig& c = model.config();
+  if (opt.max_seqs < 1 || opt.max_tokens < 1 || opt.max_chunk < 1)
+    return invalid_argument("GpuContext: max_seqs, max_tokens and max_chunk must be positive");
+  if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
+    return invalid_argument("GpuContext: bad KV format");
+  if (!is_valid_head_dim(c.head_dim)) return unsupported("GPU runtime: head size " + std::to_string(c.head_dim) + " not supported by the paged cache");
+  std::unique_ptr<GpuContext> ctx(new GpuContext());
+  ctx->impl_ = std::make_unique<Impl>();
+  Impl& m = *ctx->impl_;
+  m.model = &model;
+  m.cfg = c;
+  m.opt = opt;
+  DeviceArena& a = m.arena;
+  CK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  BK(cublasCreate(&m.blas));
+  BK(cublasSetStream(m.blas, m.stream));
+  BK(cublasSetMathMode(m.blas, CUBLAS_DEFAULT_MATH));
+  {
+    const size_t blas_ws = 64u << 20;
+    TQKV_ASSIGN_OR_RETURN(m.blas_ws, a.alloc<uint8_t>(blas_ws));
+    BK(cublasSetWorkspace(m.blas, m.blas_ws, blas_ws));
+  }
+  int dev = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev));
+  m.Tmax = std::max(opt.max_chunk, opt.max_seqs);
+
+  // Page tables: group 0 full attention, group 1 sliding (when the model has sliding layers).
+  bool any_sliding = false;
+  for (int l = 0; l < c.n_layer; ++l) any_sliding |= layer_is_sliding(c, l);
+  m.G = any_sliding ? 2 : 1;
+  m.max_pages[0] = static_cast<int>((opt.max_tokens + kPage - 1) / kPage);
+  m.max_pages[1] = m.max_pages[0];
+  m.ring = any_sliding ? std::min<int64_t>(ring_pages_for(c, opt.max_chunk), m.max_pages[0]) : 0;
+  std::mt19937_64 rng(opt.page_shuffle_seed);
+  const int64_t full_pool = static_cast<int64_t>(opt.max_seqs) * m.max_pages[0];
+  const int64_t slide_pool = static_cast<int64_t>(opt.max_seqs) * m.ring;
+  for (int g = 0; g < m.G; ++g) {
+    const int64_t pool = g == 0 ? full_pool : slide_pool;
+    std::vector<int32_t> perm(static_cast<size_t>(pool));
+    std::iota(perm.begin(), perm.end(), 0);
+    if (opt.page_shuffle_seed != 0) std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int32_t> t(static_cast<size_t>(opt.max_seqs) * m.max_pages[g]);
+    for (int s = 0; s < opt.max_seqs; ++s)
+      for (int p = 0; p < m.max_pages[g]; ++p)
+        t[static_cast<size_t>(s) * m.max_pages[g] + p] =
+            g == 0 ? perm[static_cast<size_t>(s) * m.max_pages[0] + p] : perm[static_cast<size_t>(s * m.ring + p % m.ring)];
+    TQKV_ASSIGN_OR_RETURN(m.table[g], a.alloc<int32_t>(t.size()));
+    CK(cudaMemcpy(m.table[g], t.data(), t.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  }
+
+  // Codec data: rotation and codebooks of the head size (the CPU cache's seed and kinds).
+  const int D = c.head_dim;
+  TQKV_ASSIGN_OR_RETURN(auto rot, Rotation::create(D, default_rotation(D), kDefaultRotationSeed));
+  TQKV_ASSIGN_OR_RETURN(m.rotation, upload_f32(a, std::vector<float>(rot->matrix(), rot->matrix() + D * D)));
+  if (rot->signs()) {
+    TQKV_ASSIGN_OR_RETURN(m.signs, upload_f32(a, std::vector<float>(rot->signs(), rot->signs() + D)));
+  }
+  for (int bits : {2, 3, 4, 8}) {
+    if (opt.format.k_bits != bits && opt.format.v_bits != bits) continue;
+    TQKV_ASSIGN_OR_RETURN(const Codebook* cb, Codebook::get(D, bits));
+    TQKV_ASSIGN_OR_RETURN(m.centroids[bits], upload_f32(a, std::vector<float>(cb->centroids(), cb->centroids() + cb->levels())));
+    TQKV_ASSIGN_OR_RETURN(m.boundaries[bits], upload_f32(a, std::vector<float>(cb->boundaries(), cb->boundaries() + cb->levels() - 1)));
+  }
+
+  // Layer pools.
+  m.lkv.resize(static_cast<size_t>(c.n_layer));
+  for (int l = 0; l < c.n_layer; ++l) {
+    Impl::LayerKv& L = m.lkv[l];
+    const bool f16 = layer_is_f16(c, opt.f16_layers, l);
+    L.kb = f16 ? kF16Bits : opt.format.k_bits;
+    L.vb = f16 ? kF16Bits : opt.format.v_bits;
+    L.group = layer_is_sliding(c, l) ? 1 : 0;
+    L.window = layer_is_sliding(c, l) ? c.sliding_window : 0;
+    L.tk = tile_bytes(kPage, D, L.kb);
+    L.tv = tile_bytes(kPage, D, L.vb);
+    L.pages = L.group == 0 ? full_pool : slide_pool;
+    TQKV_ASSIGN_OR_RETURN(L.k, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tk)));
+    TQKV_ASSIGN_OR_RETURN(L.v, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tv)));
+  }
+
+  // Activations and per-step arrays.
+  const int64_t T = m.Tmax, E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
+  TQKV_ASSIGN_OR_RETURN(m.x, a.alloc<float>(T * E));
+  TQKV_ASSIGN_OR_RETURN(m.qkv, a.alloc<float>(T * (Q + 2 * KV)));
+  TQKV_ASSIGN_OR_RETURN(m.q, a.alloc<float>(T * Q));
+  TQKV_ASSIGN_OR_RETURN(m.k, a.alloc<float>(T * KV));
+  TQKV_ASSIGN_OR_RETURN(m.v, a.alloc<float>(T * KV));
+  TQKV_ASSIGN_OR_RETURN(m.o, a.alloc<float>(T * E));
+  TQKV_ASSIGN_OR_RETURN(m.gu, a.alloc<float>(T * 2 * F));
+  TQKV_ASSIGN_OR_RETURN(m.logits, a.alloc<float>(T * c.n_vocab));
+  TQKV_ASSIGN_OR_RETURN(m.h16, a.alloc<uint16_t>(T * std::max({E, Q, F})));
+  TQKV_ASSIGN_OR_RETURN(m.att16, a.alloc<uint16_t>(T * Q));
+  TQKV_ASSIGN_OR_RETURN(m.d_in, a.alloc<int32_t>(3 * T));
+  CK(cudaMemset(m.d_in, 0, 3 * T * sizeof(int32_t)));
+  TQKV_ASSIGN_OR_RETURN(m.d_vlen, a.alloc<int32_t>(T));
+  TQKV_ASSIGN_OR_RETURN(m.d_argmax, a.alloc<int32_t>(T));
+  for (int g = 0; g < m.G; ++g) {
+    TQKV_ASSIGN_OR_RETURN(m.d_slots[g], a.alloc<int64_t>(T));
+    TQKV_ASSIGN_OR_RETURN(m.d_vtable[g], a.alloc<int32_t>(T * m.max_pages[g]));
+  }
+  CK(cudaMallocHost(reinterpret_cast<void**>(&m.h_in), 3 * T * sizeof(int32_t)));
+  std::memset(m.h_in, 0, 3 * T * sizeof(int32_t));
+
+  // Decode workspace: the largest any token count up to Tmax needs, for every layer.
+  size_t ws = 256;
+  for (int t = 1; t <= m.Tmax; ++t)
+    for (int l = 0; l < c.n_layer; ++l) {
+      if (l > 0 && m.lkv[l].kb == m.lkv[l - 1].kb && m.lkv[l].vb == m.lkv[l - 1].vb && m.lkv[l].group == m.lkv[l - 1].group &&
+          m.lkv[l].window == m.lkv[l - 1].window) {
+        m.plans[{t, l}] = m.plans[{t, l - 1}];
+        continue;
+      }
+      TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan p, m.plan(t, l));
+      ws = std::max(ws, p.workspace_bytes);
+    }
+  m.ws_bytes = ws;
+  TQKV_ASSIGN_OR_RETURN(m.ws, a.alloc<uint8_t>(ws));
+  m.lens.assign(static_cast<size_t>(opt.max_seqs), 0);
+  CK(cudaDeviceSynchronize());
+  return ctx;
+}
+
+Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits, LogitsMode mode) {
+  Impl& m = *impl_;
+  if (seq < 0 || seq >= m.opt.max_seqs) return out_of_range("prefill: bad sequence slot");
+  if (n <= 0 || tokens == nullptr) return invalid_argument("prefill: no tokens");
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= m.cfg.n_vocab) return out_of_range("prefill: token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+  if (m.lens[seq] + n > m.opt.max_tokens)
+    return out_of_range("GPU KV cache full: " + std::to_string(m.lens[seq] + n) + " tokens > context " + std::to_string(m.opt.max_tokens));
+  std::vector<int32_t> seqs(static_cast<size_t>(m.opt.max_chunk), seq), pos(static_cast<size_t>(m.opt.max_chunk));
+  for (int done = 0; done < n;) {
+    const int cnt = std::min(m.opt.max_chunk, n - done);
+    const bool last = done + cnt == n;
+    for (int i = 0; i < cnt; ++i) pos[i] = static_cast<int32_t>(m.lens[seq] + i);
+    TQKV_RETURN_IF_ERROR(m.stage(cnt, tokens + done, seqs.data(), pos.data()));
+    const bool want = logits != nullptr && (mode == LogitsMode::kAll || last);
+    const int first = mode == LogitsMode::kAll ? 0 : cnt - 1;
+    TQKV_RETURN_IF_ERROR(m.enqueue_forward(cnt, want, first));
+    float* dst = nullptr;
+    if (want) dst = mode == LogitsMode::kAll ? logits + static_cast<int64_t>(done) * m.cfg.n_vocab : logits;
+    TQKV_RETURN_IF_ERROR(m.fetch(want ? cnt - first : 0, dst, nullptr));
+    m.lens[seq] += cnt;
+    done += cnt;
+  }
+  return Status::ok();
+}
+
+Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax) {
+  Impl& m = *impl_;
+  if (batch < 1 || batch > m.opt.max_seqs) return out_of_range("decode: batch must be 1.." + std::to_string(m.opt.max_seqs));
+  std::vector<int32_t> seqs(static_cast<size_t>(batch)), pos(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    if (tokens[b] < 0 || tokens[b] >= m.cfg.n_vocab) return out_of_range("decode: token id outside the vocabulary");
+    if (m.lens[b] + 1 > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
+    seqs[b] = b;
+    pos[b] = static_cast<int32_t>(m.lens[b]);
+  }
+  TQKV_RETURN_IF_ERROR(m.stage(batch, tokens, seqs.data(), pos.data()));
+  auto it = m.graphs.find(batch);
+  if (it != m.graphs.end()) {
+    CK(cudaGraphLaunch(it->second, m.stream));
+  } else if (m.opt.use_graphs && m.graph_uses[batch]++ > 0) {
+    // Second step of this batch size: everything is warm (cuBLAS heuristics, plans); capture.
+    cudaGraphExec_t ge = nullptr;
+    TQKV_RETURN_IF_ERROR(m.capture(batch, false, &ge));
+    m.graphs[batch] = ge;
+    CK(cudaGraphLaunch(ge, m.stream));
+  } else {
+    TQKV_RETURN_IF_ERROR(m.enqueue_forward(batch, true, 0));
+  }
+  TQKV_RETURN_IF_ERROR(m.fetch(batch, logits, argmax));
+  for (int b = 0; b < batch; ++b) ++m.lens[b];
+  return Status::ok();
+}
+
+Status GpuContext::reset(int seq) {
+  Impl& m = *impl_;
+  if (seq < 0 || seq >= m.opt.max_seqs) return out_of_range("reset: bad sequence slot");
+  m.lens[seq] = 0;
+  return Status::ok();
+}
+
+int64_t GpuContext::seq_len(int seq) const {
+  const Impl& m = *impl_;
+  return seq >= 0 && seq < m.opt.max_seqs ? m.lens[seq] : -1;
+}
+
+Status GpuContext::fill_random(int64_t len, uint64_t seed) {
+  Impl& m = *impl_;
+  if (len < 0 || len > m.opt.max_tokens) return out_of_range("fill_random: length beyond the context");
+  for (int l = 0; l < m.cfg.n_layer; ++l) {
+    const Impl::LayerKv& L = m.lkv[l];
+    const int64_t tiles = L.pages * m.cfg.n_head_kv;
+    TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.k, tiles, L.tk, L.kb, kPage, m.cfg.head_dim, seed + 2 * l, m.stream));
+    TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.v, tiles, L.tv, L.vb, kPage, m.cfg.head_dim, seed + 2 * l + 1, m.stream));
+  }
+  CK(cudaStreamSynchronize(m.stream));
+  std::fill(m.lens.begin(), m.lens.end(), len);
+  return Status::ok();
+}
+
+Result<double> GpuContext::time_decode_steps(int batch, int steps, int32_t first_token) {
+  Impl& m = *impl_;
+  if (batch < 1 || batch > m.opt.max_seqs) return out_of_range("time_decode_steps: bad batch");
+  for (int b = 0; b < batch; ++b)
+    if (m.lens[b] + steps + 2 > m.opt.max_tokens) return out_of_range("time_decode_steps: context too small for the steps");
+  std::vector<int32_t> toks(static_cast<size_t>(batch), first_token), seqs(static_cast<size_t>(batch)), pos(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    seqs[b] = b;
+    pos[b] = static_cast<int32_t>(m.lens[b]);
+  }
+  // One eager warm-up step (cuBLAS picks its kernels; nothing is captured cold).
+  TQKV_RETURN_IF_ERROR(m.stage(batch, toks.data(), seqs.data(), pos.data()));
+  TQKV_RETURN_IF_ERROR(m.enqueue_forward(batch, true, 0));
+  CK(cudaMemcpyAsync(m.d_tok(), m.d_argmax, batch * sizeof(int32_t), cudaMemcpyDeviceToDevice, m.stream));
+  TQKV_RETURN_IF_ERROR(gpu::advance_positions(m.d_pos(), batch, m.stream));
+  CK(cudaStreamSynchronize(m.stream));
+  cudaGraphExec_t ge = nullptr;
+  TQKV_RETURN_IF_ERROR(m.capture(batch, true, &ge));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  CK(cudaGraphLaunch(ge, m.stream));  // one more warm step (graph upload)
+  CK(cudaEventRecord(e0, m.stream));
+  for (int i = 0; i < steps; ++i) CK(cudaGraphLaunch(ge, m.stream));
+  CK(cudaEventRecord(e1, m.stream));
+  CK(cudaEventSynchronize(e1));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(ge);
+  for (int b = 0; b < batch; ++b) m.lens[b] += steps + 2;
+  return ms * 1e-3;
+}
+
+Result<double> GpuContext::time_attention_step(int batch, int iters, int reps) {
+  Impl& m = *impl_;
+  if (batch < 1 || batch > m.opt.max_seqs) return out_of_range("time_attention_step: bad batch");
+  std::vector<int32_t> toks(static_cast<size_t>(batch), 0), seqs(static_cast<size_t>(batch)), pos(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    seqs[b] = b;
+    pos[b] = static_cast<int32_t>(std::max<int64_t>(0, m.lens[b] - 1));  // attend over the held tokens
+  }
+  TQKV_RETURN_IF_ERROR(m.stage(batch, toks.data(), seqs.data(), pos.data()));
+  gpu::PrepareArgs pa;
+  pa.T = batch;
+  pa.G = m.G;
+  pa.seq = m.d_seq();
+  pa.pos = m.d_pos();
+  pa.vlen = m.d_vlen;
+  for (int g = 0; g < m.G; ++g) {
+    pa.table[g] = m.table[g];
+    pa.max_pages[g] = m.max_pages[g];
+    pa.slots[g] = m.d_slots[g];
+    pa.vtable[g] = m.d_vtable[g];
+  }
+  TQKV_RETURN_IF_ERROR(gpu::prepare_step(pa, m.stream));
+  // Queries: random fp16 (never zeros).
+  TQKV_RETURN_IF_ERROR(gpu::fill_uniform_f16(m.h16, static_cast<int64_t>(batch) * m.cfg.q_dim(), 1.0f, 12345, m.stream));
+  auto enqueue = [&]() -> Status {
+    for (int l = 0; l < m.cfg.n_layer; ++l) {
+      TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan pl, m.plan(batch, l));
+      TQKV_RETURN_IF_ERROR(cuda::attention_decode(m.view(l, batch), m.params(l), pl, m.h16, cuda::DType::kF16, m.att16,
+                                                  cuda::DType::kF16, m.ws, m.ws_bytes, m.stream));
+    }
+    return Status::ok();
+  };
+  TQKV_RETURN_IF_ERROR(enqueue());
+  CK(cudaStreamSynchronize(m.stream));
+  cudaGraph_t graph = nullptr;
+  CK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
+  Status st = Status::ok();
+  for (int i = 0; i < iters && st.is_ok(); ++i) st = enqueue();
+  const cudaError_t ce = cudaStreamEndCapture(m.stream, &graph);
+  TQKV_RETURN_IF_ERROR(st);
+  CK(ce);
+  cudaGraphExec_t ge = nullptr;
+  const cudaError_t ie = cudaGraphInstantiate(&ge, graph, 0);
+  cudaGraphDestroy(graph);
+  CK(ie);
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < reps + 1; ++r) {
+    CK(cudaEventRecord(e0, m.stream));
+    CK(cudaGraphLaunch(ge, m.stream));
+    CK(cudaEventRecord(e1, m.stream));
+    CK(cudaEventSynchronize(e1));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, e0, e1));
+    if (r > 0) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(ge);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2] * 1e-3 / iters;
+}
+
+int64_t GpuContext::attention_bytes_per_step(int batch) const {
+  const Impl& m = *impl_;
+  int64_t total = 0;
+  for (int l = 0; l < m.cfg.n_layer; ++l) {
+    const Impl::LayerKv& L = m.lkv[l];
+    for (int b = 0; b < batch; ++b) {
+      const int64_t len = m.lens[b];
+      int64_t lo = L.window > 0 ? std::max<int64_t>(0, len - L.window) : 0;
+      const int64_t pages = (len + kPage - 1) / kPage - lo / kPage;
+      total += pages * m.cfg.n_head_kv * (L.tk + L.tv);
+    }
+    total += static_cast<int64_t>(batch) * m.cfg.q_dim() * 4;  // fp16 q in, fp16 out
+  }
+  return total;
+}
+
+int64_t GpuContext::kv_bytes_allocated() const {
+  const Impl& m = *impl_;
+  int64_t total = 0;
+  for (const auto& L : m.lkv) total += L.pages * m.cfg.n_head_kv * (L.tk + L.tv);
+  return total;
+}
+
+int64_t GpuContext::kv_bytes_per_seq(int64_t len) const {
+  const Impl& m = *impl_;
+  return gpu_kv_bytes_per_seq(m.cfg, m.opt.format, m.opt.f16_layers, len, m.opt.max_chunk);
+}
+
+std::string GpuContext::describe() const {
+  const Impl& m = *impl_;
+  std::string s = kv_format_name(m.opt.format) + " paged on the GPU (16-token pages)";
+  int sliding = 0, f16 = 0;
+  for (int l = 0; l < m.cfg.n_layer; ++l) {
+    sliding += layer_is_sliding(m.cfg, l) ? 1 : 0;
+    f16 += !layer_is_sliding(m.cfg, l) && m.lkv[l].kb == kF16Bits && m.opt.format.k_bits != kF16Bits ? 1 : 0;
+  }
+  if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
+  if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
+  return s;
+}
+
+}  // namespace tqkv

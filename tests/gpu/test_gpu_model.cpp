@@ -1,0 +1,378 @@
+// The GPU model runtime against the CPU runtime. Skipped (with a message) without a GPU.
+//
+// 1. Synthetic: tiny random-weight models of all five architectures (written with the test GGUF
+//    writer), run on the CPU runtime with an f16 paged cache and on the GPU with an f16 cache:
+//    a chunked prefill (several GPU chunks; Gemma's sliding ring wraps) then decode steps (the
+//    second one onwards replays a CUDA graph). Then k4v4 on both.
+// 2. Real models, reduced: the first layers and 8192 vocabulary rows of SmolLM2-135M and
+//    Gemma-3-270M, cut by tools/slice_gguf (the full files cannot travel to the GPU machine), with
+//    CPU logits recorded from the same reduced files by `tqkv_slice_gguf logits` (fixture in
+//    $TQKV_GPU_FIXTURES, default <source>/.device-gpu; skipped when absent).
+//
+// Tolerance (every compared row of logits): relative L2 error ||gpu - cpu|| / ||cpu|| <= 2e-2 for
+// f16 KV and <= 5e-2 for k4v4 (the GPU keeps weights and GEMM inputs in fp16, the CPU in fp32;
+// with k4v4 a K/V coordinate that lands within rounding of a codebook boundary may quantize to the
+// neighbouring centroid), and the same top-1 token wherever the CPU's best two logits differ by
+// more than 0.1 (closer ties are counted and printed, not failed). NaN fails.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf_writer.h"
+#include "tqkv/gpu_model.h"
+#include "tqkv/model.h"
+
+namespace {
+
+using tqkv::GgmlType;
+
+#define SKIP_WITHOUT_GPU()                                                  \
+  do {                                                                      \
+    auto _st = tqkv::gpu_available();                                       \
+    if (!_st.is_ok()) GTEST_SKIP() << "no GPU: " << _st.to_string();        \
+  } while (0)
+
+struct RowCheck {
+  double worst_rel = 0;
+  int rows = 0, top1_mismatch = 0, near_ties = 0;
+  void add(const float* gpu, const float* cpu, int V, double tol, const std::string& what) {
+    double num = 0, den = 0;
+    int ag = 0, ac = 0;
+    bool nan = false;
+    for (int i = 0; i < V; ++i) {
+      if (!std::isfinite(gpu[i])) nan = true;
+      num += (static_cast<double>(gpu[i]) - cpu[i]) * (static_cast<double>(gpu[i]) - cpu[i]);
+      den += static_cast<double>(cpu[i]) * cpu[i];
+      if (gpu[i] > gpu[ag]) ag = i;
+      if (cpu[i] > cpu[ac]) ac = i;
+    }
+    float second = -INFINITY;
+    for (int i = 0; i < V; ++i)
+      if (i != ac) second = std::max(second, cpu[i]);
+    const double rel = std::sqrt(num / std::max(den, 1e-30));
+    worst_rel = std::max(worst_rel, nan ? 1e30 : rel);
+    ++rows;
+    EXPECT_FALSE(nan) << what << ": NaN in the GPU logits";
+    EXPECT_LE(rel, tol) << what << ": relative L2 error";
+    if (ag != ac) {
+      if (cpu[ac] - second > 0.1f) {
+        ++top1_mismatch;
+        ADD_FAILURE() << what << ": top-1 " << ag << " on the GPU, " << ac << " on the CPU (margin "
+                      << cpu[ac] - second << ")";
+      } else {
+        ++near_ties;
+      }
+    }
+  }
+};
+
+// ---- synthetic models ---------------------------------------------------------------------------
+struct Spec {
+  std::string arch;
+  int n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, vocab = 96;
+  bool tied = true;
+  bool rope_freqs = false;
+  int window = 0;
+  float attn_softcap = 0, final_softcap = 0;
+  GgmlType wtype = GgmlType::kF32;
+  int n_tokens = 75;
+};
+
+class Builder {
+ public:
+  explicit Builder(uint64_t seed) : rng_(seed) {}
+  tqkv::GgufWriter w;
+  std::vector<float> rand_vec(int64_t n, float scale, float offset = 0.0f) {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = offset + scale * nd(rng_);
+    return v;
+  }
+  void add(const std::string& name, GgmlType t, std::vector<int64_t> dims, const std::vector<float>& v) {
+    const int64_t cols = dims[0], rows = static_cast<int64_t>(v.size()) / cols;
+    const int64_t rb = static_cast<int64_t>(tqkv::ggml_row_bytes(t, cols));
+    std::vector<uint8_t> bytes(static_cast<size_t>(rb * rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      auto st = tqkv::quantize_row_reference(t, v.data() + r * cols, bytes.data() + r * rb, cols);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+    }
+    auto st = w.add_tensor(name, t, std::move(dims), bytes);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  void mat(const std::string& name, GgmlType t, int64_t rows, int64_t cols) {
+    add(name, t, {cols, rows}, rand_vec(rows * cols, 1.0f / std::sqrt(static_cast<float>(cols))));
+  }
+  void vec(const std::string& name, int64_t n, float offset = 1.0f) { add(name, GgmlType::kF32, {n}, rand_vec(n, 0.1f, offset)); }
+
+ private:
+  std::mt19937_64 rng_;
+};
+
+std::vector<uint8_t> build(const Spec& s) {
+  Builder b(4321);
+  auto& w = b.w;
+  const std::string a = s.arch;
+  w.add_string("general.architecture", a);
+  w.add_u32(a + ".embedding_length", s.n_embd);
+  w.add_u32(a + ".block_count", s.n_layer);
+  w.add_u32(a + ".attention.head_count", s.n_head);
+  w.add_u32(a + ".attention.head_count_kv", s.n_head_kv);
+  w.add_u32(a + ".attention.key_length", s.head_dim);
+  w.add_u32(a + ".attention.value_length", s.head_dim);
+  w.add_u32(a + ".feed_forward_length", s.n_ff);
+  w.add_u32(a + ".context_length", 256);
+  w.add_u32(a + ".rope.dimension_count", s.head_dim);
+  w.add_f32(a + ".rope.freq_base", 500.0f);
+  w.add_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
+  if (s.window > 0) w.add_u32(a + ".attention.sliding_window", s.window);
+  if (s.attn_softcap > 0) w.add_f32(a + ".attn_logit_softcapping", s.attn_softcap);
+  if (s.final_softcap > 0) w.add_f32(a + ".final_logit_softcapping", s.final_softcap);
+  const int64_t E = s.n_embd, Q = s.n_head * s.head_dim, KV = s.n_head_kv * s.head_dim, F = s.n_ff;
+  b.mat("token_embd.weight", GgmlType::kF32, s.vocab, E);
+  if (!s.tied) b.mat("output.weight", s.wtype, s.vocab, E);
+  b.vec("output_norm.weight", E);
+  if (s.rope_freqs) b.add("rope_freqs.weight", GgmlType::kF32, {s.head_dim / 2}, b.rand_vec(s.head_dim / 2, 0.5f, 2.0f));
+  const bool gemma = a == "gemma2" || a == "gemma3";
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    b.vec(p + "attn_norm.weight", E);
+    b.vec(p + "ffn_norm.weight", E);
+    if (a == "phi3") {
+      b.mat(p + "attn_qkv.weight", s.wtype, Q + 2 * KV, E);
+      b.mat(p + "ffn_up.weight", s.wtype, 2 * F, E);
+    } else {
+      b.mat(p + "attn_q.weight", s.wtype, Q, E);
+      b.mat(p + "attn_k.weight", s.wtype, KV, E);
+      b.mat(p + "attn_v.weight", s.wtype, KV, E);
+      b.mat(p + "ffn_gate.weight", s.wtype, F, E);
+      b.mat(p + "ffn_up.weight", s.wtype, F, E);
+    }
+    if (a == "qwen2") {
+      b.vec(p + "attn_q.bias", Q, 0.0f);
+      b.vec(p + "attn_k.bias", KV, 0.0f);
+      b.vec(p + "attn_v.bias", KV, 0.0f);
+    }
+    if (a == "gemma3") {
+      b.vec(p + "attn_q_norm.weight", s.head_dim);
+      b.vec(p + "attn_k_norm.weight", s.head_dim);
+    }
+    if (gemma) {
+      b.vec(p + "post_attention_norm.weight", E);
+      b.vec(p + "post_ffw_norm.weight", E);
+    }
+    b.mat(p + "attn_output.weight", s.wtype, E, Q);
+    b.mat(p + "ffn_down.weight", s.wtype, E, F);
+  }
+  return w.finish();
+}
+
+void check_synthetic(const Spec& s) {
+  const std::vector<uint8_t> file = build(s);
+  auto g = tqkv::parse_gguf(file.data(), file.size());
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  auto model = tqkv::Model::from_gguf(&*g);
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  const tqkv::ModelConfig& c = (*model)->config();
+  auto gm = tqkv::GpuModel::from_gguf(*g, c);
+  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
+  const int V = c.n_vocab, T = s.n_tokens, pre = T - 5;
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  std::mt19937 rng(7);
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % V);
+  for (const char* fs : {"f16", "k4v4"}) {
+    auto fmt = tqkv::parse_kv_format(fs);
+    ASSERT_TRUE(fmt.is_ok());
+    tqkv::KvOptions ko;
+    ko.format = *fmt;
+    ko.max_tokens = T;
+    auto kv = tqkv::make_kv_backend(c, ko);
+    ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
+    std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN);
+    ASSERT_TRUE((*model)->forward(ids.data(), pre, 0, **kv, cpu.data(), tqkv::LogitsMode::kAll).is_ok());
+    for (int t = pre; t < T; ++t)
+      ASSERT_TRUE((*model)->forward(&ids[t], 1, t, **kv, cpu.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
+
+    tqkv::GpuContextOptions o;
+    o.format = *fmt;
+    o.max_tokens = T;
+    o.max_chunk = 32;  // several GPU chunks in the prefill
+    auto ctx = tqkv::GpuContext::create(**gm, o);
+    ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+    auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    for (int t = pre; t < T; ++t) {
+      st = (*ctx)->decode(&ids[t], 1, gpu.data() + static_cast<size_t>(t) * V, nullptr);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+    }
+    EXPECT_EQ((*ctx)->seq_len(0), T);
+    RowCheck rc;
+    const double tol = std::string(fs) == "f16" ? 2e-2 : 5e-2;
+    for (int t = 0; t < T; ++t)
+      rc.add(gpu.data() + static_cast<size_t>(t) * V, cpu.data() + static_cast<size_t>(t) * V, V, tol,
+             s.arch + " " + fs + " position " + std::to_string(t));
+    std::printf("[gpu synthetic] %-6s %-4s: %d rows, worst relative L2 %.3g, top-1 mismatches %d, near ties %d\n",
+                s.arch.c_str(), fs, rc.rows, rc.worst_rel, rc.top1_mismatch, rc.near_ties);
+  }
+}
+
+TEST(GpuSynthetic, Llama) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"llama", 128, 2, 4, 2, 64, 192};
+  s.rope_freqs = true;
+  s.wtype = GgmlType::kQ8_0;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Qwen2) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"qwen2", 128, 2, 2, 1, 64, 192};
+  s.tied = false;
+  s.wtype = GgmlType::kQ4_1;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Phi3) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"phi3", 192, 2, 2, 2, 96, 128};
+  s.tied = false;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Gemma2) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"gemma2", 128, 3, 4, 2, 64, 192};
+  s.window = 20;
+  s.attn_softcap = 2.0f;
+  s.final_softcap = 3.0f;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Gemma3) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"gemma3", 128, 7, 4, 1, 128, 192};
+  s.window = 20;
+  s.wtype = GgmlType::kQ8_0;
+  s.n_tokens = 130;  // the sliding ring (ceil((20 + 32) / 16) + 2 = 6 pages = 96 tokens) wraps
+  check_synthetic(s);
+}
+
+// Bad input is an error, not a crash.
+TEST(GpuSynthetic, BadInputIsAnError) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"llama", 128, 1, 2, 1, 64, 192};
+  const std::vector<uint8_t> file = build(s);
+  auto g = tqkv::parse_gguf(file.data(), file.size());
+  ASSERT_TRUE(g.is_ok());
+  auto model = tqkv::Model::from_gguf(&*g);
+  ASSERT_TRUE(model.is_ok());
+  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
+  ASSERT_TRUE(gm.is_ok());
+  tqkv::GpuContextOptions o;
+  o.max_tokens = 8;
+  auto ctx = tqkv::GpuContext::create(**gm, o);
+  ASSERT_TRUE(ctx.is_ok());
+  const int32_t bad = 1000000;
+  EXPECT_FALSE((*ctx)->prefill(0, &bad, 1, nullptr, tqkv::LogitsMode::kLast).is_ok());
+  std::vector<int32_t> many(9, 1);
+  EXPECT_EQ((*ctx)->prefill(0, many.data(), 9, nullptr, tqkv::LogitsMode::kLast).code(), tqkv::StatusCode::kOutOfRange);
+  EXPECT_FALSE((*ctx)->decode(many.data(), 2, nullptr, nullptr).is_ok());  // batch > max_seqs
+}
+
+// ---- reduced real models -------------------------------------------------------------------------
+std::string fixture_dir() {
+  if (const char* e = std::getenv("TQKV_GPU_FIXTURES")) return e;
+  return std::string(TQKV_SOURCE_DIR) + "/.device-gpu";
+}
+
+void check_real(const std::string& name) {
+  const std::string dir = fixture_dir();
+  const std::string gguf = dir + "/" + name + ".gguf";
+  std::ifstream js(dir + "/" + name + ".json");
+  std::ifstream bin(dir + "/" + name + ".f32", std::ios::binary);
+  if (!js || !bin) GTEST_SKIP() << "no fixture for " << name << " in " << dir << " (scripts/device_runtime.sh prepare)";
+  nlohmann::json j;
+  js >> j;
+  auto model = tqkv::Model::load(gguf);
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  const tqkv::ModelConfig& c = (*model)->config();
+  const int V = c.n_vocab, steps = j["steps"];
+  ASSERT_EQ(V, j["n_vocab"].get<int>());
+  auto gm = tqkv::GpuModel::from_gguf((*model)->gguf(), c);
+  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
+  std::vector<float> cpu(static_cast<size_t>(V)), gpu(static_cast<size_t>(V));
+  for (const auto& fs : j["formats"]) {
+    const std::string f = fs.get<std::string>();
+    auto fmt = tqkv::parse_kv_format(f);
+    ASSERT_TRUE(fmt.is_ok());
+    RowCheck rc;
+    const double tol = f == "f16" ? 2e-2 : 5e-2;
+    for (const auto& p : j["prompts"]) {
+      const std::vector<int32_t> ids = p["ids"].get<std::vector<int32_t>>();
+      const std::vector<int32_t> cont = p["continuation"].get<std::vector<int32_t>>();
+      tqkv::GpuContextOptions o;
+      o.format = *fmt;
+      o.max_tokens = static_cast<int64_t>(ids.size()) + steps + 1;
+      auto ctx = tqkv::GpuContext::create(**gm, o);
+      ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+      auto st = (*ctx)->prefill(0, ids.data(), static_cast<int>(ids.size()), gpu.data(), tqkv::LogitsMode::kLast);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+      for (int s = 0; s <= steps; ++s) {
+        bin.read(reinterpret_cast<char*>(cpu.data()), static_cast<std::streamsize>(V * 4));
+        ASSERT_TRUE(bin.good()) << "fixture too short";
+        rc.add(gpu.data(), cpu.data(), V, tol, name + " " + f + " prompt " + std::to_string(ids.size()) + " step " + std::to_string(s));
+        if (s < steps) {
+          st = (*ctx)->decode(&cont[s], 1, gpu.data(), nullptr);
+          ASSERT_TRUE(st.is_ok()) << st.to_string();
+        }
+      }
+    }
+    std::printf("[gpu real] %-12s %-4s: %d rows, worst relative L2 %.3g, top-1 mismatches %d, near ties %d\n",
+                name.c_str(), f.c_str(), rc.rows, rc.worst_rel, rc.top1_mismatch, rc.near_ties);
+  }
+}
+
+TEST(GpuRealModel, SmolLM2Reduced) {
+  SKIP_WITHOUT_GPU();
+  check_real("smollm2-4l");
+}
+TEST(GpuRealModel, Gemma3Reduced) {
+  SKIP_WITHOUT_GPU();
+  check_real("gemma3-6l");
+}
+
+// The synthetic Llama-3.1-8B-shaped model runs a few decode steps at batch 4 (smoke test of the
+// benchmark path: random weights and random pages, graph replays, finite greedy tokens).
+TEST(GpuSynthetic, Llama8bShapeDecodes) {
+  SKIP_WITHOUT_GPU();
+  auto info = tqkv::gpu_device_info();
+  ASSERT_TRUE(info.is_ok());
+  if (info->free_bytes < (int64_t{24} << 30)) GTEST_SKIP() << "needs 24 GB of free GPU memory";
+  auto gm = tqkv::GpuModel::synthetic(tqkv::GpuModel::llama3_8b_config(), 1);
+  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
+  tqkv::GpuContextOptions o;
+  o.format = {4, 4};
+  o.max_seqs = 4;
+  o.max_chunk = 4;
+  o.max_tokens = 1024;
+  auto ctx = tqkv::GpuContext::create(**gm, o);
+  ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+  ASSERT_TRUE((*ctx)->fill_random(1000, 5).is_ok());
+  auto t = (*ctx)->time_decode_steps(4, 3, 17);
+  ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+  EXPECT_GT(*t, 0.0);
+  std::vector<int32_t> toks = {1, 2, 3, 4}, am(4, -1);
+  std::vector<float> logits(static_cast<size_t>(4) * 128256);
+  ASSERT_TRUE((*ctx)->decode(toks.data(), 4, logits.data(), am.data()).is_ok());
+  for (int b = 0; b < 4; ++b) {
+    EXPECT_GE(am[b], 0);
+    const float* row = logits.data() + static_cast<size_t>(b) * 128256;
+    EXPECT_EQ(static_cast<int>(std::max_element(row, row + 128256) - row), am[b]);
+    for (int i = 0; i < 128256; i += 997) EXPECT_TRUE(std::isfinite(row[i]));
+  }
+}
+
+}  // namespace
