@@ -5,7 +5,7 @@
 #       builds test_cuda and tqkv_cuda_bench in build-cuda (TQKV_CUDA=ON, arch 90) and copies
 #       them into .device/ (git-ignored) so they can travel with the device tool's `carry`.
 #   scripts/device_run.sh run [what]   (on the GPU machine, from the repository root)
-#       what = all (default) | tests | sanitize | bench
+#       what = all (default) | tests | sanitize | bench | ncu (Nsight Compute on a few cases)
 #       runs the CUDA tests, compute-sanitizer memcheck + racecheck on the kernel tests, the
 #       kernel benchmark and PyTorch SDPA on the same shape; logs go to $OUT (default
 #       ./device-out): nvidia-smi.txt, tests.log, memcheck.log, racecheck.log, bench.txt,
@@ -58,6 +58,22 @@ if [[ $what == all || $what == sanitize ]]; then
     tail -4 "$OUT/$tool.log"
     note "$tool: rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1) $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/$tool.log" | tr '\n' ' ')"
   done
+fi
+
+if [[ $what == ncu ]]; then
+  # Per-kernel durations and issue/stall statistics (Nsight Compute, clocks left alone) for the
+  # three kernels of one decode call and for quantize-on-write. One small case each.
+  sec='--section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis'
+  for case in "f16 8 8192" "k4v4 8 8192" "k4v4 32 16384" "k3v3 32 16384"; do
+    set -- $case
+    timeout 150 ncu --clock-control none $sec -k regex:'decode_split|rotate_query|merge_splits' -c 3 \
+      "$BIN/tqkv_cuda_bench" --formats "$1" --batch "$2" --context "$3" --no-quantize --reps 1 --iters 2 \
+      >"$OUT/ncu_$1_$2_$3.txt" 2>&1
+    note "ncu $case: rc=$? $(grep -E '^  [a-z_].*\(|Duration|Issue Slots Busy|DRAM Throughput' "$OUT/ncu_$1_$2_$3.txt" | tr -s ' ' | tr '\n' ';' | head -c 900)"
+  done
+  timeout 150 ncu --clock-control none $sec -k regex:'quantize_kernel' -c 1 \
+    "$BIN/tqkv_cuda_bench" --formats none --batch 8 --context 16 --reps 1 >"$OUT/ncu_quantize.txt" 2>&1
+  note "ncu quantize: rc=$? $(grep -E 'Duration|Issue Slots Busy|DRAM Throughput|Achieved Occupancy' "$OUT/ncu_quantize.txt" | tr -s ' ' | tr '\n' ';')"
 fi
 
 if [[ $what == all || $what == bench ]]; then

@@ -60,7 +60,10 @@ int main(int argc, char** argv) {
     };
     bool ok = true;
     if (a == "--help" || a == "-h") { usage(); return 0; }
-    else if (a == "--formats") cfg.formats = split(next());
+    else if (a == "--formats") {  // "none": no decode rows (quantize-on-write only)
+      cfg.formats = split(next());
+      if (cfg.formats.size() == 1 && cfg.formats[0] == "none") cfg.formats.clear();
+    }
     else if (a == "--batch") ok = parse_ints(next(), cfg.batches);
     else if (a == "--context") ok = parse_ints(next(), cfg.contexts);
     else if (a == "--head-dim") ok = parse_ints(next(), cfg.head_dims);
