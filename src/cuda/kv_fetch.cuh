@@ -127,7 +127,7 @@ __device__ __forceinline__ uint32_t k_pair(const C& c, int j, const uint8_t* lut
     const uint32_t w = c.w[j >> 1];
     const int b0 = (j & 1) * 2;
     return __byte_perm(lut_at(lut, entry_off(w, b0, lane4)), lut_at(lut, entry_off(w, b0 + 1, lane4)), 0x5410);
-  } else if constexpr (B == 4 && C::kWords * 32 == C::kBits) {  // the pair is byte j
+  } else if constexpr (B == 4 && C::kBits % 8 == 0) {  // the pair is byte j (chunk realigned to bit 0)
     return lut_at(lut, entry_off(c.w[j >> 2], j & 3, lane4));
   } else {
     return lut_at(lut, (c.bits(2 * B * j, 2 * B) << 8) | lane4);
@@ -139,7 +139,9 @@ __device__ __forceinline__ uint32_t k_pair(const C& c, int j, const uint8_t* lut
 // lane4 = 4 * lane + 128 (the V half of the table).
 template <int B, typename C>
 struct VPairs {
-  static constexpr bool kNibbles = B == 4 && C::kWords * 32 == C::kBits;
+  // Whole bytes per chunk (head sizes 80 and 96 give 40- and 48-bit chunks: the unused top bits
+  // of the last word are never read).
+  static constexpr bool kNibbles = B == 4 && C::kBits % 8 == 0;
   uint32_t even[kNibbles ? C::kWords : 1], odd[kNibbles ? C::kWords : 1];
   const C* a;
   const C* b;

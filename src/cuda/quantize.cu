@@ -500,10 +500,11 @@ __global__ void __launch_bounds__(kFastWarps * 32, D >= 256 ? 2 : 4) quantize_ha
     }
 #pragma unroll
     for (int lm = 1; lm < 16; lm <<= 1) {
+      const float sgn = (hl & lm) ? -1.f : 1.f;  // upper lane: partner - own; lower: own + partner
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const float u = __shfl_xor_sync(0xffffffffu, y[e], lm);
-        y[e] = (hl & lm) ? u - y[e] : y[e] + u;
+        y[e] = fmaf(sgn, y[e], u);  // exact: one rounding, like the add it replaces
       }
     }
     const float norm = sqrtf(half_sum(n2));
