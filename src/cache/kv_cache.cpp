@@ -7,6 +7,8 @@
 #include <cstring>
 #include <random>
 
+#include <unistd.h>
+
 #include "tqkv/fp16.h"
 
 namespace tqkv {
@@ -92,11 +94,21 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
   }
   if (budget_left < 0)
     return invalid_argument("budget of " + num(c.budget_bytes) + " bytes does not hold the sliding-window pages");
+  int64_t total_bytes = 0;
   for (Group& g : kv->groups_) {
     if (g.window == 0) g.num_pages = static_cast<int32_t>(std::min<int64_t>(budget_left / g.page_bytes, 1ll << 30));
     if (g.num_pages <= 0)
       return invalid_argument("budget of " + num(c.budget_bytes) + " bytes holds no page (" + num(g.page_bytes) +
                               " bytes each)");
+    total_bytes += g.num_pages * g.page_bytes;
+  }
+  // A budget past physical memory would be committed page by page and end in the OOM killer (or
+  // take minutes to zero); say so up front instead.
+  const int64_t phys = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  if (phys > 0 && total_bytes > phys)
+    return resource_exhausted("budget of " + num(c.budget_bytes) + " bytes needs " + num(total_bytes) +
+                              " bytes of pages, more than this machine's " + num(phys) + " bytes of memory");
+  for (Group& g : kv->groups_) {
     g.refcount.assign(g.num_pages, 0);
     g.free_list.resize(g.num_pages);
     for (int32_t i = 0; i < g.num_pages; ++i) g.free_list[i] = g.num_pages - 1 - i;  // pop 0 first
