@@ -8,8 +8,9 @@
 #       there: SmolLM2-135M cut to 4 layers and Gemma-3-270M to 6 layers (5 sliding + 1 global), both
 #       to the first 8192 vocabulary rows (tools/slice_gguf; the full files are too large to travel).
 #   scripts/device_runtime.sh run       (on the GPU machine, from the repository root)
-#       runs test_gpu (GPU vs CPU logits), then `tqkv bench decode` on the synthetic Llama-3.1-8B
-#       shape (batch 32, context 16K, k4v4 against f16). Logs to $OUT (default ./device-out).
+#       runs test_gpu (GPU vs CPU logits), `tqkv generate` / `tqkv perplexity --device cuda` on the
+#       reduced SmolLM2 beside the CPU's results, then `tqkv bench decode` on the synthetic
+#       Llama-3.1-8B shape (batch 32, context 16K, k4v4 against f16). Logs to $OUT (default ./device-out).
 #
 # cuBLAS is linked dynamically (libcublasLt is 540 MB, too large to carry): `run` finds the
 # device's own libcublas.so.13 (CUDA toolkit or PyTorch's wheel) and puts it on LD_LIBRARY_PATH.
@@ -24,16 +25,45 @@ if [[ $step == prepare ]]; then
     -DTQKV_BUILD_BENCH=OFF -DCMAKE_DISABLE_FIND_PACKAGE_BLAS=ON >/dev/null
   cmake --build build-gpu -j "${JOBS:-2}" --target tqkv test_gpu tqkv_slice_gguf
   mkdir -p "$D/lib"
+  rm -f "$D/tqkv" "$D/test_gpu"
   cp build-gpu/src/cli/tqkv build-gpu/tests/test_gpu "$D/"
   strip "$D/tqkv" "$D/test_gpu"
+  # Compressed for the trip (the working tree that travels is limited to 64 MiB); `run` unpacks.
+  gzip -9 -f "$D/tqkv" "$D/test_gpu"
   for lib in libpcre2-8.so.0 libgomp.so.1; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$D/lib/"
   done
   S=build-gpu/src/gpu/tqkv_slice_gguf
-  [[ -f $D/smollm2-4l.gguf ]] || $S slice models/smollm2-135m-instruct-q4_1.gguf $D/smollm2-4l.gguf --layers 4 --vocab 8192
+  [[ -f $D/smollm2-4l.gguf ]] || $S slice models/smollm2-135m-instruct-q4_1.gguf $D/smollm2-4l.gguf --layers 4 --vocab 8192 --keep-tokenizer
   [[ -f $D/gemma3-6l.gguf ]] || $S slice models/gemma3-270m-q4_k_m.gguf $D/gemma3-6l.gguf --layers 6 --vocab 8192
   [[ -f $D/smollm2-4l.f32 ]] || $S logits $D/smollm2-4l.gguf $D/smollm2-4l
   [[ -f $D/gemma3-6l.f32 ]] || $S logits $D/gemma3-6l.gguf $D/gemma3-6l
+  # CPU references for the CLI checks of `run` (generate / perplexity --device cuda).
+  T=build-gpu/src/cli/tqkv
+  if [[ ! -f $D/pp_in_vocab.txt ]]; then
+    # Words of Pride and Prejudice whose SmolLM2 tokens all fall below 8192 (the cut vocabulary).
+    python3 - "$T" "$D" <<'EOF'
+import json, subprocess, sys
+T, D = sys.argv[1], sys.argv[2]
+text = open('data/pride_and_prejudice.txt', encoding='utf-8').read()
+i = text.find('It is a truth universally acknowledged')
+words = text[i:i + 30000].split()
+for _ in range(6):
+    j = json.loads(subprocess.run([T, 'tokenize', '--model', D + '/smollm2-4l.gguf', '--text', ' '.join(words), '--json'],
+                                  capture_output=True, text=True).stdout)
+    bad = set(p.replace('\u0120', '') for p, k in zip(j['tokens'], j['ids']) if k >= 8192)
+    if not bad:
+        break
+    words = [w for w in words if not any(b and b in w for b in bad)]
+open(D + '/pp_in_vocab.txt', 'w').write(' '.join(words))
+EOF
+  fi
+  for kv in f16 k4v4; do
+    for p in "The capital of France is" "Once upon a time, there was a little"; do
+      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --json 2>/dev/null
+    done >$D/gen_cpu_$kv.jsonl
+  done
+  $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --json >$D/ppl_cpu_k4v4.json
   du -ab "$D" | sort -n | tail -12
   exit 0
 fi
@@ -43,6 +73,7 @@ mkdir -p "$OUT"
 libdirs="$PWD/$D/lib"
 for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
 export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+gunzip -kf "$D/tqkv.gz" "$D/test_gpu.gz"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$OUT/nvidia-smi.txt"
 ldd "$D/tqkv" | grep -E 'not found|cublas' | tee "$OUT/ldd.txt"
@@ -50,6 +81,36 @@ ldd "$D/tqkv" | grep -E 'not found|cublas' | tee "$OUT/ldd.txt"
 export TQKV_GPU_FIXTURES="$PWD/$D"
 timeout 300 "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | head -60
 echo "== test_gpu rc=${PIPESTATUS[0]}"
+
+# The CLI paths (--device cuda) on the reduced SmolLM2 (its tokenizer kept; the prompts and the
+# text use only token ids below 8192), beside the CPU's output on the same file computed by `prepare`.
+M=$D/smollm2-4l.gguf
+for kv in f16 k4v4; do
+  for p in "The capital of France is" "Once upon a time, there was a little"; do
+    timeout 60 "$D/tqkv" generate --model $M --prompt "$p" -n 16 --kv $kv --greedy --json --device cuda 2>>"$OUT/cli.err"
+  done >"$OUT/gen_gpu_$kv.jsonl"
+  echo "== generate --device cuda --kv $kv (ids: GPU, then CPU)"
+  python3 - "$OUT/gen_gpu_$kv.jsonl" "$D/gen_cpu_$kv.jsonl" <<'EOF'
+import json, sys
+def load(p):
+    t, d, i, out = open(p).read(), json.JSONDecoder(), 0, []
+    while t[i:].strip():
+        i += len(t[i:]) - len(t[i:].lstrip())
+        o, i = d.raw_decode(t, i)
+        out.append(o)
+    return out
+for g, c in zip(load(sys.argv[1]), load(sys.argv[2])):
+    print(' gpu', g['ids'], f"decode {g['decode_tok_s']:.0f} tok/s")
+    print(' cpu', c['ids'], 'identical' if g['ids'] == c['ids'] else 'DIFFERENT')
+EOF
+done
+timeout 120 "$D/tqkv" perplexity --model $M --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --json --device cuda \
+  >"$OUT/ppl_gpu_k4v4.json" 2>>"$OUT/cli.err"
+echo "== perplexity --device cuda rc=$? (GPU, then CPU)"
+for n in "$OUT/ppl_gpu_k4v4.json" "$D/ppl_cpu_k4v4.json"; do
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(' ', {k: j[k] for k in ['ppl','f16_ppl','kld_mean','kld_p99','top1_agreement','kv_bytes','kv_bytes_f16','seconds']})" "$n"
+done
+tail -3 "$OUT/cli.err"
 
 args=(bench decode --backend cuda --synthetic llama3-8b --batch "${BATCH:-32}" --context "${CONTEXT:-16384}" --steps 20)
 for kv in ${FORMATS:-k4v4}; do

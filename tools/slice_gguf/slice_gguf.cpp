@@ -4,11 +4,11 @@
 // (the working tree that travels is limited to 64 MiB), so the comparison runs on reduced models
 // whose CPU logits are computed here, by the CPU runtime, from the very same reduced files.
 //
-//   tqkv_slice_gguf slice IN.gguf OUT.gguf --layers N --vocab K
+//   tqkv_slice_gguf slice IN.gguf OUT.gguf --layers N --vocab K [--keep-tokenizer]
 //   tqkv_slice_gguf logits MODEL.gguf OUT_PREFIX [--prompts 40,800] [--steps 4] [--formats f16,k4v4]
 //
-// `slice` keeps every metadata key except tokenizer.* (the cut model has no usable vocabulary; the
-// test feeds token ids), sets {arch}.block_count = N, keeps token_embd / output rows < K, the
+// `slice` keeps every metadata key except tokenizer.* (unless --keep-tokenizer: then texts whose
+// tokens all fall below K still run, e.g. `tqkv generate` on short English with SmolLM2), sets {arch}.block_count = N, keeps token_embd / output rows < K, the
 // output norm, rope_freqs and the tensors of layers < N, byte for byte (quantized as in the file).
 // `logits` writes OUT_PREFIX.json (prompt ids, greedy continuation ids, shapes) and OUT_PREFIX.f32
 // (rows of n_vocab floats: for each format, for each prompt, the logits after the prompt and
@@ -41,7 +41,7 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-int slice(const std::string& in, const std::string& out, int layers, int64_t vocab) {
+int slice(const std::string& in, const std::string& out, int layers, int64_t vocab, bool keep_tokenizer) {
   auto f = tqkv::open_gguf(in);
   if (!f.is_ok()) return fail(f.status().to_string());
   const tqkv::GgufFile& g = f->gguf;
@@ -52,7 +52,7 @@ int slice(const std::string& in, const std::string& out, int layers, int64_t voc
     if (!st.is_ok()) return fail(st.to_string());
   }
   for (const auto& kv : g.metadata) {
-    if (kv.key == "general.alignment" || kv.key.rfind("tokenizer.", 0) == 0) continue;
+    if (kv.key == "general.alignment" || (!keep_tokenizer && kv.key.rfind("tokenizer.", 0) == 0)) continue;
     if (kv.key == arch + ".block_count") {
       w.add_u32(kv.key, static_cast<uint32_t>(layers));
       continue;
@@ -148,17 +148,25 @@ int logits(const std::string& path, const std::string& prefix, const std::vector
 int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr,
-                 "usage: tqkv_slice_gguf slice IN OUT --layers N --vocab K\n"
+                 "usage: tqkv_slice_gguf slice IN OUT --layers N --vocab K [--keep-tokenizer]\n"
                  "       tqkv_slice_gguf logits MODEL OUT_PREFIX [--prompts 40,800] [--steps 4] [--formats f16,k4v4]\n");
     return 2;
   }
   const std::string mode = argv[1];
   int layers = 4, steps = 4;
+  bool keep_tokenizer = false;
   int64_t vocab = 8192;
   std::vector<int> prompts = {40, 800};
   std::vector<std::string> formats = {"f16", "k4v4"};
-  for (int i = 4; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
+  for (int i = 4; i < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--keep-tokenizer") {
+      keep_tokenizer = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) return fail("missing value for " + k);
+    const std::string v = argv[i + 1];
     if (k == "--layers") layers = std::stoi(v);
     else if (k == "--vocab") vocab = std::stoll(v);
     else if (k == "--steps") steps = std::stoi(v);
@@ -168,7 +176,7 @@ int main(int argc, char** argv) {
       for (auto& s : split(v)) prompts.push_back(std::stoi(s));
     } else return fail("unknown option " + k);
   }
-  if (mode == "slice") return slice(argv[2], argv[3], layers, vocab);
+  if (mode == "slice") return slice(argv[2], argv[3], layers, vocab, keep_tokenizer);
   if (mode == "logits") return logits(argv[2], argv[3], prompts, steps, formats);
   return fail("unknown mode " + mode);
 }
