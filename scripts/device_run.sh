@@ -47,9 +47,9 @@ fi
 if [[ $what == all || $what == sanitize ]]; then
   # Kernel tests at one head size per path (dense / Hadamard, every decode instantiation family),
   # small enough for the sanitizers' slowdown.
-  mfilt='AllFormats/DecodeFormat.*/d80_*:AllFormats/DecodeFormat.*/d128_*:CudaDecode.*:Formats/QuantizeOnWrite.*d96*:Formats/QuantizeOnWrite.*d128*:CudaDequantize.*'
+  mfilt='AllFormats/DecodeFormat.*/d80_*:AllFormats/DecodeFormat.*/d128_*:CudaDecode.*:Formats/QuantizeOnWrite.*d96*:Formats/QuantizeOnWrite.*d128*:CudaDequantize.*:CudaVsCpu.GpuQuantizeOnWriteMatchesCpuCacheBytes:CudaVsCpu.CpuEncodedPagesDequantizeIdenticallyOnGpu:CudaVsCpu.PrefillAttentionMatchesCpuReferencePrefill:CudaVsCpu.DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference'
   # racecheck instruments every shared-memory access: one head size per kernel family.
-  rfilt='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_k8_v4:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d128_kf16_vf16:CudaDecode.SplitCounts*:Formats/QuantizeOnWrite.*d128_k4_v4*:Formats/QuantizeOnWrite.*d96_k4_v4*'
+  rfilt='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_k8_v4:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d96_k4_v4:AllFormats/DecodeFormat.*/d128_kf16_vf16:CudaDecode.SplitCounts*:Formats/QuantizeOnWrite.*d128_k4_v4*:Formats/QuantizeOnWrite.*d96_k4_v4*:CudaVsCpu.GpuQuantizeOnWriteMatchesCpuCacheBytes'
   for tool in memcheck racecheck; do
     filt=$mfilt; [[ $tool == racecheck ]] && filt=$rfilt
     timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 17 "$BIN/test_cuda" --gtest_brief=1 \
@@ -80,7 +80,7 @@ if [[ $what == all || $what == bench ]]; then
   timeout 300 "$BIN/tqkv_cuda_bench" --head-dim 128 --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench_progress.txt"
   note "bench d=128: rc=$?"
   timeout 120 "$BIN/tqkv_cuda_bench" --head-dim 96 --formats f16,k4v4,k3v3 --batch 8,32 --context 16384 \
-    --no-quantize >>"$OUT/bench.txt" 2>>"$OUT/bench_progress.txt"
+    --no-quantize --no-prefill >>"$OUT/bench.txt" 2>>"$OUT/bench_progress.txt"
   note "bench d=96: rc=$?"
   cat "$OUT/bench_progress.txt" >>"$OUT/bench.txt"; rm -f "$OUT/bench_progress.txt"
   if [[ ${SDPA:-1} != 0 ]] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then

@@ -2,7 +2,7 @@
 // the same run, plus quantize-on-write. Prints a table; --json FILE writes the rows as JSON.
 //
 //   tqkv_cuda_bench [--formats f16,k4v4,...] [--batch 8,32] [--context 8192,16384]
-//                   [--head-dim 128,96] [--heads 32:8] [--reps N] [--iters N] [--no-quantize]
+//                   [--head-dim 128,96] [--heads 32:8] [--reps N] [--iters N] [--no-quantize] [--no-prefill]
 //                   [--json FILE]
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +44,7 @@ void usage() {
       "  --reps N          timed repetitions, median reported (default 7)\n"
       "  --iters N         calls per repetition, one CUDA graph (default 20)\n"
       "  --no-quantize     skip the quantize-on-write rows\n"
+      "  --no-prefill      skip the prefill rows\n"
       "  --json FILE       also write the rows as JSON\n");
 }
 
@@ -71,6 +72,7 @@ int main(int argc, char** argv) {
     else if (a == "--reps") ok = (cfg.reps = std::atoi(next().c_str())) > 0;
     else if (a == "--iters") ok = (cfg.iters = std::atoi(next().c_str())) > 0;
     else if (a == "--no-quantize") cfg.quantize = false;
+    else if (a == "--no-prefill") cfg.prefill = false;
     else if (a == "--json") json_path = next();
     else { std::fprintf(stderr, "error: unknown option %s (see --help)\n", a.c_str()); return 2; }
     if (!ok) { std::fprintf(stderr, "error: bad value for %s\n", a.c_str()); return 2; }

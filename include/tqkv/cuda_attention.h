@@ -60,6 +60,23 @@ Status attention_decode(const PagedKVView& view, const DecodeParams& params, con
                         const void* q, DType q_type, void* out, DType out_type, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream);
 
+// Prefill attention (same meaning as tqkv::attention_prefill_reference): sequence s has
+// q_lens[s] new queries at positions seq_lens[s] - q_lens[s] .. seq_lens[s] - 1, whose K/V are
+// already in the pages (quantize_and_store first); each sees every cached position up to its own
+// (causal within the chunk), minus evicted pages and outside params.window.
+//   q_lens : DEVICE [view.num_seqs]; total_q = sum of q_lens (host value, 1 .. 65535)
+//   q, out : [total_q][num_q_heads][head_dim], rows grouped by sequence in order
+// Each query row runs through the decode kernel as its own causal prefix (split-KV over pages,
+// mma.sync tensor cores for QK^T and PV, a K/V page read once for the query heads of its GQA
+// group); pages are read once per query row (mostly from L2), not once per chunk. Rows of an
+// inconsistent q_lens (q_lens[s] > seq_lens[s], rows past the sum) get zeros.
+// plan_prefill: like plan_decode for total_q rows; its workspace_bytes covers the row tables too.
+Result<DecodePlan> plan_prefill(const PagedKVView& view, const DecodeParams& params, int32_t total_q,
+                                int sm_count);
+Status attention_prefill(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
+                         const int32_t* q_lens, int32_t total_q, const void* q, DType q_type, void* out,
+                         DType out_type, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
 // Quantize-on-write: rotates, quantizes, packs and stores new tokens (or copies them, for fp16
 // sides) into their page slots. Token i of the batch goes to physical slot slot_mapping[i] =
 // page * page_size + offset; a negative slot skips the token (padding).

@@ -21,6 +21,7 @@ struct Options {
   std::string heads = "32:8";
   bool as_json = false;
   bool no_quantize = false;
+  bool no_prefill = false;
 };
 
 tqkv::cli::RunFn setup(CLI::App& sub) {
@@ -34,6 +35,7 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--reps", opt->cfg.reps, "timed repetitions (median reported)")->check(CLI::PositiveNumber);
   sub.add_option("--iters", opt->cfg.iters, "calls per repetition (one CUDA graph)")->check(CLI::PositiveNumber);
   sub.add_flag("--no-quantize", opt->no_quantize, "skip the quantize-on-write rows");
+  sub.add_flag("--no-prefill", opt->no_prefill, "skip the prefill rows");
   sub.add_flag("--json", opt->as_json, "print the rows as JSON instead of a table");
   return [opt] {
     if (std::sscanf(opt->heads.c_str(), "%d:%d", &opt->cfg.num_q_heads, &opt->cfg.num_kv_heads) != 2) {
@@ -41,6 +43,7 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
       return 2;
     }
     opt->cfg.quantize = !opt->no_quantize;
+    opt->cfg.prefill = !opt->no_prefill;
     auto rows = tqkv::cuda::run_cuda_attention_bench(
         opt->cfg, [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
     if (!rows.is_ok()) {
@@ -84,6 +87,7 @@ int run_bench_attention_cuda(const CpuAttentionBenchConfig& c, bool json) {
   cfg.window = c.window;
   cfg.reps = std::max(3, c.iters);
   cfg.quantize = false;
+  cfg.prefill = false;
   auto rows = tqkv::cuda::run_cuda_attention_bench(cfg, [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); });
   if (!rows.is_ok()) {
     std::fprintf(stderr, "error: %s\n", rows.status().to_string().c_str());

@@ -314,6 +314,55 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
     }
   }
 
+  if (cfg.prefill) {
+    double f16_us = 0;
+    for (const char* name : {"f16", "k4v4", "k3v3"}) {
+      TQKV_ASSIGN_OR_RETURN(const Format f, parse_format(name));
+      const int d = 128, ctx = cfg.prefill_context, chunk = std::min(cfg.prefill_chunk, cfg.prefill_context);
+      CacheSet cs;
+      TQKV_RETURN_IF_ERROR(build_cache(cs, 1, ctx, cfg.num_kv_heads, d, f, 0));
+      DecodeParams p;
+      p.num_q_heads = cfg.num_q_heads;
+      p.scale = 1.f / std::sqrt(static_cast<float>(d));
+      TQKV_ASSIGN_OR_RETURN(const DecodePlan plan, plan_prefill(cs.view, p, chunk, sms));
+      const size_t qn = static_cast<size_t>(chunk) * cfg.num_q_heads * d;
+      DevMem q, out, ws, ql;
+      TQKV_RETURN_IF_ERROR(dev_alloc(q, qn * 4));
+      TQKV_RETURN_IF_ERROR(dev_alloc(out, qn * 4));
+      TQKV_RETURN_IF_ERROR(dev_alloc(ws, plan.workspace_bytes));
+      TQKV_RETURN_IF_ERROR(upload(ql, &chunk, 4));
+      fill_float_kernel<<<256, 256, 0, stream>>>(static_cast<float*>(q.p), static_cast<long long>(qn), -1.f, 1.f, 7);
+      TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      TQKV_ASSIGN_OR_RETURN(const double us, time_graph([&](int) -> Status {
+        return attention_prefill(cs.view, p, plan, static_cast<const int32_t*>(ql.p), chunk, q.p, DType::kF32, out.p,
+                                 DType::kF32, ws.p, plan.workspace_bytes, stream);
+      }, 3, cfg.reps, stream));
+      double keys = 0, pages = 0;  // visible keys and pages summed over the query rows
+      for (int i = 0; i < chunk; ++i) {
+        const int pos = ctx - chunk + i;
+        keys += pos + 1;
+        pages += pos / kPageSize + 1;
+      }
+      CudaBenchRow r;
+      r.op = "prefill"; r.kv = name; r.batch = chunk; r.context = ctx; r.head_dim = d; r.splits = plan.num_splits;
+      r.time_us = us;
+      r.bytes = pages * cfg.num_kv_heads * (cs.view.k.tile_bytes + cs.view.v.tile_bytes) + 2.0 * qn * 4;
+      r.gbps = r.bytes / (us * 1e3);
+      r.frac_copy = r.gbps / copy_gbps;
+      r.copy_gbps = copy_gbps;
+      r.tflops = 4.0 * cfg.num_q_heads * d * keys / (us * 1e6);
+      if (std::string(name) == "f16") f16_us = us;
+      r.speedup_vs_f16 = f16_us > 0 ? f16_us / us : 0;
+      rows.push_back(r);
+      if (progress) {
+        char buf[220];
+        std::snprintf(buf, sizeof buf, "prefill %-5s context=%d chunk=%d: %.1f us, %.1f TFLOP/s, %.2fx f16", name, ctx,
+                      chunk, us, r.tflops, r.speedup_vs_f16);
+        progress(buf);
+      }
+    }
+  }
+
   if (cfg.quantize) {
     for (const char* name : {"k4v4", "k3v3", "f16"}) {
       TQKV_ASSIGN_OR_RETURN(const Format f, parse_format(name));
@@ -363,13 +412,13 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
 std::string format_bench_table(const std::vector<CudaBenchRow>& rows) {
   std::ostringstream o;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%-9s %-5s %4s %6s %7s %6s %10s %10s %8s %9s %8s\n", "op", "kv", "d", "batch",
-                "context", "splits", "time_us", "MB", "GB/s", "frac_copy", "vs_f16");
+  std::snprintf(buf, sizeof buf, "%-9s %-5s %4s %6s %7s %6s %10s %10s %8s %9s %8s %7s\n", "op", "kv", "d", "batch",
+                "context", "splits", "time_us", "MB", "GB/s", "frac_copy", "vs_f16", "TFLOP/s");
   o << buf;
   for (const auto& r : rows) {
-    std::snprintf(buf, sizeof buf, "%-9s %-5s %4d %6d %7d %6d %10.2f %10.2f %8.0f %9.3f %8.2f\n", r.op.c_str(),
+    std::snprintf(buf, sizeof buf, "%-9s %-5s %4d %6d %7d %6d %10.2f %10.2f %8.0f %9.3f %8.2f %7.1f\n", r.op.c_str(),
                   r.kv.c_str(), r.head_dim, r.batch, r.context, r.splits, r.time_us, r.bytes / 1e6, r.gbps,
-                  r.frac_copy, r.speedup_vs_f16);
+                  r.frac_copy, r.speedup_vs_f16, r.tflops);
     o << buf;
   }
   return o.str();
@@ -384,9 +433,9 @@ std::string format_bench_json(const std::vector<CudaBenchRow>& rows) {
     std::snprintf(buf, sizeof buf,
                   "%s\n  {\"op\": \"%s\", \"kv\": \"%s\", \"head_dim\": %d, \"batch\": %d, \"context\": %d, "
                   "\"splits\": %d, \"time_us\": %.3f, \"bytes\": %.0f, \"gbps\": %.1f, \"frac_copy\": %.4f, "
-                  "\"speedup_vs_f16\": %.3f}",
+                  "\"speedup_vs_f16\": %.3f, \"copy_gbps\": %.1f, \"tflops\": %.2f}",
                   i ? "," : "", r.op.c_str(), r.kv.c_str(), r.head_dim, r.batch, r.context, r.splits, r.time_us,
-                  r.bytes, r.gbps, r.frac_copy, r.speedup_vs_f16);
+                  r.bytes, r.gbps, r.frac_copy, r.speedup_vs_f16, r.copy_gbps, r.tflops);
     o << buf;
   }
   o << "\n]\n";

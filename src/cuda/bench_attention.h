@@ -1,5 +1,6 @@
 // Kernel benchmark for the CUDA backend: decode attention per KV format against our fp16 kernel
-// and the device-to-device copy bandwidth measured in the same run, plus quantize-on-write.
+// and the device-to-device copy bandwidth measured in the same run, plus quantize-on-write and
+// prefill attention.
 // Used by the standalone `tqkv_cuda_bench` program (bench/cuda) and callable from the CLI.
 #pragma once
 
@@ -22,6 +23,11 @@ struct CudaBenchConfig {
   int iters = 20;      // decode calls per repetition, replayed from one CUDA graph
   bool quantize = true;
   int quantize_tokens = 32768;
+  // Prefill rows: one sequence of prefill_context tokens whose last prefill_chunk are the new
+  // queries (causal among themselves), head size 128, formats f16, k4v4, k3v3.
+  bool prefill = true;
+  int prefill_context = 8192;
+  int prefill_chunk = 2048;
 };
 
 struct CudaBenchRow {
@@ -34,6 +40,7 @@ struct CudaBenchRow {
   double frac_copy = 0; // gbps / copy bandwidth of this run
   double speedup_vs_f16 = 0;  // f16 time / this time (decode rows)
   double copy_gbps = 0;       // the copy ceiling of this run that frac_copy refers to
+  double tflops = 0;          // prefill rows: 4 * heads * head_dim * (visible keys summed over queries) / time
 };
 
 // Runs every configured case on the current device. `progress` (may be null) gets one line per case.

@@ -204,22 +204,17 @@ Result<DecodePlan> plan_decode(const PagedKVView& view, const DecodeParams& para
   return plan;
 }
 
-Status attention_decode(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
-                        const void* q, DType q_type, void* out, DType out_type, void* workspace,
-                        size_t workspace_bytes, cudaStream_t stream) {
-  TQKV_RETURN_IF_ERROR(check_view(view, params));
-  if (!q || !out || !workspace) return invalid_argument("null q, out or workspace");
+namespace {
+
+// The three kernels of one call (query rotation, split-KV kernel, merge + un-rotation), chained
+// with programmatic dependent launch. `view` has been checked; `ws` is 256-byte aligned and holds
+// the layout of workspace_layout(view.num_seqs, ...).
+Status launch_chain(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan, const void* q,
+                    DType q_type, void* out, DType out_type, uint8_t* ws, const int32_t* row_seq,
+                    const int32_t* row_len, cudaStream_t stream) {
   const int group = params.num_q_heads / view.num_kv_heads;
-  if (plan.num_splits <= 0 || plan.head_chunks != (group + 7) / 8)
-    return invalid_argument("plan does not match the view (call plan_decode)");
   const int d = view.head_dim;
   const WorkspaceLayout wl = workspace_layout(view.num_seqs, params.num_q_heads, d, plan.num_splits);
-  if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)
-    return invalid_argument("workspace must be 256-byte aligned (cudaMalloc memory is)");
-  if (workspace_bytes < wl.total)
-    return invalid_argument("workspace too small: need " + std::to_string(wl.total) + " bytes");
-
-  auto* ws = static_cast<uint8_t*>(workspace);
   DecodeArgs args;
   args.view = view;
   args.q_rot = reinterpret_cast<float*>(ws + wl.q_rot);
@@ -231,6 +226,8 @@ Status attention_decode(const PagedKVView& view, const DecodeParams& params, con
   args.num_splits = plan.num_splits;
   args.softcap = params.softcap;
   args.window = params.window;
+  args.row_seq = row_seq;
+  args.row_len = row_len;
 
   const int rows = view.num_seqs * params.num_q_heads;
   const int threads = 128;
@@ -259,7 +256,82 @@ Status attention_decode(const PagedKVView& view, const DecodeParams& params, con
   TQKV_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, merge_splits_kernel, static_cast<const float*>(args.part_o),
                                                static_cast<const float*>(args.part_lse), plan.num_splits,
                                                static_cast<size_t>(rows), d, v_rot, signs, out, out_type));
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::ok();
+}
+
+Status check_call(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan, const void* q,
+                  void* out, void* workspace, size_t workspace_bytes, size_t extra_bytes) {
+  TQKV_RETURN_IF_ERROR(check_view(view, params));
+  if (!q || !out || !workspace) return invalid_argument("null q, out or workspace");
+  const int group = params.num_q_heads / view.num_kv_heads;
+  if (plan.num_splits <= 0 || plan.head_chunks != (group + 7) / 8)
+    return invalid_argument("plan does not match the view (call plan_decode / plan_prefill)");
+  const WorkspaceLayout wl = workspace_layout(view.num_seqs, params.num_q_heads, view.head_dim, plan.num_splits);
+  if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)
+    return invalid_argument("workspace must be 256-byte aligned (cudaMalloc memory is)");
+  if (workspace_bytes < wl.total + extra_bytes)
+    return invalid_argument("workspace too small: need " + std::to_string(wl.total + extra_bytes) + " bytes");
+  return Status::ok();
+}
+
+// Prefill rows: row r of sequence s (rows grouped by sequence in order) sits at position
+// seq_lens[s] - q_lens[s] + i and sees positions [0, that + 1). Rows past sum(q_lens) and rows of
+// an inconsistent q_lens (q_lens[s] > seq_lens[s]) get length 0 (zeros out).
+__global__ void prefill_rows_kernel(const int32_t* q_lens, const int32_t* seq_lens, int num_seqs, int total_q,
+                                    int32_t* row_seq, int32_t* row_len) {
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < total_q; r += gridDim.x * blockDim.x) {
+    int start = 0, s = 0, len = 0;
+    for (; s < num_seqs; ++s) {
+      const int ql = max(q_lens[s], 0);
+      if (r < start + ql) break;
+      start += ql;
+    }
+    if (s < num_seqs && q_lens[s] <= seq_lens[s]) len = seq_lens[s] - q_lens[s] + (r - start) + 1;
+    row_seq[r] = s < num_seqs ? s : 0;
+    row_len[r] = len;
+  }
+}
+
+size_t prefill_extra_bytes(int total_q) { return 2 * align_up(static_cast<size_t>(total_q) * 4); }
+
+}  // namespace
+
+Status attention_decode(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
+                        const void* q, DType q_type, void* out, DType out_type, void* workspace,
+                        size_t workspace_bytes, cudaStream_t stream) {
+  TQKV_RETURN_IF_ERROR(check_call(view, params, plan, q, out, workspace, workspace_bytes, 0));
+  return launch_chain(view, params, plan, q, q_type, out, out_type, static_cast<uint8_t*>(workspace), nullptr,
+                      nullptr, stream);
+}
+
+Result<DecodePlan> plan_prefill(const PagedKVView& view, const DecodeParams& params, int32_t total_q,
+                                int sm_count) {
+  if (total_q <= 0 || total_q > 65535) return invalid_argument("total_q must be in [1, 65535]");
+  PagedKVView rows = view;
+  rows.num_seqs = total_q;
+  TQKV_ASSIGN_OR_RETURN(DecodePlan plan, plan_decode(rows, params, sm_count));
+  plan.workspace_bytes += prefill_extra_bytes(total_q);
+  return plan;
+}
+
+Status attention_prefill(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
+                         const int32_t* q_lens, int32_t total_q, const void* q, DType q_type, void* out,
+                         DType out_type, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (total_q <= 0 || total_q > 65535) return invalid_argument("total_q must be in [1, 65535]");
+  if (!q_lens) return invalid_argument("null q_lens");
+  TQKV_RETURN_IF_ERROR(check_view(view, params));  // the sequences themselves
+  PagedKVView rows = view;
+  rows.num_seqs = total_q;
+  TQKV_RETURN_IF_ERROR(check_call(rows, params, plan, q, out, workspace, workspace_bytes, prefill_extra_bytes(total_q)));
+  auto* ws = static_cast<uint8_t*>(workspace);
+  const size_t base = workspace_layout(total_q, params.num_q_heads, view.head_dim, plan.num_splits).total;
+  auto* row_seq = reinterpret_cast<int32_t*>(ws + base);
+  auto* row_len = reinterpret_cast<int32_t*>(ws + base + align_up(static_cast<size_t>(total_q) * 4));
+  prefill_rows_kernel<<<(total_q + 255) / 256, 256, 0, stream>>>(q_lens, view.seq_lens, view.num_seqs, total_q,
+                                                                  row_seq, row_len);
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return launch_chain(rows, params, plan, q, q_type, out, out_type, ws, row_seq, row_len, stream);
 }
 
 }  // namespace tqkv::cuda

@@ -39,6 +39,10 @@ struct DecodeArgs {
   int32_t num_splits;
   float softcap;        // 0 = off
   int32_t window;       // 0 = off
+  // Prefill (attention_prefill): grid z runs over query rows, view.num_seqs is the row count;
+  // row r belongs to sequence row_seq[r] and sees positions [0, row_len[r]). Null for decode.
+  const int32_t* row_seq = nullptr;
+  const int32_t* row_len = nullptr;
 };
 
 // Shared-memory plan of one instantiation; also evaluated on the host by plan_decode.
@@ -104,8 +108,9 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 
   // Token range that is visible: [lo_pos, len).
-  const int len = view.seq_lens[seq];
-  const int first_page = view.first_page ? view.first_page[seq] : 0;
+  const int pseq = args.row_seq ? args.row_seq[seq] : seq;  // sequence whose pages this row reads
+  const int len = args.row_len ? args.row_len[seq] : view.seq_lens[seq];
+  const int first_page = view.first_page ? view.first_page[pseq] : 0;
   int lo_pos = first_page * kPage;
   if (args.window > 0) lo_pos = max(lo_pos, len - args.window);
   const int pg_lo = lo_pos / kPage;
@@ -127,7 +132,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 
   // ---- start streaming this warp's first pages before anything else ----
   const int n_mine = cta_n > warp ? (cta_n - warp + W - 1) / W : 0;
-  const int32_t* page_row = view.page_table + static_cast<size_t>(seq) * view.max_pages_per_seq - first_page;
+  const int32_t* page_row = view.page_table + static_cast<size_t>(pseq) * view.max_pages_per_seq - first_page;
   uint8_t* my_ring = ring + warp * Cfg::kStages * Cfg::kStageBytes;
   // Physical page ids, 32 at a time: lane l holds the id of this warp's page ids_base + l, so the
   // page-table read is off the per-page critical path.

@@ -22,6 +22,9 @@
 //      evicted pages, and soft-capping: per element |gpu - ref| <= 4e-3 * max|ref row| +
 //      1e-2 * |ref|, zero violations, NaN never passes (the kernel feeds the tensor cores fp16
 //      operands: q, codebook values, probabilities, each with relative rounding 2^-11).
+//   4. attention_prefill on the GPU against attention_prefill_reference: whole prompts and
+//      chunks after cached context (causal inside the chunk), GQA 1/4/8, soft-capping, windows,
+//      a sliding-window layer with evicted pages; same tolerance as 3.
 //      The logit error this causes grows with |q||k|: keys here have norms 0.5-3 x sqrt(d) with
 //      heavier channels and queries N(0, 1) per coordinate (N(0, 9) under soft-capping, which
 //      bounds the logits), so logits reach about +-15. Seen on the H200 (2026-11-29): with
@@ -464,6 +467,79 @@ TEST(CudaVsCpu, DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference) {
       for (AttnCase a : {AttnCase{1, 5.f, 0}, AttnCase{4, 5.f, 0}, AttnCase{4, 0.f, 64}}) {
         const std::string e = run_attention_case(full, fv, a, 90 + a.group);
         EXPECT_TRUE(e.empty()) << "full layer, group " << a.group << " softcap " << a.softcap << " window " << a.window << ": " << e;
+      }
+    }
+  }
+}
+
+
+// ---- 4. GPU prefill attention against the CPU reference prefill ----
+std::string run_prefill_case(CpuCache& c, const PagedKVView& dv, const std::vector<int32_t>& q_lens, const AttnCase& a,
+                             uint64_t seed) {
+  const int hq = a.group * c.H, d = c.d;
+  int total = 0;
+  for (int32_t x : q_lens) total += x;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, a.softcap > 0 ? 3.f : 1.f);
+  std::vector<float> q(static_cast<size_t>(total) * hq * d);
+  for (auto& x : q) x = nd(rng);
+  AttentionParams ap{hq, 1.f / std::sqrt(static_cast<float>(d)), a.softcap, a.window};
+  std::vector<float> ref(q.size());
+  Status st = attention_prefill_reference(c.host, ap, q_lens.data(), q.data(), ref.data());
+  if (!st.is_ok()) return "CPU reference: " + st.to_string();
+  DecodeParams p;
+  p.num_q_heads = hq;
+  p.scale = ap.scale;
+  p.softcap = a.softcap;
+  p.window = a.window;
+  auto plan = plan_prefill(dv, p, total, sm_count());
+  if (!plan.is_ok()) return "plan: " + plan.status().to_string();
+  DeviceBuffer dq = testing::to_device(q), dql = testing::to_device(q_lens), dout(q.size() * 4), ws(plan->workspace_bytes);
+  testing::poison(dout);
+  testing::poison(ws);
+  st = attention_prefill(dv, p, *plan, dql.get<int32_t>(), total, dq.get(), DType::kF32, dout.get(), DType::kF32,
+                         ws.get(), ws.bytes(), nullptr);
+  if (!st.is_ok()) return "GPU: " + st.to_string();
+  if (cudaDeviceSynchronize() != cudaSuccess) return "kernel failed";
+  const std::vector<float> got = testing::to_host<float>(dout, q.size());
+  for (size_t r = 0; r * d < ref.size(); ++r) {
+    double mx = 0;
+    for (int j = 0; j < d; ++j) mx = std::max(mx, std::fabs(static_cast<double>(ref[r * d + j])));
+    if (mx < 1e-3) return "reference row " + std::to_string(r) + " is zero: the test would prove nothing";
+    std::vector<double> refd(ref.begin() + r * d, ref.begin() + (r + 1) * d);
+    const std::string e = testing::compare(&got[r * d], refd.data(), d, 4e-3 * mx + 1e-30, 1e-2);
+    if (!e.empty()) return "row " + std::to_string(r) + " (query row " + std::to_string(r / hq) + "): " + e;
+  }
+  return {};
+}
+
+TEST(CudaVsCpu, PrefillAttentionMatchesCpuReferencePrefill) {
+  TQKV_REQUIRE_GPU();
+  for (int d : {64, 96, 128, 256}) {
+    for (Fmt f : kFormats) {
+      if (d != 128 && d != 96 && !(f.kb == 4 && f.vb == 4) && !(f.kb == 16 && f.vb == 16)) continue;
+      SCOPED_TRACE(fmt_name(d, f));
+      // Full-attention layer: a whole prompt (first sequence), and chunks after cached context.
+      CpuCache c;
+      c.d = d; c.kb = f.kb; c.vb = f.vb; c.H = 2;
+      c.lens = {40, 300, 700};
+      ASSERT_TRUE(c.build(7000 + d + f.kb * 3 + f.vb).is_ok());
+      const PagedKVView dv = c.upload();
+      const std::vector<int32_t> q_lens = {40, 17, 64};
+      for (AttnCase a : {AttnCase{1, 0.f, 0}, AttnCase{4, 0.f, 0}, AttnCase{8, 5.f, 0}, AttnCase{4, 0.f, 50}}) {
+        const std::string e = run_prefill_case(c, dv, q_lens, a, 200 + a.group);
+        EXPECT_TRUE(e.empty()) << "group " << a.group << " softcap " << a.softcap << " window " << a.window << ": " << e;
+      }
+      if (d != 128) continue;
+      // Sliding-window layer (pages evicted while appending 64 at a time); the chunk is the last append.
+      CpuCache w;
+      w.d = d; w.kb = f.kb; w.vb = f.vb; w.H = 2; w.window = 100;
+      w.lens = {100, 333, 1000};
+      ASSERT_TRUE(w.build(8000 + f.kb * 3 + f.vb, 64).is_ok());
+      const PagedKVView wv = w.upload();
+      for (AttnCase a : {AttnCase{4, 0.f, 100}, AttnCase{4, 5.f, 100}}) {
+        const std::string e = run_prefill_case(w, wv, {36, 13, 40}, a, 300 + a.group);
+        EXPECT_TRUE(e.empty()) << "window layer, softcap " << a.softcap << ": " << e;
       }
     }
   }
