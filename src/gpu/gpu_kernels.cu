@@ -59,12 +59,15 @@ __global__ void rms_norm_kernel(const float* x, const float* w, int d, float eps
   }
 }
 
-// grid (T, HQ + 2 HKV), block = head_dim threads.
+// grid (T, HQ + 2 HKV), block = head_dim rounded up to whole warps (threads j >= head_dim only
+// take part in the reductions and barriers).
 __global__ void qkv_post_kernel(QkvPostArgs a) {
   extern __shared__ float sh[];  // [head_dim] + 32
   float* hv = sh;
   float* red = sh + a.head_dim;
-  const int t = blockIdx.x, h = blockIdx.y, j = threadIdx.x, D = a.head_dim;
+  const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim;
+  const bool live = static_cast<int>(threadIdx.x) < D;
+  const int j = live ? static_cast<int>(threadIdx.x) : 0;
   const int Q = a.n_head * D, KV = a.n_head_kv * D;
   int kind, hh;  // 0 q, 1 k, 2 v
   if (h < a.n_head) { kind = 0; hh = h; }
@@ -72,19 +75,19 @@ __global__ void qkv_post_kernel(QkvPostArgs a) {
   else { kind = 2; hh = h - a.n_head - a.n_head_kv; }
   const int64_t row = static_cast<int64_t>(t) * (Q + 2 * KV);
   const int off = kind == 0 ? hh * D : (kind == 1 ? Q + hh * D : Q + KV + hh * D);
-  float x = a.qkv[row + off + j];
+  float x = live ? a.qkv[row + off + j] : 0.f;
   const float* b = kind == 0 ? a.bq : (kind == 1 ? a.bk : a.bv);
-  if (b) x += b[hh * D + j];
+  if (b && live) x += b[hh * D + j];
   const float* nw = kind == 0 ? a.q_norm : (kind == 1 ? a.k_norm : nullptr);
   if (nw) {
     const float ss = block_sum(x * x, red);
     x = x * rsqrtf(ss / D + a.eps) * nw[j];
   }
   if (kind < 2 && a.n_rot > 0) {
-    hv[j] = x;
+    if (live) hv[j] = x;
     __syncthreads();
     const int half = a.n_rot / 2;
-    if (j < a.n_rot) {
+    if (live && j < a.n_rot) {
       int i, pa, pb;
       bool first;
       if (a.rope_half) { i = j < half ? j : j - half; pa = i; pb = i + half; first = j < half; }
@@ -99,7 +102,7 @@ __global__ void qkv_post_kernel(QkvPostArgs a) {
     }
   }
   float* dst = kind == 0 ? a.q + static_cast<int64_t>(t) * Q : (kind == 1 ? a.k : a.v) + static_cast<int64_t>(t) * KV;
-  dst[hh * D + j] = x;
+  if (live) dst[hh * D + j] = x;
 }
 
 __global__ void act_mul_kernel(const float* gu, int T, int F, bool gelu, __half* out) {
@@ -239,9 +242,10 @@ Status rms_norm(const float* x, const float* w, int rows, int d, float eps, void
 }
 
 Status qkv_post(const QkvPostArgs& a, cudaStream_t s) {
-  if (a.head_dim > 1024 || a.head_dim % 32 != 0) return unsupported("qkv_post: head_dim must be a multiple of 32 up to 1024");
+  if (a.head_dim < 1 || a.head_dim > 1024) return unsupported("qkv_post: head_dim must be 1..1024");
   dim3 grid(a.T, a.n_head + 2 * a.n_head_kv);
-  qkv_post_kernel<<<grid, a.head_dim, (a.head_dim + 32) * sizeof(float), s>>>(a);
+  const int threads = (a.head_dim + 31) / 32 * 32;
+  qkv_post_kernel<<<grid, threads, (a.head_dim + 32) * sizeof(float), s>>>(a);
   LAUNCH_CHECK();
   return Status::ok();
 }

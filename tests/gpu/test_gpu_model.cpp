@@ -287,6 +287,13 @@ TEST(GpuSynthetic, Phi3) {
   s.tied = false;
   check_synthetic(s);
 }
+// Head size 80 (not a power of two: dense rotation; not a whole number of warps in the RoPE kernel).
+TEST(GpuSynthetic, Phi3HeadDim80) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"phi3", 160, 2, 2, 2, 80, 128};
+  s.tied = false;
+  check_synthetic(s);
+}
 TEST(GpuSynthetic, Gemma2) {
   SKIP_WITHOUT_GPU();
   Spec s{"gemma2", 128, 3, 4, 2, 64, 192};
