@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/cuda_check.h"
@@ -11,6 +12,15 @@
 #include "tqkv/cuda_attention.h"
 
 namespace tqkv::cuda {
+namespace detail {
+bool decode_copy_bulk() {
+  static const bool bulk = [] {
+    const char* e = std::getenv("TQKV_CUDA_DECODE_COPY");
+    return e != nullptr && std::string(e) == "bulk";
+  }();
+  return bulk;
+}
+}  // namespace detail
 namespace {
 
 using detail::DecodeArgs;

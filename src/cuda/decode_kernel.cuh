@@ -51,6 +51,7 @@ struct DecodeShape {
 };
 inline constexpr int kSmemBudget = 225 * 1024;
 inline constexpr int kScratchBytes = 2 * 256 * 4;  // centroids staged while building tables
+inline constexpr int kMbarBytes = 16 * 4 * 8;       // one mbarrier per (warp, ring slot), bulk-copy variant
 constexpr DecodeShape decode_shape(int d, int kb, int vb) {
   const int stage = static_cast<int>(tile_bytes(kPage, d, kb) + tile_bytes(kPage, d, vb));
   const int lut = lut_bytes_of(kb, vb);
@@ -61,13 +62,13 @@ constexpr DecodeShape decode_shape(int d, int kb, int vb) {
   } else {
     warps = d <= 128 ? 16 : 8;  // 16 warps need <= 128 registers per thread
     stages = 3;
-    while (lut + kScratchBytes + warps * stages * stage > kSmemBudget) {
+    while (lut + kScratchBytes + kMbarBytes + warps * stages * stage > kSmemBudget) {
       if (stages > 2) --stages; else warps /= 2;
     }
   }
   const int ring = warps * stages * stage;
   const int merge = warps * (16 + 8 * d) * 4;  // per warp: m[8], l[8], O[8][d]
-  return {warps, stages, lut, ring, merge, lut + kScratchBytes + (ring > merge ? ring : merge)};
+  return {warps, stages, lut, ring, merge, lut + kScratchBytes + kMbarBytes + (ring > merge ? ring : merge)};
 }
 
 template <int D, int KB, int VB>
@@ -83,7 +84,9 @@ struct DecodeConfig {
   static_assert(kSmem <= 227 * 1024, "decode kernel shared memory over the sm_90 limit");
 };
 
-template <int D, int KB, int VB>
+// BULK: tiles reach shared memory by one bulk copy per tile (lane 0 issues, the stage's mbarrier
+// counts the bytes) instead of 16-byte cp.async by every lane.
+template <int D, int KB, int VB, bool BULK>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
   using Cfg = DecodeConfig<D, KB, VB>;
@@ -96,7 +99,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* lut = smem;  // interleaved K/V tables at the start: offsets fold into the LDS
   float* scratch = reinterpret_cast<float*>(smem + Cfg::kLut);
-  uint8_t* ring = smem + Cfg::kLut + kScratchBytes;
+  uint64_t* mbar = reinterpret_cast<uint64_t*>(smem + Cfg::kLut + kScratchBytes);  // [W][kStages]
+  uint8_t* ring = smem + Cfg::kLut + kScratchBytes + kMbarBytes;
 
   const PagedKVView& view = args.view;
   const int split = blockIdx.x;
@@ -145,6 +149,14 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const uint8_t* v_base = view.v.pages + static_cast<size_t>(kv_head) * Cfg::kTileV + lane * 16;
   uint8_t* ring_lane = my_ring + lane * 16;
   int issue_slot = 0;  // ring slot of the next page to issue (= i % kStages, kept incrementally)
+  uint64_t* my_mbar = mbar + warp * Cfg::kStages;
+  if constexpr (BULK) {
+    if (lane == 0) {
+      for (int st = 0; st < Cfg::kStages; ++st) mbar_init(smem_addr(&my_mbar[st]), 1);
+      mbar_init_fence();
+    }
+    __syncwarp();
+  }
   auto issue = [&](int i) {  // i-th page of this warp -> ring slot i % kStages (warp-uniform call)
     if (i >= ids_base + 32) {
       ids_base = i;
@@ -152,6 +164,17 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       ids = ii < n_mine ? page_row[cta_begin + warp + ii * W] : 0;
     }
     const int phys = __shfl_sync(0xffffffffu, ids, i - ids_base);
+    if constexpr (BULK) {
+      if (lane == 0) {
+        const uint32_t bar = smem_addr(&my_mbar[issue_slot]);
+        const uint32_t dst = smem_addr(my_ring + issue_slot * Cfg::kStageBytes);
+        mbar_arrive_expect_tx(bar, Cfg::kStageBytes);
+        bulk_copy_g2s(dst, k_base - lane * 16 + static_cast<size_t>(phys) * k_stride, Cfg::kTileK, bar);
+        bulk_copy_g2s(dst + Cfg::kTileK, v_base - lane * 16 + static_cast<size_t>(phys) * v_stride, Cfg::kTileV, bar);
+      }
+      issue_slot = issue_slot + 1 == Cfg::kStages ? 0 : issue_slot + 1;
+      return;
+    }
     const uint8_t* ksrc = k_base + static_cast<size_t>(phys) * k_stride;
     const uint8_t* vsrc = v_base + static_cast<size_t>(phys) * v_stride;
     uint8_t* dst = ring_lane + issue_slot * Cfg::kStageBytes;
@@ -166,7 +189,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 #pragma unroll
   for (int i = 0; i < Cfg::kStages - 1; ++i) {
     if (i < n_mine) issue(i);
-    cp_async_commit();
+    if constexpr (!BULK) cp_async_commit();
   }
 
   if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
@@ -200,8 +223,14 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   float l_run[2] = {0.f, 0.f};              // this lane's share of the denominators
 
   int read_slot = 0;  // = i % kStages
+  uint32_t read_phase = 0;  // parity of the slot's mbarrier phase (BULK): flips each lap of the ring
   for (int i = 0; i < n_mine; ++i) {
-    cp_async_wait<Cfg::kStages - 2>();
+    if constexpr (BULK) {
+      mbar_wait_parity(smem_addr(&my_mbar[read_slot]), read_phase);
+      if (read_slot + 1 == Cfg::kStages) read_phase ^= 1u;
+    } else {
+      cp_async_wait<Cfg::kStages - 2>();
+    }
     __syncwarp();
     const uint8_t* ktile = my_ring + read_slot * Cfg::kStageBytes;
     read_slot = read_slot + 1 == Cfg::kStages ? 0 : read_slot + 1;
@@ -299,9 +328,9 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     }
     __syncwarp();
     if (i + Cfg::kStages - 1 < n_mine) issue(i + Cfg::kStages - 1);
-    cp_async_commit();
+    if constexpr (!BULK) cp_async_commit();
   }
-  cp_async_wait<0>();
+  if constexpr (!BULK) cp_async_wait<0>();  // (BULK: every issued page was waited for in the loop)
 
   // ---- merge the warps (shared memory reused: all tiles are consumed) ----
   l_run[0] = warp_sum_over_g(l_run[0]);

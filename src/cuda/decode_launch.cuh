@@ -8,10 +8,14 @@
 namespace tqkv::cuda::detail {
 
 // With `occupancy` non-null: only reports how many CTAs fit on one SM (for plan_decode).
+// Tile copy of the decode kernel: "cpasync" (16-byte cp.async by every lane, the default) or
+// "bulk" (one bulk copy per tile on an mbarrier); environment TQKV_CUDA_DECODE_COPY, read once.
+bool decode_copy_bulk();
+
 template <int D, int KB, int VB>
 Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
   using Cfg = DecodeConfig<D, KB, VB>;
-  auto* kernel = &decode_split_kernel<D, KB, VB>;
+  auto* kernel = decode_copy_bulk() ? &decode_split_kernel<D, KB, VB, true> : &decode_split_kernel<D, KB, VB, false>;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));
