@@ -252,7 +252,11 @@ Status build_cache(CacheSet& cs, int batch, int context, int hkv, int d, Format 
 
 Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig& cfg,
                                                            void (*progress)(const std::string&)) {
-  int dev = 0, sms = 0, l2 = 0;
+  int dev = 0, sms = 0, l2 = 0, ndev = 0;
+  const cudaError_t count_err = cudaGetDeviceCount(&ndev);
+  if (count_err != cudaSuccess || ndev == 0)
+    return unsupported(std::string("no usable CUDA device for the CUDA bench (") +
+                       (count_err != cudaSuccess ? cudaGetErrorString(count_err) : "no device") + ")");
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev));
   TQKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   TQKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
