@@ -6,6 +6,7 @@
 #       them into .device/ (git-ignored) so they can travel with the device tool's `carry`.
 #   scripts/device_run.sh run [what]   (on the GPU machine, from the repository root)
 #       what = all (default) | tests | sanitize | bench | ncu (Nsight Compute on a few cases)
+#              | variants (decode tests and bench under each register/table dequantization mix)
 #       runs the CUDA tests, compute-sanitizer memcheck + racecheck on the kernel tests, the
 #       kernel benchmark and PyTorch SDPA on the same shape; logs go to $OUT (default
 #       ./device-out): nvidia-smi.txt, tests.log, memcheck.log, racecheck.log, bench.txt,
@@ -74,6 +75,28 @@ if [[ $what == ncu ]]; then
   timeout 150 ncu --clock-control none $sec -k regex:'quantize_kernel' -c 1 \
     "$BIN/tqkv_cuda_bench" --formats none --batch 8 --context 16 --reps 1 >"$OUT/ncu_quantize.txt" 2>&1
   note "ncu quantize: rc=$? $(grep -E 'Duration|Issue Slots Busy|DRAM Throughput|Achieved Occupancy' "$OUT/ncu_quantize.txt" | tr -s ' ' | tr '\n' ';')"
+fi
+
+if [[ $what == variants ]]; then
+  # Register-vs-table dequantization mixes of the decode kernel (TQKV_CUDA_DECODE_DQ, see
+  # src/cuda/decode_launch.cuh): the decode tests with odd-symmetric codebooks under each mix,
+  # then the decode bench per mix (f16 once, as the baseline).
+  mixes=${DQ_MIXES:-"lut k v kv kh vh kh+v k+vh kh+vh"}
+  for dq in $mixes; do
+    TQKV_CUDA_DECODE_DQ=$dq timeout 120 "$BIN/test_cuda" --gtest_brief=1 \
+      --gtest_filter='DecodeSymmetric.*:CudaVsCpu.Decode*:CudaDecode.*' >>"$OUT/variants_tests.log" 2>&1
+    note "tests DQ=$dq: rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/variants_tests.log" | tail -2 | tr '\n' ' ')"
+  done
+  timeout 120 "$BIN/tqkv_cuda_bench" --formats f16 --batch 8,32 --context 8192,32768 --head-dim 128,96 \
+    --no-quantize --no-prefill >"$OUT/variants_bench.txt" 2>/dev/null
+  for dq in $mixes; do
+    echo "## DQ=$dq" >>"$OUT/variants_bench.txt"
+    TQKV_CUDA_DECODE_DQ=$dq timeout 120 "$BIN/tqkv_cuda_bench" --formats ${DQ_FORMATS:-k4v4,k8v4,k4v3} \
+      --batch 8,32 --context 8192,32768 --head-dim ${DQ_DIMS:-128,96} --no-quantize --no-prefill \
+      >>"$OUT/variants_bench.txt" 2>/dev/null
+    note "bench DQ=$dq: rc=$?"
+  done
+  grep -v '^ *[{}\[]' "$OUT/variants_bench.txt"
 fi
 
 if [[ $what == all || $what == bench ]]; then

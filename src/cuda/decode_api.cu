@@ -20,6 +20,19 @@ bool decode_copy_bulk() {
   }();
   return bulk;
 }
+int decode_dq_override() {
+  static const int dq = [] {
+    const char* e = std::getenv("TQKV_CUDA_DECODE_DQ");
+    if (e == nullptr) return -1;
+    const std::string v(e);
+    static const struct { const char* name; int dq; } kModes[] = {
+        {"lut", 0}, {"k", 1}, {"v", 2}, {"kv", 3}, {"kh", 4}, {"vh", 8}, {"kh+v", 6}, {"k+vh", 9}, {"kh+vh", 12}};
+    for (const auto& m : kModes)
+      if (v == m.name) return m.dq;
+    return -1;
+  }();
+  return dq;
+}
 }  // namespace detail
 namespace {
 
@@ -66,14 +79,31 @@ __global__ void rotate_query_kernel(const void* q, DType q_type, const float* ro
     for (int i = threadIdx.x; i < d; i += blockDim.x) q_rot[row * d + i] = f * xq[i];
     return;
   }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int i = warp; i < d; i += nw) {
+  // Dense P (head sizes 80, 96): one output coordinate per thread, its row of P read as 16-byte
+  // loads that are all in flight together (P stays in L1 across the rows of the grid). A warp
+  // per coordinate with a shuffle reduction was a chain of d dependent L2 round trips per block.
+  if ((reinterpret_cast<uintptr_t>(rotation) & 15) == 0) {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      const float4* pr = reinterpret_cast<const float4*>(rotation + static_cast<size_t>(i) * d);
+      float y0 = 0.f, y1 = 0.f;
+#pragma unroll 8
+      for (int j = 0; j < d / 4; ++j) {
+        const float4 p = __ldg(pr + j);
+        y0 = fmaf(p.x, xq[4 * j], y0);
+        y1 = fmaf(p.y, xq[4 * j + 1], y1);
+        y0 = fmaf(p.z, xq[4 * j + 2], y0);
+        y1 = fmaf(p.w, xq[4 * j + 3], y1);
+      }
+      q_rot[row * d + i] = scale * (y0 + y1);
+    }
+    return;
+  }
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {  // unaligned P: scalar loads
     const float* pr = rotation + static_cast<size_t>(i) * d;
     float y = 0.f;
 #pragma unroll 8
-    for (int j = lane; j < d; j += 32) y = fmaf(pr[j], xq[j], y);
-    y = detail::warp_sum(y);
-    if (lane == 0) q_rot[row * d + i] = scale * y;
+    for (int j = 0; j < d; ++j) y = fmaf(__ldg(pr + j), xq[j], y);
+    q_rot[row * d + i] = scale * y;
   }
 }
 
@@ -82,21 +112,44 @@ __global__ void rotate_query_kernel(const void* q, DType q_type, const float* ro
 __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, int num_splits,
                                     size_t split_stride_rows, int d, const float* rotation,
                                     const float* signs, void* out, DType out_type) {
-  extern __shared__ float y[];
+  extern __shared__ float y[];  // [d] merged output, then [num_splits] split weights
+  float* wts = y + d;
   cudaGridDependencySynchronize();  // programmatic dependent of the decode kernel
   const size_t row = blockIdx.x;
+  // Split weights once per row (not once per coordinate): w_k = 2^(lse_k - max) / sum.
   float mx = -INFINITY;
-  for (int k = 0; k < num_splits; ++k) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
+  for (int k = threadIdx.x; k < num_splits; k += blockDim.x) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
+  __shared__ float red[32];
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = -INFINITY;
+  for (int w = 0; w < nw; ++w) mx = fmaxf(mx, red[w]);
+  float den = 0.f;
+  for (int k = threadIdx.x; k < num_splits; k += blockDim.x) {
+    const float w = mx == -INFINITY ? 0.f : exp2f(part_lse[k * split_stride_rows + row] - mx);
+    wts[k] = w;
+    den += w;
+  }
+  den = detail::warp_sum(den);
+  __syncthreads();  // everyone has read red[] (max) and written wts[]
+  if (lane == 0) red[warp] = den;
+  __syncthreads();
+  den = 0.f;
+  for (int w = 0; w < nw; ++w) den += red[w];
+  const float inv_den = den > 0.f ? 1.f / den : 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float num = 0.f, den = 0.f;
-    if (mx != -INFINITY) {
-      for (int k = 0; k < num_splits; ++k) {
-        const float w = exp2f(part_lse[k * split_stride_rows + row] - mx);
-        num += w * part_o[(k * split_stride_rows + row) * d + i];
-        den += w;
-      }
+    float num = 0.f;
+    if (den > 0.f) {
+#pragma unroll 4
+      for (int k = 0; k < num_splits; ++k) num = fmaf(wts[k], part_o[(k * split_stride_rows + row) * d + i], num);
     }
-    y[i] = den > 0.f ? num / den : 0.f;
+    y[i] = num * inv_den;
   }
   __syncthreads();
   if (rotation && signs) block_fwht(y, d);
@@ -166,6 +219,7 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
     return invalid_argument("TurboQuant side without a rotation matrix");
   if (!(p.scale > 0.f)) return invalid_argument("scale must be positive");
   if (p.softcap < 0.f || p.window < 0 || p.num_splits < 0) return invalid_argument("negative softcap, window or num_splits");
+  if (p.num_splits > 4096) return invalid_argument("num_splits above 4096");
   return Status::ok();
 }
 
@@ -256,7 +310,7 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(rows);
   cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = d * sizeof(float);
+  cfg.dynamicSmemBytes = (d + plan.num_splits) * sizeof(float);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -275,7 +329,7 @@ Status check_call(const PagedKVView& view, const DecodeParams& params, const Dec
   TQKV_RETURN_IF_ERROR(check_view(view, params));
   if (!q || !out || !workspace) return invalid_argument("null q, out or workspace");
   const int group = params.num_q_heads / view.num_kv_heads;
-  if (plan.num_splits <= 0 || plan.head_chunks != (group + 7) / 8)
+  if (plan.num_splits <= 0 || plan.num_splits > 4096 || plan.head_chunks != (group + 7) / 8)
     return invalid_argument("plan does not match the view (call plan_decode / plan_prefill)");
   const WorkspaceLayout wl = workspace_layout(view.num_seqs, params.num_q_heads, view.head_dim, plan.num_splits);
   if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)

@@ -108,11 +108,10 @@ std::string case_name(const ::testing::TestParamInfo<FormatCase>& info) {
 
 class DecodeFormat : public ::testing::TestWithParam<FormatCase> {};
 
-TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
-  TQKV_REQUIRE_GPU();
-  const FormatCase c = GetParam();
+void check_format(const FormatCase& c, bool symmetric) {
   PagedFixture fx;
   fx.d = c.d; fx.kb = c.kb; fx.vb = c.vb;
+  fx.symmetric_centroids = symmetric;
   fx.num_kv_heads = 2;
   fx.lens = {1, 17, 129, 1000, 5000};
   const bool pow2 = (c.d & (c.d - 1)) == 0;
@@ -131,6 +130,19 @@ TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
   }
 }
 
+TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
+  TQKV_REQUIRE_GPU();
+  check_format(GetParam(), false);
+}
+
+// Odd-symmetric codebooks (as the real Lloyd-Max ones are): 4-bit sides may take the register
+// dequantization path (decode_kernel.cuh, DQ); the asymmetric cases above take the table path.
+class DecodeSymmetric : public ::testing::TestWithParam<FormatCase> {};
+TEST_P(DecodeSymmetric, MatchesReferenceWithOddSymmetricCodebooks) {
+  TQKV_REQUIRE_GPU();
+  check_format(GetParam(), true);
+}
+
 std::vector<FormatCase> all_cases() {
   std::vector<FormatCase> v;
   for (int d : {64, 80, 96, 128, 256})
@@ -139,6 +151,13 @@ std::vector<FormatCase> all_cases() {
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(AllFormats, DecodeFormat, ::testing::ValuesIn(all_cases()), case_name);
+std::vector<FormatCase> four_bit_cases() {
+  std::vector<FormatCase> v;
+  for (int d : {64, 80, 96, 128, 256})
+    for (auto kv : {std::pair{4, 4}, {8, 4}, {4, 3}}) v.push_back({d, kv.first, kv.second});
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(FourBit, DecodeSymmetric, ::testing::ValuesIn(four_bit_cases()), case_name);
 
 // Sliding window, logit soft-capping, evicted leading pages and an empty sequence together.
 TEST(CudaDecode, WindowSoftcapEvictionAndEmptySequence) {
