@@ -6,7 +6,6 @@
 #       them into .device/ (git-ignored) so they can travel with the device tool's `carry`.
 #   scripts/device_run.sh run [what]   (on the GPU machine, from the repository root)
 #       what = all (default) | tests | sanitize | bench | ncu (Nsight Compute on a few cases)
-#              | variants (decode tests and bench under each register/table dequantization mix)
 #       runs the CUDA tests, compute-sanitizer memcheck + racecheck on the kernel tests, the
 #       kernel benchmark and PyTorch SDPA on the same shape; logs go to $OUT (default
 #       ./device-out): nvidia-smi.txt, tests.log, memcheck.log, racecheck.log, bench.txt,
@@ -50,7 +49,7 @@ if [[ $what == all || $what == sanitize ]]; then
   # small enough for the sanitizers' slowdown.
   mfilt='AllFormats/DecodeFormat.*/d80_*:AllFormats/DecodeFormat.*/d128_*:CudaDecode.*:Formats/QuantizeOnWrite.*d96*:Formats/QuantizeOnWrite.*d128*:CudaDequantize.*:CudaVsCpu.GpuQuantizeOnWriteMatchesCpuCacheBytes:CudaVsCpu.CpuEncodedPagesDequantizeIdenticallyOnGpu:CudaVsCpu.PrefillAttentionMatchesCpuReferencePrefill:CudaVsCpu.DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference'
   # racecheck instruments every shared-memory access: one head size per kernel family.
-  rfilt='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_k8_v4:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d96_k4_v4:AllFormats/DecodeFormat.*/d128_kf16_vf16:CudaDecode.SplitCounts*:Formats/QuantizeOnWrite.*d128_k4_v4*:Formats/QuantizeOnWrite.*d96_k4_v4*:CudaVsCpu.GpuQuantizeOnWriteMatchesCpuCacheBytes'
+  rfilt='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_k8_v4:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d96_k4_v4:AllFormats/DecodeFormat.*/d128_kf16_vf16:CudaDecode.SplitCounts*:CudaDecode.DenseRotation*:Formats/QuantizeOnWrite.*d128_k4_v4*:Formats/QuantizeOnWrite.*d96_k4_v4*:CudaVsCpu.GpuQuantizeOnWriteMatchesCpuCacheBytes'
   for tool in memcheck racecheck; do
     filt=$mfilt; [[ $tool == racecheck ]] && filt=$rfilt
     timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 17 "$BIN/test_cuda" --gtest_brief=1 \
@@ -77,32 +76,14 @@ if [[ $what == ncu ]]; then
   note "ncu quantize: rc=$? $(grep -E 'Duration|Issue Slots Busy|DRAM Throughput|Achieved Occupancy' "$OUT/ncu_quantize.txt" | tr -s ' ' | tr '\n' ';')"
 fi
 
-if [[ $what == variants ]]; then
-  # Register-vs-table dequantization mixes of the decode kernel (TQKV_CUDA_DECODE_DQ, see
-  # src/cuda/decode_launch.cuh): the decode tests with odd-symmetric codebooks under each mix,
-  # then the decode bench per mix (f16 once, as the baseline).
-  mixes=${DQ_MIXES:-"lut k v kv kh vh kh+v k+vh kh+vh"}
-  for dq in $mixes; do
-    TQKV_CUDA_DECODE_DQ=$dq timeout 120 "$BIN/test_cuda" --gtest_brief=1 \
-      --gtest_filter='DecodeSymmetric.*:CudaVsCpu.Decode*:CudaDecode.*' >>"$OUT/variants_tests.log" 2>&1
-    note "tests DQ=$dq: rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/variants_tests.log" | tail -2 | tr '\n' ' ')"
-  done
-  timeout 120 "$BIN/tqkv_cuda_bench" --formats f16 --batch 8,32 --context 8192,32768 --head-dim 128,96 \
-    --no-quantize --no-prefill >"$OUT/variants_bench.txt" 2>/dev/null
-  for dq in $mixes; do
-    echo "## DQ=$dq" >>"$OUT/variants_bench.txt"
-    TQKV_CUDA_DECODE_DQ=$dq timeout 120 "$BIN/tqkv_cuda_bench" --formats ${DQ_FORMATS:-k4v4,k8v4,k4v3} \
-      --batch 8,32 --context 8192,32768 --head-dim ${DQ_DIMS:-128,96} --no-quantize --no-prefill \
-      >>"$OUT/variants_bench.txt" 2>/dev/null
-    note "bench DQ=$dq: rc=$?"
-  done
-  grep -v '^ *[{}\[]' "$OUT/variants_bench.txt"
-fi
-
 if [[ $what == all || $what == bench ]]; then
-  timeout 300 "$BIN/tqkv_cuda_bench" --head-dim 128 --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench_progress.txt"
+  # CONTEXTS (default 8192,16384,32768); FULL=0 skips the prefill and quantize-on-write rows.
+  ctx=${CONTEXTS:-8192,16384,32768}
+  extra=(); [[ ${FULL:-1} == 0 ]] && extra=(--no-prefill --no-quantize)
+  timeout 300 "$BIN/tqkv_cuda_bench" --head-dim 128 --context "$ctx" "${extra[@]}" --json "$OUT/bench.json" \
+    >"$OUT/bench.txt" 2>"$OUT/bench_progress.txt"
   note "bench d=128: rc=$?"
-  timeout 120 "$BIN/tqkv_cuda_bench" --head-dim 96 --formats f16,k4v4,k3v3 --batch 8,32 --context 16384 \
+  timeout 120 "$BIN/tqkv_cuda_bench" --head-dim 96 --formats f16,k4v4,k3v3 --batch 8,32 --context "$ctx" \
     --no-quantize --no-prefill >>"$OUT/bench.txt" 2>>"$OUT/bench_progress.txt"
   note "bench d=96: rc=$?"
   cat "$OUT/bench_progress.txt" >>"$OUT/bench.txt"; rm -f "$OUT/bench_progress.txt"

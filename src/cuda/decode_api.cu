@@ -20,19 +20,6 @@ bool decode_copy_bulk() {
   }();
   return bulk;
 }
-int decode_dq_override() {
-  static const int dq = [] {
-    const char* e = std::getenv("TQKV_CUDA_DECODE_DQ");
-    if (e == nullptr) return -1;
-    const std::string v(e);
-    static const struct { const char* name; int dq; } kModes[] = {
-        {"lut", 0}, {"k", 1}, {"v", 2}, {"kv", 3}, {"kh", 4}, {"vh", 8}, {"kh+v", 6}, {"k+vh", 9}, {"kh+vh", 12}};
-    for (const auto& m : kModes)
-      if (v == m.name) return m.dq;
-    return -1;
-  }();
-  return dq;
-}
 }  // namespace detail
 namespace {
 

@@ -21,7 +21,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "cuda/device_utils.cuh"
 #include "cuda/kv_fetch.cuh"
@@ -87,13 +86,7 @@ struct DecodeConfig {
 
 // BULK: tiles reach shared memory by one bulk copy per tile (lane 0 issues, the stage's mbarrier
 // counts the bytes) instead of 16-byte cp.async by every lane.
-// DQ: which 4-bit operands are dequantized in registers (kv_fetch.cuh, sym_dequant8) instead of
-// through the shared-memory table, to balance the ALU and shared-memory pipes: bit 0 = all of K,
-// bit 1 = all of V, bit 2 = K token row g only (half of K), bit 3 = V token rows 2t, 2t+1 only
-// (half of V). Bits of a side that is not 4-bit are ignored.
-// Register dequantization needs an odd-symmetric codebook; each CTA checks its centroids and
-// falls back to the table path when they are not (test fixtures use asymmetric ones).
-template <int D, int KB, int VB, bool BULK, int DQ>
+template <int D, int KB, int VB, bool BULK>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
   using Cfg = DecodeConfig<D, KB, VB>;
@@ -102,8 +95,6 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   constexpr float kLog2e = 1.4426950408889634f;
   using KChunk = Chunk<KB, D / 4, low_bit(D * KB / 4)>;
   using VChunk = Chunk<VB, D / 8, low_bit(D * VB / 8)>;
-  constexpr bool kDqK = (DQ & 5) != 0 && KB == 4, kDqKAll = (DQ & 1) != 0 && KB == 4;
-  constexpr bool kDqV = (DQ & 10) != 0 && VB == 4, kDqVAll = (DQ & 2) != 0 && VB == 4;
 
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* lut = smem;  // interleaved K/V tables at the start: offsets fold into the LDS
@@ -201,21 +192,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     if constexpr (!BULK) cp_async_commit();
   }
 
-  // Register tables for the sides dequantized in registers; `alu` is the same in every thread
-  // (computed from the same centroids), so the branches below are uniform.
-  SymTable tab_k{0u, 0u, 0u, 0u}, tab_v{0u, 0u, 0u, 0u};
-  bool alu = false;
-  if constexpr (kDqK || kDqV) {
-    alu = true;
-    if constexpr (kDqK) alu = build_sym_table(view.k.centroids, tab_k) && alu;
-    if constexpr (kDqV) alu = build_sym_table(view.v.centroids, tab_v) && alu;
-  }
-  if constexpr (KB != 16) {
-    if (!(kDqKAll && alu)) build_lut<KB>(lut, 0, view.k.centroids, scratch);
-  }
-  if constexpr (VB != 16) {
-    if (!(kDqVAll && alu)) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
-  }
+  if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
+  if constexpr (VB != 16) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
 
   // Launched as a programmatic dependent of the query-rotation kernel: wait for q_rot here,
   // after the page prefetch and the tables have been started.
@@ -246,11 +224,6 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 
   int read_slot = 0;  // = i % kStages
   uint32_t read_phase = 0;  // parity of the slot's mbarrier phase (BULK): flips each lap of the ring
-  // The page loop, once with register dequantization (ALU = true) and once with the tables.
-  auto page_loop = [&](auto alu_tag) {
-  constexpr bool kAlu = decltype(alu_tag)::value;
-  constexpr bool kAluK0 = kAlu && kDqK, kAluK1 = kAlu && kDqKAll;  // rows g, g + 8
-  constexpr bool kAluVlo = kAlu && kDqV, kAluVhi = kAlu && kDqVAll;  // rows 2t, 2t+1 / 2t+8, 2t+9
   for (int i = 0; i < n_mine; ++i) {
     if constexpr (BULK) {
       mbar_wait_parity(smem_addr(&my_mbar[read_slot]), read_phase);
@@ -273,23 +246,10 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       r0.load(ktile, (g * D + t * (D / 4)) * KB);
       r1.load(ktile, ((g + 8) * D + t * (D / 4)) * KB);
       float se[4] = {0.f, 0.f, 0.f, 0.f}, so[4] = {0.f, 0.f, 0.f, 0.f};
-      uint32_t qa[4], qb[4];  // register path: the 4 pairs of one chunk word of rows g, g + 8
 #pragma unroll
       for (int kk = 0; kk < kSteps; ++kk) {
-        uint32_t a0, a1, a2, a3;
-        const int p = 2 * (kk & 1);
-        if constexpr (kAluK0) {
-          if ((kk & 1) == 0) sym_dequant8(r0.w[kk >> 1], tab_k, qa);
-          a0 = qa[p]; a2 = qa[p + 1];
-        } else {
-          a0 = k_pair<KB>(r0, 2 * kk, lut, lane4k); a2 = k_pair<KB>(r0, 2 * kk + 1, lut, lane4k);
-        }
-        if constexpr (kAluK1) {
-          if ((kk & 1) == 0) sym_dequant8(r1.w[kk >> 1], tab_k, qb);
-          a1 = qb[p]; a3 = qb[p + 1];
-        } else {
-          a1 = k_pair<KB>(r1, 2 * kk, lut, lane4k); a3 = k_pair<KB>(r1, 2 * kk + 1, lut, lane4k);
-        }
+        const uint32_t a0 = k_pair<KB>(r0, 2 * kk, lut, lane4k), a1 = k_pair<KB>(r1, 2 * kk, lut, lane4k);
+        const uint32_t a2 = k_pair<KB>(r0, 2 * kk + 1, lut, lane4k), a3 = k_pair<KB>(r1, 2 * kk + 1, lut, lane4k);
         if (kk & 1) mma_16816(so, a0, a1, a2, a3, qf[kk][0], qf[kk][1]);
         else mma_16816(se, a0, a1, a2, a3, qf[kk][0], qf[kk][1]);
       }
@@ -357,44 +317,18 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       VPairs<VB, VChunk> lo, hi;
       lo.init(v0, v1);
       hi.init(v8, v9);
-      uint32_t le[4], lod[4], he[4], hod[4];  // register path: 4 coordinates of one word
 #pragma unroll
       for (int mt = 0; mt < kSteps; ++mt) {
-        uint32_t a0, a1, a2, a3;
-        // Register path: coordinate 2mt is byte mt & 3 of even[mt / 4], 2mt + 1 that of odd[].
-        if constexpr (kAluVlo) {
-          if ((mt & 3) == 0) {
-            sym_dequant8(lo.even[mt >> 2], tab_v, le);
-            sym_dequant8(lo.odd[mt >> 2], tab_v, lod);
-          }
-          a0 = le[mt & 3]; a1 = lod[mt & 3];
-        } else {
-          a0 = lo.get(2 * mt, lut, lane4v) & mlo;
-          a1 = lo.get(2 * mt + 1, lut, lane4v) & mlo;
-        }
-        if constexpr (kAluVhi) {
-          if ((mt & 3) == 0) {
-            sym_dequant8(hi.even[mt >> 2], tab_v, he);
-            sym_dequant8(hi.odd[mt >> 2], tab_v, hod);
-          }
-          a2 = he[mt & 3]; a3 = hod[mt & 3];
-        } else {
-          a2 = hi.get(2 * mt, lut, lane4v) & mhi;
-          a3 = hi.get(2 * mt + 1, lut, lane4v) & mhi;
-        }
+        const uint32_t a0 = lo.get(2 * mt, lut, lane4v) & mlo;
+        const uint32_t a1 = lo.get(2 * mt + 1, lut, lane4v) & mlo;
+        const uint32_t a2 = hi.get(2 * mt, lut, lane4v) & mhi;
+        const uint32_t a3 = hi.get(2 * mt + 1, lut, lane4v) & mhi;
         mma_16816(acc[mt], a0, a1, a2, a3, pb0, pb1);
       }
     }
     __syncwarp();
     if (i + Cfg::kStages - 1 < n_mine) issue(i + Cfg::kStages - 1);
     if constexpr (!BULK) cp_async_commit();
-  }
-  };
-  if constexpr (kDqK || kDqV) {
-    if (alu) page_loop(std::true_type{});
-    else page_loop(std::false_type{});
-  } else {
-    page_loop(std::false_type{});
   }
   if constexpr (!BULK) cp_async_wait<0>();  // (BULK: every issued page was waited for in the loop)
 

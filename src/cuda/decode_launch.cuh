@@ -7,41 +7,15 @@
 
 namespace tqkv::cuda::detail {
 
+// With `occupancy` non-null: only reports how many CTAs fit on one SM (for plan_decode).
 // Tile copy of the decode kernel: "cpasync" (16-byte cp.async by every lane, the default) or
 // "bulk" (one bulk copy per tile on an mbarrier); environment TQKV_CUDA_DECODE_COPY, read once.
 bool decode_copy_bulk();
 
-// Which 4-bit operands are dequantized in registers instead of the shared-memory table (DQ bits
-// of decode_kernel.cuh: 1 = K, 2 = V, 4 = half of K, 8 = half of V). Default per format:
-// default_dq; environment TQKV_CUDA_DECODE_DQ = lut | k | v | kv | kh | vh | kh+v | k+vh | kh+vh
-// overrides it (read once; for measurements and tests).
-constexpr int default_dq(int kb, int vb) { return (kb == 4 ? 0 : 0) | (vb == 4 ? 0 : 0); }
-int decode_dq_override();  // -1: none
-
-// With `occupancy` non-null: only reports how many CTAs fit on one SM (for plan_decode).
 template <int D, int KB, int VB>
 Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
   using Cfg = DecodeConfig<D, KB, VB>;
-  constexpr int kMask = (KB == 4 ? 5 : 0) | (VB == 4 ? 10 : 0);  // variants that exist for this format
-  constexpr int kDefault = default_dq(KB, VB) & kMask;
-  const int over = decode_dq_override();
-  const int dq = (over < 0 ? kDefault : over) & kMask;
-  void (*kernel)(const DecodeArgs) = nullptr;
-  if (decode_copy_bulk()) {
-    kernel = &decode_split_kernel<D, KB, VB, true, kDefault>;
-  } else {
-    switch (dq) {
-      case 1: kernel = &decode_split_kernel<D, KB, VB, false, 1 & kMask>; break;
-      case 2: kernel = &decode_split_kernel<D, KB, VB, false, 2 & kMask>; break;
-      case 3: kernel = &decode_split_kernel<D, KB, VB, false, 3 & kMask>; break;
-      case 4: kernel = &decode_split_kernel<D, KB, VB, false, 4 & kMask>; break;
-      case 6: kernel = &decode_split_kernel<D, KB, VB, false, 6 & kMask>; break;
-      case 8: kernel = &decode_split_kernel<D, KB, VB, false, 8 & kMask>; break;
-      case 9: kernel = &decode_split_kernel<D, KB, VB, false, 9 & kMask>; break;
-      case 12: kernel = &decode_split_kernel<D, KB, VB, false, 12 & kMask>; break;
-      default: kernel = &decode_split_kernel<D, KB, VB, false, 0>; break;
-    }
-  }
+  auto* kernel = decode_copy_bulk() ? &decode_split_kernel<D, KB, VB, true> : &decode_split_kernel<D, KB, VB, false>;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));

@@ -17,8 +17,6 @@
 // lookups; B == 16 needs no table.
 #pragma once
 
-#include <cuda_fp16.h>
-
 #include <cstdint>
 
 #include "cuda/device_utils.cuh"
@@ -118,6 +116,14 @@ struct Chunk {
     }
     return n == 32 ? v : (v & ((1u << n) - 1u));
   }
+  // The n bits at `pos`, moved to bits [dst, dst + n) of the result; the other bits are garbage
+  // (the caller masks them while joining fields: one shift per field instead of shift + mask +
+  // shift). dst <= 32 - n.
+  __device__ __forceinline__ uint32_t field_at(int pos, int n, int dst) const {
+    const int wi = pos >> 5, s = pos & 31;
+    if (s + n <= 32 || wi + 1 >= kWords) return s >= dst ? w[wi] >> (s - dst) : w[wi] << (dst - s);
+    return __funnelshift_r(w[wi], w[wi + 1], s - dst);  // a field that crosses a word: s > 32 - n >= dst
+  }
 };
 
 // K operand: pair j (coordinates 2j, 2j+1 of the chunk) as half2 bits. lane4 = 4 * lane.
@@ -132,7 +138,8 @@ __device__ __forceinline__ uint32_t k_pair(const C& c, int j, const uint8_t* lut
   } else if constexpr (B == 4 && C::kBits % 8 == 0) {  // the pair is byte j (chunk realigned to bit 0)
     return lut_at(lut, entry_off(c.w[j >> 2], j & 3, lane4));
   } else {
-    return lut_at(lut, (c.bits(2 * B * j, 2 * B) << 8) | lane4);
+    constexpr uint32_t kField = ((1u << (2 * B)) - 1u) << 8;
+    return lut_at(lut, (c.field_at(2 * B * j, 2 * B, 8) & kField) | lane4);
   }
 }
 
@@ -170,60 +177,12 @@ struct VPairs {
     } else if constexpr (kNibbles) {
       const uint32_t* src = (k & 1) ? odd : even;
       return lut_at(lut, entry_off(src[k >> 3], (k & 7) >> 1, lane4));
-    } else {
-      return lut_at(lut, ((a->bits(B * k, B) | (b->bits(B * k, B) << B)) << 8) | lane4);
+    } else {  // entry (a_k | b_k << B) << 8: each field shifted once into place, masked while joined
+      constexpr uint32_t kLo = ((1u << B) - 1u) << 8, kHi = kLo << B;
+      return lut_at(lut, (a->field_at(B * k, B, 8) & kLo) | (b->field_at(B * k, B, 8 + B) & kHi) | lane4);
     }
   }
 };
-
-// ---- 4-bit dequantization in registers (no shared-memory traffic) ----
-// The Lloyd-Max codebooks are odd-symmetric: c[7 - j] = -c[8 + j]. So a 4-bit index i is a sign
-// (negative when bit 3 is clear) and a magnitude index (i & 7 for i >= 8, 7 - i otherwise) into 8
-// fp16 magnitudes m[j] = c[8 + j]. The table is 4 registers: the low bytes of m[0..7] (l0, l1) and
-// their high bytes (h0, h1); one byte-permute per 4 values selects each. Exact (same fp16 values
-// as the shared-memory table) whenever the codebook is odd-symmetric in fp16; the decode kernel
-// checks that once per CTA and otherwise takes the table path.
-struct SymTable {
-  uint32_t l0, l1, h0, h1;
-};
-// Builds the table from 16 centroids (global memory) and reports whether they are odd-symmetric
-// after rounding to fp16. Every thread computes the same values (no synchronisation needed).
-__device__ __forceinline__ bool build_sym_table(const float* c, SymTable& t) {
-  uint32_t lo[2] = {0u, 0u}, hi[2] = {0u, 0u};
-  bool sym = true;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const uint32_t pos = __half_as_ushort(__float2half_rn(__ldg(c + 8 + j)));
-    const uint32_t neg = __half_as_ushort(__float2half_rn(__ldg(c + 7 - j)));
-    sym = sym && (neg == (pos ^ 0x8000u));
-    lo[j >> 2] |= (pos & 0xffu) << (8 * (j & 3));
-    hi[j >> 2] |= (pos >> 8) << (8 * (j & 3));
-  }
-  t.l0 = lo[0]; t.l1 = lo[1]; t.h0 = hi[0]; t.h1 = hi[1];
-  return sym;
-}
-// PTX prmt with a run-time selector (CUDA's __byte_perm would mask each selector nibble again).
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
-// 8 indices (nibble k of w = value k) -> 4 half2: op[p] = (value 2p, value 2p + 1).
-__device__ __forceinline__ void sym_dequant8(uint32_t w, const SymTable& t, uint32_t (&op)[4]) {
-  const uint32_t nf = ~w & 0x88888888u;               // bit 3 of a nibble: negative value
-  const uint32_t f7 = nf - (nf >> 3);                  // 7 in negative nibbles
-  const uint32_t m = (w ^ f7) & 0x77777777u;           // magnitude index, byte-permute selector
-  const uint32_t nf4 = nf << 4;
-  // Sign of value k moved to bit 7 of byte k (k = 0..3 of each half): bytes of nf4 / nf alternate.
-  const uint32_t s_lo = __byte_perm(nf4, nf, 0x5140u), s_hi = __byte_perm(nf4, nf, 0x7362u);
-  const uint32_t mh = m >> 16;
-  const uint32_t lo_a = prmt(t.l0, t.l1, m), hi_a = prmt(t.h0, t.h1, m) ^ (s_lo & 0x80808080u);
-  const uint32_t lo_b = prmt(t.l0, t.l1, mh), hi_b = prmt(t.h0, t.h1, mh) ^ (s_hi & 0x80808080u);
-  op[0] = __byte_perm(lo_a, hi_a, 0x5140u);
-  op[1] = __byte_perm(lo_a, hi_a, 0x7362u);
-  op[2] = __byte_perm(lo_b, hi_b, 0x5140u);
-  op[3] = __byte_perm(lo_b, hi_b, 0x7362u);
-}
 
 // fp16 scale of token `row` in a TurboQuant tile (1 for fp16 tiles).
 template <int D, int B>

@@ -61,23 +61,17 @@ struct PagedFixture {
 
   DeviceBuffer d_kp, d_vp, d_pt, d_lens, d_first, d_ck, d_cv, d_rot, d_signs;
 
-  bool symmetric_centroids = false;  // set before build()
-
   int num_seqs() const { return static_cast<int>(lens.size()); }
 
   // Centroids: ascending, roughly the Lloyd-Max spread for a unit vector (exact values do not
   // matter for kernel tests: the reference uses the same table).
-  // symmetric: odd-symmetric like the real Lloyd-Max codebooks (c[L-1-i] = -c[i]), which lets the
-  // decode kernel dequantize 4-bit sides in registers; asymmetric tables exercise its table path.
-  static std::vector<float> make_centroids(int bits, int d, std::mt19937_64& rng, bool symmetric = false) {
+  static std::vector<float> make_centroids(int bits, int d, std::mt19937_64& rng) {
     const int L = 1 << bits;
     std::uniform_real_distribution<double> jit(-0.2, 0.2);
     std::vector<float> c(L);
     for (int i = 0; i < L; ++i)
       c[i] = static_cast<float>((2.0 * (i + 0.5 + jit(rng)) / L - 1.0) * 2.5 / std::sqrt(static_cast<double>(d)));
     std::sort(c.begin(), c.end());
-    if (symmetric)
-      for (int i = 0; i < L / 2; ++i) c[i] = -c[L - 1 - i];
     return c;
   }
 
@@ -105,8 +99,8 @@ struct PagedFixture {
     tv = tile_bytes(page_size, d, vb);
     kp.assign(static_cast<size_t>(pool_pages) * num_kv_heads * tk, 0xff);
     vp.assign(static_cast<size_t>(pool_pages) * num_kv_heads * tv, 0xff);
-    if (kb != kF16Bits) ck = make_centroids(kb, d, rng, symmetric_centroids);
-    if (vb != kF16Bits) cv = make_centroids(vb, d, rng, symmetric_centroids);
+    if (kb != kF16Bits) ck = make_centroids(kb, d, rng);
+    if (vb != kF16Bits) cv = make_centroids(vb, d, rng);
     if (kb != kF16Bits || vb != kF16Bits) {
       if (use_hadamard) {
         signs.resize(d);

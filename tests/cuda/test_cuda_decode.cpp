@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -108,10 +109,11 @@ std::string case_name(const ::testing::TestParamInfo<FormatCase>& info) {
 
 class DecodeFormat : public ::testing::TestWithParam<FormatCase> {};
 
-void check_format(const FormatCase& c, bool symmetric) {
+TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
+  TQKV_REQUIRE_GPU();
+  const FormatCase c = GetParam();
   PagedFixture fx;
   fx.d = c.d; fx.kb = c.kb; fx.vb = c.vb;
-  fx.symmetric_centroids = symmetric;
   fx.num_kv_heads = 2;
   fx.lens = {1, 17, 129, 1000, 5000};
   const bool pow2 = (c.d & (c.d - 1)) == 0;
@@ -130,19 +132,6 @@ void check_format(const FormatCase& c, bool symmetric) {
   }
 }
 
-TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
-  TQKV_REQUIRE_GPU();
-  check_format(GetParam(), false);
-}
-
-// Odd-symmetric codebooks (as the real Lloyd-Max ones are): 4-bit sides may take the register
-// dequantization path (decode_kernel.cuh, DQ); the asymmetric cases above take the table path.
-class DecodeSymmetric : public ::testing::TestWithParam<FormatCase> {};
-TEST_P(DecodeSymmetric, MatchesReferenceWithOddSymmetricCodebooks) {
-  TQKV_REQUIRE_GPU();
-  check_format(GetParam(), true);
-}
-
 std::vector<FormatCase> all_cases() {
   std::vector<FormatCase> v;
   for (int d : {64, 80, 96, 128, 256})
@@ -151,13 +140,6 @@ std::vector<FormatCase> all_cases() {
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(AllFormats, DecodeFormat, ::testing::ValuesIn(all_cases()), case_name);
-std::vector<FormatCase> four_bit_cases() {
-  std::vector<FormatCase> v;
-  for (int d : {64, 80, 96, 128, 256})
-    for (auto kv : {std::pair{4, 4}, {8, 4}, {4, 3}}) v.push_back({d, kv.first, kv.second});
-  return v;
-}
-INSTANTIATE_TEST_SUITE_P(FourBit, DecodeSymmetric, ::testing::ValuesIn(four_bit_cases()), case_name);
 
 // Sliding window, logit soft-capping, evicted leading pages and an empty sequence together.
 TEST(CudaDecode, WindowSoftcapEvictionAndEmptySequence) {
@@ -211,6 +193,40 @@ TEST(CudaDecode, SplitCountsHalfIoAndLargeGroups) {
   // fp16 output adds one more rounding of the result (relative 2^-11).
   const std::string err = check_rows(got, ref, fx.d);
   EXPECT_TRUE(err.empty()) << "fp16 io: " << err;
+}
+
+// Dense rotations (head sizes 80, 96): the query-rotation kernel reads P rows as 16-byte loads
+// when P is 16-byte aligned and falls back to scalar loads otherwise; both must give the same
+// attention. Also many splits (more than the merge kernel's 128 threads) over a dense un-rotation.
+TEST(CudaDecode, DenseRotationUnalignedMatrixAndManySplits) {
+  TQKV_REQUIRE_GPU();
+  for (int d : {80, 96}) {
+    PagedFixture fx;
+    fx.d = d; fx.kb = 4; fx.vb = 3;
+    fx.num_kv_heads = 2;
+    fx.lens = {2500, 33};
+    fx.build(300 + d, /*use_hadamard=*/false);
+    fx.decode_all();
+    PagedKVView view = fx.upload();
+    const int hq = 8;
+    const auto q = random_q(fx.num_seqs(), hq, d, 21, 1.5f);
+    const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(static_cast<double>(d)), 0.0, 0);
+    std::vector<float> shifted(fx.rotation.size() + 1, 0.f);
+    std::copy(fx.rotation.begin(), fx.rotation.end(), shifted.begin() + 1);
+    DeviceBuffer d_shifted = testing::to_device(shifted);
+    for (bool unaligned : {false, true}) {
+      PagedKVView v = view;
+      if (unaligned) v.rotation = d_shifted.get<const float>() + 1;  // 4-byte aligned only
+      for (int splits : {0, 157}) {
+        Status st;
+        const auto got = run_decode(fx, v, q, {hq, 0.f, 0, splits}, &st);
+        ASSERT_TRUE(st.is_ok()) << st.to_string();
+        const std::string err = check_rows(got, ref, d);
+        EXPECT_TRUE(err.empty()) << "d " << d << (unaligned ? " unaligned P" : " aligned P") << " splits " << splits
+                                 << ": " << err;
+      }
+    }
+  }
 }
 
 // The launch sequence captures into a CUDA graph (no allocation, no host sync) and replays
@@ -279,6 +295,9 @@ TEST(CudaDecode, RejectsUnsupportedShapesAndFormats) {
   EXPECT_EQ(plan_decode(bad, p, 132).status().code(), StatusCode::kInvalidArgument);
   DecodeParams bp = p;
   bp.num_q_heads = 7;  // not a multiple of num_kv_heads
+  EXPECT_EQ(plan_decode(v, bp, 132).status().code(), StatusCode::kInvalidArgument);
+  bp = p;
+  bp.num_splits = 5000;  // above the merge kernel's 4096
   EXPECT_EQ(plan_decode(v, bp, 132).status().code(), StatusCode::kInvalidArgument);
   // (k2, v8) is a valid layout but no kernel is built for it: kUnsupported, nothing launched.
   bad = v;
