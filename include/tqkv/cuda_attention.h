@@ -36,7 +36,7 @@ struct DecodeParams {
   // > 0: the query at position len-1 sees only positions > len-1-window (the last `window`
   // tokens, itself included). 0 = unlimited. Independent of view.first_page (eviction).
   int32_t window = 0;
-  int32_t num_splits = 0;   // 0 = choose from the shape (plan_decode); else force this many
+  int32_t num_splits = 0;   // 0 = choose from the shape (plan_decode); else force this many (<= 4096)
 };
 
 // Launch shape and scratch size for one decode call. Compute once per batch shape; reuse for
