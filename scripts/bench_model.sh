@@ -11,14 +11,33 @@ TQKV="$BUILD/src/cli/tqkv"
 TEXT=data/pride_and_prejudice.txt
 SMOL=models/smollm2-135m-instruct-q4_1.gguf
 GEMMA=models/gemma3-270m-q4_k_m.gguf
-CHUNKS_SMOL=${CHUNKS_SMOL:-4}
-CHUNKS_GEMMA=${CHUNKS_GEMMA:-2}
+CHUNKS_SMOL=${CHUNKS_SMOL:-8}
+CHUNKS_GEMMA=${CHUNKS_GEMMA:-4}
+# One row per run: the default (keys centered), the plain codec (--center none) for comparison,
+# and llama.cpp's rotated q4_0 KV cache emulated in an f16 cache (--emulate q4_0h, evaluation only).
+ppl() {
+  local model=$1 chunks=$2; shift 2
+  "$TQKV" perplexity --model "$model" --text "$TEXT" --ctx 512 --chunks "$chunks" --json "$@" 2>/dev/null |
+    python3 -c "import json,sys; j=json.load(sys.stdin); print('$(basename "$model")', '$*', 'ppl %.4f f16_ppl %.4f kld_mean %.5f kld_p99 %.5f top1 %.4f kv_bytes %d f16_bytes %d' % (j['ppl'], j['f16_ppl'], j['kld_mean'], j['kld_p99'], j['top1_agreement'], j['kv_bytes'], j['kv_bytes_f16']))"
+}
 if [ "$WHAT" = quality ] || [ "$WHAT" = all ]; then
   for m in "$SMOL:$CHUNKS_SMOL" "$GEMMA:$CHUNKS_GEMMA"; do
     model=${m%%:*}; chunks=${m##*:}
     for kv in k8v4 k4v4 k4v3 k3v3 k2v2; do
-      "$TQKV" perplexity --model "$model" --text "$TEXT" --ctx 512 --chunks "$chunks" --kv "$kv" --json 2>/dev/null |
-        python3 -c "import json,sys; j=json.load(sys.stdin); print('$(basename $model)', j['kv'], 'ppl %.4f f16_ppl %.4f kld_mean %.5f kld_p99 %.5f top1 %.4f kv_bytes %d f16_bytes %d' % (j['ppl'], j['f16_ppl'], j['kld_mean'], j['kld_p99'], j['top1_agreement'], j['kv_bytes'], j['kv_bytes_f16']))"
+      ppl "$model" "$chunks" --kv "$kv"
+      ppl "$model" "$chunks" --kv "$kv" --center none
+    done
+    ppl "$model" "$chunks" --kv f16 --emulate q4_0h --center none
+    ppl "$model" "$chunks" --kv f16 --emulate q4_0h --center keys
+  done
+  # Per-layer policy candidates: f16 first and last layer (SmolLM2), 8-bit keys in Gemma 3's layer 11.
+  ppl "$SMOL" "$CHUNKS_SMOL" --kv k4v4 --f16-layers 0,-1
+  ppl "$GEMMA" "$CHUNKS_GEMMA" --kv k4v4 --f16-layers 11
+  ppl "$GEMMA" "$CHUNKS_GEMMA" --kv k4v4 --k8-layers 11
+  # Per-layer diagnostics (one chunk): cache reconstruction error, mean-vector energy, attention error.
+  for model in "$SMOL" "$GEMMA"; do
+    for c in none keys; do
+      "$TQKV" perplexity --model "$model" --text "$TEXT" --ctx 512 --chunks 1 --kv k4v4 --center "$c" --per-layer 2>/dev/null
     done
   done
 fi

@@ -42,8 +42,26 @@ struct PerplexityOptions {
   int max_chunks = 0;     // 0 = as many as the text holds
   KvFormat format;        // the cache under test
   std::vector<int> f16_layers;  // per-layer policy (KvOptions::f16_layers)
+  std::vector<int> k8_layers;   // KvOptions::k8_layers (CPU runtime)
   bool compare_f16 = true;  // when format is not f16, also run an f16 cache and compare
   int32_t bos_id = -1;    // when >= 0, each chunk's first token is replaced by BOS (llama.cpp)
+  // KvOptions' exact centering and evaluation-only emulation (include/tqkv/model.h).
+  bool center_keys = KvOptions{}.center_keys;
+  bool center_values = KvOptions{}.center_values;
+  std::string emulate;
+  // Also measure, per layer, the reconstruction error of what the cache holds and the error of
+  // the attention output against dense fp32 attention over the same q, k, v (slower).
+  bool per_layer = false;
+};
+
+// Per-layer diagnostics (PerplexityOptions::per_layer), summed over every token of every chunk.
+struct LayerKvError {
+  int layer = 0;
+  bool compressed = false;
+  double k_rel_mse = 0, v_rel_mse = 0;          // sum |x - x~|^2 / sum |x|^2
+  double k_rel_mse_vec = 0, v_rel_mse_vec = 0;  // mean over vectors of |x - x~|^2 / |x|^2
+  double k_mean_energy = 0, v_mean_energy = 0;  // |mean vector|^2 / mean |x|^2, per KV head, averaged
+  double att_rel_err = 0;                       // sum |o - o_ref|^2 / sum |o_ref|^2
 };
 
 struct PerplexityResult {
@@ -56,6 +74,10 @@ struct PerplexityResult {
   double top1_agreement = 0;                       // fraction of positions with the same argmax
   int64_t kv_bytes = 0, kv_f16_bytes = 0;          // at the end of a chunk
   double seconds = 0;
+  std::vector<LayerKvError> layers;                // per_layer only
+  // per_layer only: the codec's relative MSE on random Gaussian vectors of the head size (what it
+  // should give on any input after the rotation), for the K and V bit widths.
+  double codec_k_rel_mse = 0, codec_v_rel_mse = 0;
 };
 
 Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vector<int32_t>& tokens,

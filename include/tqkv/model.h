@@ -106,6 +106,13 @@ class KvBackend {
   virtual int64_t bytes_in_use() const = 0;      // KV bytes the held tokens occupy, all layers
   virtual int64_t f16_bytes_for(int64_t n_tokens) const = 0;  // what an f16 cache would use
   virtual std::string describe() const = 0;      // "k4v4 paged (16-token pages), 3 f16 layers"
+  // Reads back what the cache holds for positions pos0 .. pos0+n-1 of `layer`, decoded to fp32
+  // in the model's space ([n][n_head_kv][head_dim] each): the values attention actually sees.
+  // For diagnostics (per-layer reconstruction error); kUnsupported where a backend cannot.
+  virtual Status read_back(int layer, int64_t pos0, int n, float* k, float* v) const {
+    (void)layer, (void)pos0, (void)n, (void)k, (void)v;
+    return unsupported("read_back: not supported by this KV backend");
+  }
 };
 
 // A KV format: bits of K and of V (16 = fp16, else TurboQuant 2/3/4/8 bits).
@@ -126,6 +133,27 @@ struct KvOptions {
   // Per-layer policy: these layers keep fp16 K and V whatever `format` says (the first and last
   // layers are the most sensitive to compression; shared/TURBOQUANT.md). Negative = from the end.
   std::vector<int> f16_layers;
+  // These layers keep 8-bit TurboQuant keys (values as `format` says) when the format's keys have
+  // fewer bits: for a layer that dominates the error (measure with `tqkv perplexity --per-layer`).
+  std::vector<int> k8_layers;
+  // Exact centering (src/model/kv_transform.cpp): per layer and KV head, subtract a mean vector
+  // from the keys (and/or values) before they are quantized. Keys: q.(k - mu) = q.k - q.mu shifts
+  // every score of a query by the same amount, so softmax is unchanged; values: sum p (v - mu) + mu
+  // = sum p v since the probabilities sum to 1. Only quantization error changes. mu is the mean of
+  // the first write of a sequence (when it has at least kCenterMinTokens tokens; else no centering)
+  // and then stays fixed for that sequence. Applies to compressed (TurboQuant) layers only; keys are
+  // not centered on soft-capped layers (tanh breaks the shift invariance).
+  // Off here, so that the library's plain codec (and the GPU runtime, which does not center)
+  // stay the reference; `tqkv generate` and `tqkv perplexity` turn keys on by default on the CPU.
+  bool center_keys = false;
+  bool center_values = false;
+  static constexpr int kCenterMinTokens = 8;
+  // Evaluation only (quality comparison with llama.cpp's rotated q4_0 KV cache): "q4_0h" rounds
+  // K and V of the layers the format would compress through a randomized Hadamard rotation and
+  // q4_0 (blocks of 32, one fp16 absmax scale, 4.5 bits per element), rotates back and stores them
+  // in an f16 cache. Empty = off. `format` must be f16 when this is set; center_keys/values then
+  // center before the rounding, as for TurboQuant.
+  std::string emulate;
 };
 // The paged cache (KVCache + the fused CPU attention of include/tqkv/attention.h) when `paged` and
 // the head size suits it (64..256, multiple of 8); else contiguous arrays (src/model/kv_contiguous.cpp,

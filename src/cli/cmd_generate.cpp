@@ -29,6 +29,8 @@ struct Options {
   bool as_json = false;
   bool greedy = false;
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
+  std::string center = "keys";  // keys (the CPU default) or none
+  std::vector<int> k8_layers;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -94,6 +96,8 @@ int run(const Options& o) {
 
   tqkv::KvOptions ko;
   ko.format = *fmt;
+  ko.center_keys = o.center == "keys";
+  ko.k8_layers = o.k8_layers;
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +
@@ -166,6 +170,11 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--system", o->system, "System prompt for --chat (default: the template's own, if any)");
   sub.add_option("-n,--n-predict", o->n, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
   sub.add_option("--kv", o->kv, "KV cache format: f16, k8v8, k8v4, k4v4, k4v3, k3v3, k2v2 (default k4v4)");
+  sub.add_option("--center", o->center,
+                 "keys (default): exact key centering before quantization (docs/formats.md); none: the plain codec. "
+                 "CPU only: the GPU runtime does not center")
+      ->check(CLI::IsMember({"keys", "none"}));
+  sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--ctx", o->ctx, "KV cache capacity in tokens (default: prompt + n)");
   sub.add_option("--temp", o->s.temperature, "Temperature; 0 = greedy (default 0)");
   sub.add_option("--top-k", o->s.top_k, "Top-k (default 40; 0 = off)");

@@ -26,8 +26,11 @@ struct Options {
   int chunks = 0;
   bool as_json = false;
   bool no_compare = false;
-  std::vector<int> f16_layers;
+  std::vector<int> f16_layers, k8_layers;
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
+  std::string center = "default";  // none, keys, values, kv, default (KvOptions' defaults)
+  std::string emulate;
+  bool per_layer = false;
 };
 
 int fail(const std::string& what, const tqkv::Status& st) {
@@ -77,7 +80,22 @@ int run(const Options& o) {
   po.format = *fmt;
   po.compare_f16 = !o.no_compare;
   po.f16_layers = o.f16_layers;
+  po.k8_layers = o.k8_layers;
+  if (o.device != "cpu" && !o.k8_layers.empty())
+    return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
+  // Default: keys centered on the CPU (docs/formats.md, "Key centering"); the GPU runtime does
+  // not center, so there the default is the plain codec and asking for centering is an error.
+  const std::string center = o.center != "default" ? o.center : (o.device == "cpu" ? "keys" : "none");
+  if (o.device != "cpu" && center != "none")
+    return fail("--center", tqkv::unsupported("centering is implemented by the CPU runtime only"));
+  po.center_keys = center == "keys" || center == "kv";
+  po.center_values = center == "values" || center == "kv";
+  if (o.device != "cpu" && (!o.emulate.empty() || o.per_layer))
+    return fail("--emulate/--per-layer", tqkv::unsupported("these evaluations run on the CPU runtime only"));
+  po.emulate = o.emulate;
+  po.per_layer = o.per_layer;
+  if (!o.emulate.empty()) po.format = tqkv::KvFormat{16, 16};  // --emulate stores into an f16 cache; --kv is ignored
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
     std::fprintf(stderr, "\r  [%.*s%*s] %d/%d chunks", fill, "==============================", width - fill, "",
@@ -106,6 +124,20 @@ int run(const Options& o) {
     j["kv_bytes"] = r->kv_bytes;
     j["kv_bytes_f16"] = r->kv_f16_bytes;
     j["seconds"] = r->seconds;
+    j["center_keys"] = po.center_keys;
+    j["center_values"] = po.center_values;
+    if (!po.emulate.empty()) j["emulate"] = po.emulate;
+    if (!r->layers.empty()) {
+      j["codec_k_rel_mse"] = r->codec_k_rel_mse;
+      j["codec_v_rel_mse"] = r->codec_v_rel_mse;
+      json layers = json::array();
+      for (const auto& e : r->layers)
+        layers.push_back({{"layer", e.layer}, {"compressed", e.compressed}, {"k_rel_mse", e.k_rel_mse},
+                          {"v_rel_mse", e.v_rel_mse}, {"k_rel_mse_vec", e.k_rel_mse_vec},
+                          {"v_rel_mse_vec", e.v_rel_mse_vec}, {"k_mean_energy", e.k_mean_energy},
+                          {"v_mean_energy", e.v_mean_energy}, {"att_rel_err", e.att_rel_err}});
+      j["layers"] = layers;
+    }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("%s  ctx %d, %d chunks, %lld predictions scored\n", o.kv.c_str(), o.ctx, r->chunks,
@@ -116,6 +148,16 @@ int run(const Options& o) {
                   r->f16_ppl, r->kld_mean, r->kld_p99, r->kld_max, 100.0 * r->top1_agreement);
     std::printf("  KV cache per chunk %.1f KiB (f16: %.1f KiB) | %.1f s\n", r->kv_bytes / 1024.0,
                 r->kv_f16_bytes / 1024.0, r->seconds);
+    if (!r->layers.empty()) {
+      std::printf("  codec on random vectors: K rel MSE %.5f, V rel MSE %.5f\n", r->codec_k_rel_mse,
+                  r->codec_v_rel_mse);
+      std::printf("  layer  K relMSE (per vec)   V relMSE (per vec)   |mean K|^2  |mean V|^2  attn out rel err\n");
+      for (const auto& e : r->layers)
+        std::printf("  %5d%s %.5f (%.5f)    %.5f (%.5f)    %.4f      %.4f      %.3e\n", e.layer,
+                    e.compressed ? " " : "*", e.k_rel_mse, e.k_rel_mse_vec, e.v_rel_mse, e.v_rel_mse_vec,
+                    e.k_mean_energy, e.v_mean_energy, e.att_rel_err);
+      std::printf("  (* = layer kept in f16; |mean|^2 is the share of the vectors' energy in their per-head mean)\n");
+    }
   }
   return 0;
 }
@@ -129,7 +171,17 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--chunks", o->chunks, "Evaluate at most this many chunks (default: all)");
   sub.add_option("--f16-layers", o->f16_layers, "Layers that keep an f16 cache (negative counts from the end), e.g. 0,-1")
       ->delimiter(',')->allow_extra_args(false);
+  sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (negative counts from the end), e.g. 11")
+      ->delimiter(',')->allow_extra_args(false);
   sub.add_flag("--no-compare", o->no_compare, "Do not run the f16 comparison");
+  sub.add_option("--center", o->center,
+                 "Exact centering before quantization: keys (default on the CPU), none, values, kv")
+      ->check(CLI::IsMember({"default", "none", "keys", "values", "kv"}));
+  sub.add_option("--emulate", o->emulate,
+                 "Evaluation only: q4_0h = llama.cpp's Hadamard-rotated q4_0 KV cache (4.5 bits), emulated in an f16 cache")
+      ->check(CLI::IsMember({"q4_0h"}));
+  sub.add_flag("--per-layer", o->per_layer,
+               "Per-layer diagnostics: reconstruction error of the cache's K and V, attention output error vs fp32");
   sub.add_flag("--json", o->as_json, "Print machine-readable JSON");
   sub.add_option("--device", o->device, "cpu (default) or cuda (the GPU runtime; needs a CUDA build and a GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}));

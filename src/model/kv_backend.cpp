@@ -21,8 +21,16 @@ Result<std::unique_ptr<KvBackend>> make_kv_backend(const ModelConfig& cfg, const
   if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
     return invalid_argument("KV cache: bits must be 2, 3, 4, 8 or 16");
   if (cfg.head_dim % 8 != 0) return unsupported("KV cache: head size must be a multiple of 8");
-  if (opt.paged && !opt.dense_fp32 && is_valid_head_dim(cfg.head_dim)) return make_paged_kv(cfg, opt);
-  return make_contiguous_kv(cfg, opt);
+  std::unique_ptr<KvBackend> kv;
+  if (opt.paged && !opt.dense_fp32 && is_valid_head_dim(cfg.head_dim)) {
+    TQKV_ASSIGN_OR_RETURN(kv, make_paged_kv(cfg, opt));
+  } else {
+    TQKV_ASSIGN_OR_RETURN(kv, make_contiguous_kv(cfg, opt));
+  }
+  const bool compressed = opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits;
+  if (opt.dense_fp32 || ((!compressed || (!opt.center_keys && !opt.center_values)) && opt.emulate.empty()))
+    return kv;
+  return wrap_kv_transform(cfg, opt, std::move(kv));
 }
 
 }  // namespace tqkv

@@ -13,4 +13,10 @@ Result<std::unique_ptr<KvBackend>> make_contiguous_kv(const ModelConfig& cfg, co
 // The paged TurboQuant cache with the fused CPU attention (src/model/kv_paged.cpp).
 Result<std::unique_ptr<KvBackend>> make_paged_kv(const ModelConfig& cfg, const KvOptions& opt);
 
+// Centering and the q4_0h emulation of KvOptions in front of `inner` (src/model/kv_transform.cpp).
+Result<std::unique_ptr<KvBackend>> wrap_kv_transform(const ModelConfig& cfg, const KvOptions& opt,
+                                                     std::unique_ptr<KvBackend> inner);
+// q4_0 quantize + dequantize of 32 floats (ggml's reference rounding; fp16 scale).
+void q4_0_round_trip(const float* x, float* y);
+
 }  // namespace tqkv

@@ -51,6 +51,8 @@ class ContiguousKv final : public KvBackend {
         int bits = s == 0 ? opt.format.k_bits : opt.format.v_bits;
         bool keep_f16 = sliding;  // sliding layers keep an uncompressed window
         for (int fl : opt.f16_layers) keep_f16 |= (fl >= 0 ? fl : cfg.n_layer + fl) == l;
+        for (int kl : opt.k8_layers)
+          if (s == 0 && bits < 8 && (kl >= 0 ? kl : cfg.n_layer + kl) == l) bits = 8;
         if (opt.dense_fp32) bits = 32;
         else if (keep_f16) bits = 16;
         side.bits = bits;

@@ -3,10 +3,12 @@
 // Per-layer policy: the chosen format, f16 for KvOptions::f16_layers, and an f16 sliding window
 // for Gemma's sliding layers (the cache evicts pages that fall out of the window).
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "model/kv_backends.h"
 #include "tqkv/attention.h"
+#include "tqkv/fp16.h"
 #include "tqkv/kv_cache.h"
 
 namespace tqkv {
@@ -47,6 +49,8 @@ class PagedKv final : public KvBackend {
       const bool sliding = cfg.is_sliding(l) && cfg.sliding_window > 0;
       bool f16 = sliding;
       for (int fl : opt.f16_layers) f16 |= (fl >= 0 ? fl : cfg.n_layer + fl) == l;
+      for (int kl : opt.k8_layers)
+        if (p.k_bits < 8 && (kl >= 0 ? kl : cfg.n_layer + kl) == l) p.k_bits = 8;
       if (f16) p.k_bits = p.v_bits = kF16Bits;
       if (sliding) p.window = cfg.sliding_window;
       cc.layers.push_back(p);
@@ -115,6 +119,42 @@ class PagedKv final : public KvBackend {
     }
     return total;
   }
+  // Decodes the cache's own bytes (pages of this sequence) with the layer's codec.
+  Status read_back(int layer, int64_t pos0, int n, float* k, float* v) const override {
+    if (layer < 0 || layer >= cfg_.n_layer) return out_of_range("read_back: bad layer");
+    if (pos0 < 0 || pos0 + n > tokens_) return out_of_range("read_back: positions not held");
+    const int32_t ids[1] = {seq_};
+    KVViewWorkspace ws;
+    TQKV_ASSIGN_OR_RETURN(PagedKVView view, cache_->view(layer, ids, &ws));
+    const int H = cfg_.n_head_kv, D = cfg_.head_dim, ps = view.page_size;
+    for (int side = 0; side < 2; ++side) {
+      const KVSideView& sv = side == 0 ? view.k : view.v;
+      const TurboQuantCodec* codec = side == 0 ? cache_->k_codec(layer) : cache_->v_codec(layer);
+      float* dst = side == 0 ? k : v;
+      for (int t = 0; t < n; ++t) {
+        const int64_t pos = pos0 + t;
+        const int64_t lp = pos / ps - view.first_page[0];
+        if (lp < 0) return out_of_range("read_back: position evicted");
+        const int32_t page = view.page_table[lp];
+        const int32_t row = static_cast<int32_t>(pos % ps);
+        for (int h = 0; h < H; ++h) {
+          const uint8_t* tile = sv.pages + (static_cast<int64_t>(page) * H + h) * sv.tile_bytes;
+          float* o = dst + (static_cast<int64_t>(t) * H + h) * D;
+          if (codec == nullptr) {
+            const uint16_t* x = reinterpret_cast<const uint16_t*>(tile) + static_cast<int64_t>(row) * D;
+            for (int j = 0; j < D; ++j) o[j] = fp16_to_float(x[j]);
+          } else {
+            const int64_t ib = codec->index_bytes();
+            uint16_t sc;
+            std::memcpy(&sc, tile + tile_scales_offset(ps, D, codec->bits()) + 2 * row, 2);
+            codec->decode(tile + row * ib, &sc, 1, o, CodePath::kReference);
+          }
+        }
+      }
+    }
+    return Status::ok();
+  }
+
   std::string describe() const override {
     std::string s = kv_format_name(opt_.format) + " paged (16-token pages)";
     int sliding = 0, f16 = 0;

@@ -23,7 +23,9 @@ int argmax(const std::vector<float>& v) {
   return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
-void run(const std::string& model_name, const std::string& kv_name, int need) {
+// need_same: prompts identical for all 32 tokens; need_total: tokens agreeing before the first
+// difference, summed over the 20 prompts (of 640), a steadier measure than the count.
+void run(const std::string& model_name, const std::string& kv_name, bool center, int need_same, int need_total) {
   if (!std::getenv("TQKV_LONG_TESTS")) GTEST_SKIP() << "set TQKV_LONG_TESTS=1 to run";
   const std::string path = source_dir() + "/models/" + model_name + ".gguf";
   if (!std::ifstream(path).good()) GTEST_SKIP() << path << " absent: run `make models`";
@@ -39,7 +41,7 @@ void run(const std::string& model_name, const std::string& kv_name, int need) {
   ASSERT_EQ(prompts.size(), 20u);
   constexpr int kTokens = 32;
   const int V = (*model)->config().n_vocab;
-  int same = 0;
+  int same = 0, total = 0;
   std::string detail;
   for (const std::string& p : prompts) {
     auto ids = (*tok)->encode(p, (*tok)->add_bos(), false);
@@ -48,6 +50,7 @@ void run(const std::string& model_name, const std::string& kv_name, int need) {
     tqkv::KvOptions a, b;
     a.format = *tqkv::parse_kv_format("f16");
     b.format = *tqkv::parse_kv_format(kv_name);
+    b.center_keys = center;
     a.max_tokens = b.max_tokens = n + kTokens;
     auto kva = tqkv::make_kv_backend((*model)->config(), a);
     auto kvb = tqkv::make_kv_backend((*model)->config(), b);
@@ -66,19 +69,26 @@ void run(const std::string& model_name, const std::string& kv_name, int need) {
       ASSERT_TRUE((*model)->forward(&ta, 1, n + s, **kvb, lb.data(), tqkv::LogitsMode::kLast).is_ok());
     }
     same += agree == kTokens ? 1 : 0;
+    total += agree;
     detail += " " + std::to_string(agree);
   }
-  std::printf("[greedy] %s %s vs f16: %d of 20 prompts identical for %d tokens (tokens agreeing per prompt:%s)\n",
-              model_name.c_str(), kv_name.c_str(), same, kTokens, detail.c_str());
-  EXPECT_GE(same, need);
+  std::printf("[greedy] %s %s%s vs f16: %d of 20 prompts identical for %d tokens; %d of %d tokens agree "
+              "before the first difference (per prompt:%s)\n",
+              model_name.c_str(), kv_name.c_str(), center ? "" : " (keys not centered)", same, kTokens, total,
+              20 * kTokens, detail.c_str());
+  EXPECT_GE(same, need_same);
+  EXPECT_GE(total, need_total);
 }
 
-// Measured (docs/benchmarks.md): k4v4 falls well short of "most" on both small models (2/20
-// SmolLM2, 4/20 Gemma 3; k8v4: 5/20 and 12/20). The bounds below are the measured counts minus a
-// margin, so that a regression fails; they are NOT the target, which is not met.
-TEST(GreedyVsF16, SmolLM2K4V4) { run("smollm2-135m-instruct-q4_1", "k4v4", 1); }
-TEST(GreedyVsF16, Gemma3K4V4) { run("gemma3-270m-q4_k_m", "k4v4", 2); }
-TEST(GreedyVsF16, SmolLM2K8V4) { run("smollm2-135m-instruct-q4_1", "k8v4", 3); }
-TEST(GreedyVsF16, Gemma3K8V4) { run("gemma3-270m-q4_k_m", "k8v4", 10); }
+// Measured 2026-11-29 (docs/benchmarks.md, "Greedy decoding"): k4v4 falls well short of the
+// issue's "most of 20" on both small models (SmolLM2 0/20, Gemma 3 7/20 with centered keys; 2/20
+// and 4/20 without). The bounds are the measured values minus a margin, so that a regression
+// fails; they are NOT the target, which is not met.
+TEST(GreedyVsF16, SmolLM2K4V4) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 0, 120); }
+TEST(GreedyVsF16, Gemma3K4V4) { run("gemma3-270m-q4_k_m", "k4v4", true, 5, 300); }
+TEST(GreedyVsF16, SmolLM2K4V4NotCentered) { run("smollm2-135m-instruct-q4_1", "k4v4", false, 1, 150); }
+TEST(GreedyVsF16, Gemma3K4V4NotCentered) { run("gemma3-270m-q4_k_m", "k4v4", false, 2, 160); }
+TEST(GreedyVsF16, SmolLM2K8V4) { run("smollm2-135m-instruct-q4_1", "k8v4", true, 2, 250); }
+TEST(GreedyVsF16, Gemma3K8V4) { run("gemma3-270m-q4_k_m", "k8v4", true, 12, 450); }
 
 }  // namespace

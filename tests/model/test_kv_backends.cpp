@@ -8,11 +8,15 @@
 #include <vector>
 
 #include "tqkv/codec.h"
+#include "tqkv/fp16.h"
 #include "tqkv/model.h"
+#include "model/kv_backends.h"
 
 namespace {
 
-void check(int head_dim, int k_bits, int v_bits, int window, bool paged) {
+// center: 0 none, 1 keys, 2 keys and values (KvOptions::center_*). The expected cache contents
+// are then decode(x - mu) + mu with mu the mean of the first write (50 tokens), per KV head.
+void check(int head_dim, int k_bits, int v_bits, int window, bool paged, int center = 0) {
   tqkv::ModelConfig c;
   c.n_layer = 1;
   c.n_head = 4;
@@ -29,6 +33,11 @@ void check(int head_dim, int k_bits, int v_bits, int window, bool paged) {
   for (float& x : v) x = nd(rng);
   // Decoded copies, as the codec reconstructs them.
   auto decoded = [&](const std::vector<float>& x, int bits) {
+    if (bits == 16) {  // the f16 side: rounding only
+      std::vector<float> out(x.size());
+      for (size_t i = 0; i < x.size(); ++i) out[i] = tqkv::fp16_to_float(tqkv::float_to_fp16(x[i]));
+      return out;
+    }
     tqkv::CodecConfig cc;
     cc.head_dim = D;
     cc.bits = bits;
@@ -43,8 +52,27 @@ void check(int head_dim, int k_bits, int v_bits, int window, bool paged) {
     codec->decode(idx.data(), sc.data(), n, out.data());
     return out;
   };
-  const std::vector<float> kd = decoded(k, k_bits), vd = decoded(v, v_bits);
+  // mu over the first write (tokens 0..49), per KV head and channel; zero when not centered.
+  auto mean50 = [&](const std::vector<float>& x, bool on) {
+    std::vector<float> mu(H * D, 0.0f);
+    if (!on) return mu;
+    for (int i = 0; i < H * D; ++i) {
+      double acc = 0;
+      for (int t = 0; t < 50; ++t) acc += x[t * H * D + i];
+      mu[i] = static_cast<float>(acc / 50);
+    }
+    return mu;
+  };
+  const std::vector<float> mk = mean50(k, center >= 1 && k_bits != 16), mv = mean50(v, center >= 2 && v_bits != 16);
+  auto shifted = [&](std::vector<float> x, const std::vector<float>& mu, float sign) {
+    for (size_t i = 0; i < x.size(); ++i) x[i] += sign * mu[i % (H * D)];
+    return x;
+  };
+  const std::vector<float> kd = shifted(decoded(shifted(k, mk, -1), k_bits), mk, 1);
+  const std::vector<float> vd = shifted(decoded(shifted(v, mv, -1), v_bits), mv, 1);
   tqkv::KvOptions a, b;
+  a.center_keys = center >= 1;
+  a.center_values = center >= 2;
   a.format = {k_bits, v_bits};
   a.max_tokens = T;
   a.paged = paged;
@@ -69,7 +97,99 @@ void check(int head_dim, int k_bits, int v_bits, int window, bool paged) {
   for (size_t i = 0; i < oa.size(); ++i)
     if (!(std::fabs(oa[i] - ob[i]) <= 1e-4 + 1e-4 * std::fabs(ob[i]))) ++bad;
   EXPECT_EQ(bad, 0) << "head_dim " << D << " k" << k_bits << "v" << v_bits << " window " << window
-                    << (paged ? " paged" : " contiguous");
+                    << (paged ? " paged" : " contiguous") << " center " << center;
+  // What the paged cache holds, read back, is the decoded vectors (the per-layer diagnostics use it).
+  if (paged && window == 0) {
+    std::vector<float> kr(k.size()), vr(v.size());
+    ASSERT_TRUE((*kva)->read_back(0, 0, T, kr.data(), vr.data()).is_ok());
+    int bad_rb = 0;
+    for (size_t i = 0; i < kr.size(); ++i) {
+      if (!(std::fabs(kr[i] - kd[i]) <= 1e-5 + 1e-5 * std::fabs(kd[i]))) ++bad_rb;
+      if (!(std::fabs(vr[i] - vd[i]) <= 1e-5 + 1e-5 * std::fabs(vd[i]))) ++bad_rb;
+    }
+    EXPECT_EQ(bad_rb, 0) << "read_back, head_dim " << D << " k" << k_bits << "v" << v_bits << " center " << center;
+  }
+}
+
+// Centering is exact: attention over the centered cache equals dense attention over the decoded
+// centered vectors with mu added back (keys: the softmax ignores the per-query shift; values: mu
+// comes back through the output).
+TEST(KvBackends, CenteredAttentionMatchesDecodedVectors) {
+  for (bool paged : {false, true})
+    for (int hd : {64, 256})
+      for (auto [kb, vb] : {std::pair{4, 4}, {3, 3}, {4, 16}})
+        for (int center : {1, 2}) check(hd, kb, vb, 0, paged, center);
+  check(64, 4, 4, 32, true, 2);
+}
+
+// Centering does not change attention beyond quantization: with 8-bit keys and values the
+// centered and plain caches give nearly the same output, and both stay close to fp32.
+TEST(KvBackends, CenteringKeepsTheAttentionOutput) {
+  tqkv::ModelConfig c;
+  c.n_layer = 1;
+  c.n_head = 2;
+  c.n_head_kv = 1;
+  c.head_dim = 64;
+  c.layer_sliding = {0};
+  const int T = 64, D = 64;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> q(T * 2 * D), k(T * D), v(T * D);
+  for (float& x : q) x = nd(rng);
+  // Keys with a large common offset (what real keys look like: most of their energy in the mean).
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < D; ++j) k[t * D + j] = 0.3f * nd(rng) + (j % 3 == 0 ? 2.0f : -0.5f);
+  for (float& x : v) x = nd(rng);
+  tqkv::LayerAttention la;
+  la.scale = 0.125f;
+  auto run = [&](bool dense, bool center, int bits) {
+    tqkv::KvOptions o;
+    o.max_tokens = T;
+    o.dense_fp32 = dense;
+    o.center_keys = o.center_values = center;
+    o.format = {bits, bits};
+    auto kv = tqkv::make_kv_backend(c, o);
+    EXPECT_TRUE(kv.is_ok());
+    std::vector<float> out(q.size());
+    EXPECT_TRUE((*kv)->attend(la, 0, T, q.data(), k.data(), v.data(), out.data()).is_ok());
+    return out;
+  };
+  const auto ref = run(true, false, 16);
+  auto rel = [&](const std::vector<float>& o) {
+    double e = 0, n = 0;
+    for (size_t i = 0; i < o.size(); ++i) e += (o[i] - ref[i]) * (o[i] - ref[i]), n += ref[i] * ref[i];
+    return e / n;
+  };
+  EXPECT_LT(rel(run(false, true, 8)), 1e-4);
+  EXPECT_LT(rel(run(false, false, 8)), 1e-4);
+  // At 4 bits centering the offset keys cuts the output error (the codec's error scales with |k|).
+  EXPECT_LT(rel(run(false, true, 4)), rel(run(false, false, 4)));
+}
+
+// q4_0 round trip (the q4_0h emulation): the element of largest magnitude is exact (it defines
+// the scale, up to its fp16 rounding) and every element is within half a step (or clamped to the
+// last level, which is one step wide on the other side).
+TEST(KvBackends, Q4_0RoundTrip) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd;
+  for (int trial = 0; trial < 200; ++trial) {
+    float x[32], y[32];
+    for (float& e : x) e = nd(rng) * (trial % 7 + 1);
+    tqkv::q4_0_round_trip(x, y);
+    float amax = 0;
+    int im = 0;
+    for (int j = 0; j < 32; ++j)
+      if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), im = j;
+    const float d = amax / 8;
+    EXPECT_NEAR(y[im], x[im], 1e-3f * amax);
+    for (int j = 0; j < 32; ++j) {
+      const float bound = std::fabs(x[j]) > 7.5f * d ? d : 0.5f * d;  // +8 steps do not exist: clamped to 7
+      EXPECT_LE(std::fabs(y[j] - x[j]), bound + 1e-3f * amax) << j;
+    }
+  }
+  float z[32] = {}, w[32];
+  tqkv::q4_0_round_trip(z, w);
+  for (float e : w) EXPECT_EQ(e, 0.0f);
 }
 
 TEST(KvBackends, CompressedAttentionMatchesDecodedVectors) {
