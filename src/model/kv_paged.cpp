@@ -157,14 +157,16 @@ class PagedKv final : public KvBackend {
 
   std::string describe() const override {
     std::string s = kv_format_name(opt_.format) + " paged (16-token pages)";
-    int sliding = 0, f16 = 0;
+    int sliding = 0, f16 = 0, k8 = 0;
     for (int l = 0; l < cfg_.n_layer; ++l) {
       const bool sl = cfg_.is_sliding(l) && cfg_.sliding_window > 0;
       sliding += sl ? 1 : 0;
       f16 += !sl && cache_->policy(l).k_bits == kF16Bits && opt_.format.k_bits != kF16Bits ? 1 : 0;
+      k8 += !sl && cache_->policy(l).k_bits == 8 && opt_.format.k_bits < 8 ? 1 : 0;
     }
     if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
     if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
+    if (k8 > 0) s += ", " + std::to_string(k8) + " layers with 8-bit keys";
     return s;
   }
 

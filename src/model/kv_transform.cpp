@@ -126,7 +126,8 @@ class TransformKv final : public KvBackend {
     std::string s = inner_->describe();
     if (!opt_.emulate.empty()) s = opt_.emulate + " (emulated, stored as " + s + ")";
     const bool emu = !opt_.emulate.empty();
-    if (opt_.center_keys && (opt_.format.k_bits != kF16Bits || emu)) s += ", keys centered";
+    if (opt_.center_keys && (opt_.format.k_bits != kF16Bits || emu))
+      s += ", keys centered (when the first write has >= " + std::to_string(KvOptions::kCenterMinTokens) + " tokens)";
     if (opt_.center_values && (opt_.format.v_bits != kF16Bits || emu)) s += ", values centered";
     return s;
   }

@@ -25,7 +25,8 @@ int argmax(const std::vector<float>& v) {
 
 // need_same: prompts identical for all 32 tokens; need_total: tokens agreeing before the first
 // difference, summed over the 20 prompts (of 640), a steadier measure than the count.
-void run(const std::string& model_name, const std::string& kv_name, bool center, int need_same, int need_total) {
+void run(const std::string& model_name, const std::string& kv_name, bool center, int need_same, int need_total,
+         std::vector<int> k8_layers = {}) {
   if (!std::getenv("TQKV_LONG_TESTS")) GTEST_SKIP() << "set TQKV_LONG_TESTS=1 to run";
   const std::string path = source_dir() + "/models/" + model_name + ".gguf";
   if (!std::ifstream(path).good()) GTEST_SKIP() << path << " absent: run `make models`";
@@ -51,6 +52,7 @@ void run(const std::string& model_name, const std::string& kv_name, bool center,
     a.format = *tqkv::parse_kv_format("f16");
     b.format = *tqkv::parse_kv_format(kv_name);
     b.center_keys = center;
+    b.k8_layers = k8_layers;
     a.max_tokens = b.max_tokens = n + kTokens;
     auto kva = tqkv::make_kv_backend((*model)->config(), a);
     auto kvb = tqkv::make_kv_backend((*model)->config(), b);
@@ -74,18 +76,21 @@ void run(const std::string& model_name, const std::string& kv_name, bool center,
   }
   std::printf("[greedy] %s %s%s vs f16: %d of 20 prompts identical for %d tokens; %d of %d tokens agree "
               "before the first difference (per prompt:%s)\n",
-              model_name.c_str(), kv_name.c_str(), center ? "" : " (keys not centered)", same, kTokens, total,
+              model_name.c_str(), kv_name.c_str(),
+              (std::string(center ? "" : " (keys not centered)") + (k8_layers.empty() ? "" : " (8-bit keys in some layers)")).c_str(), same, kTokens, total,
               20 * kTokens, detail.c_str());
   EXPECT_GE(same, need_same);
   EXPECT_GE(total, need_total);
 }
 
 // Measured 2026-11-29 (docs/benchmarks.md, "Greedy decoding"): k4v4 falls well short of the
-// issue's "most of 20" on both small models (SmolLM2 0/20, Gemma 3 7/20 with centered keys; 2/20
-// and 4/20 without). The bounds are the measured values minus a margin, so that a regression
+// issue's "most of 20" on both small models (SmolLM2 0/20, Gemma 3 7/20 with centered keys, also 7/20
+// with 8-bit keys in layer 11; 2/20 and 4/20 without centering). The bounds are the measured values minus a margin, so that a regression
 // fails; they are NOT the target, which is not met.
 TEST(GreedyVsF16, SmolLM2K4V4) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 0, 120); }
-TEST(GreedyVsF16, Gemma3K4V4) { run("gemma3-270m-q4_k_m", "k4v4", true, 5, 300); }
+TEST(GreedyVsF16, Gemma3K4V4) { run("gemma3-270m-q4_k_m", "k4v4", true, 5, 280); }
+// Gemma 3 with 8-bit keys in global layer 11, the layer `tqkv perplexity --per-layer` shows dominating.
+TEST(GreedyVsF16, Gemma3K4V4K8Layer11) { run("gemma3-270m-q4_k_m", "k4v4", true, 5, 280, {11}); }
 TEST(GreedyVsF16, SmolLM2K4V4NotCentered) { run("smollm2-135m-instruct-q4_1", "k4v4", false, 1, 150); }
 TEST(GreedyVsF16, Gemma3K4V4NotCentered) { run("gemma3-270m-q4_k_m", "k4v4", false, 2, 160); }
 TEST(GreedyVsF16, SmolLM2K8V4) { run("smollm2-135m-instruct-q4_1", "k8v4", true, 2, 250); }

@@ -9,6 +9,7 @@
 
 #include "tqkv/codec.h"
 #include "tqkv/fp16.h"
+#include "tqkv/kv_layout.h"
 #include "tqkv/model.h"
 #include "model/kv_backends.h"
 
@@ -196,6 +197,39 @@ TEST(KvBackends, CompressedAttentionMatchesDecodedVectors) {
   for (bool paged : {false, true})
     for (int hd : {64, 96, 256})
       for (auto [kb, vb] : {std::pair{4, 4}, {8, 4}, {3, 3}, {2, 2}}) check(hd, kb, vb, 0, paged);
+}
+
+// KvOptions::k8_layers: the named layer's keys take 8 bits (its tiles grow by exactly that), the
+// other layers and the values keep the format.
+TEST(KvBackends, K8LayersRaiseOneLayersKeyBits) {
+  tqkv::ModelConfig c;
+  c.n_layer = 3;
+  c.n_head = 2;
+  c.n_head_kv = 1;
+  c.head_dim = 64;
+  c.layer_sliding = {0, 0, 0};
+  const int T = 32;
+  std::vector<float> x(T * 2 * 64, 0.25f), out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.1f * static_cast<float>(i));
+  auto bytes = [&](std::vector<int> k8) {
+    tqkv::KvOptions o;
+    o.max_tokens = T;
+    o.format = {4, 4};
+    o.k8_layers = k8;
+    auto kv = tqkv::make_kv_backend(c, o);
+    EXPECT_TRUE(kv.is_ok());
+    tqkv::LayerAttention la;
+    la.scale = 0.125f;
+    for (int l = 0; l < 3; ++l) {
+      la.layer = l;
+      EXPECT_TRUE((*kv)->attend(la, 0, T, x.data(), x.data(), x.data(), out.data()).is_ok());
+    }
+    return (*kv)->bytes_in_use();
+  };
+  const int64_t pages = T / tqkv::kDefaultPageSize;
+  const int64_t grow = pages * (tqkv::tile_bytes(tqkv::kDefaultPageSize, 64, 8) - tqkv::tile_bytes(tqkv::kDefaultPageSize, 64, 4));
+  EXPECT_EQ(bytes({-1}) - bytes({}), grow);
+  EXPECT_EQ(bytes({0, 2}) - bytes({}), 2 * grow);
 }
 
 TEST(KvBackends, RejectsBadArguments) {
