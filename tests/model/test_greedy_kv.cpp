@@ -84,9 +84,9 @@ void run(const std::string& model_name, const std::string& kv_name, bool center,
 }
 
 // Measured 2026-11-29 (docs/benchmarks.md, "Greedy decoding"): k4v4 falls well short of the
-// issue's "most of 20" on both small models (SmolLM2 0/20, Gemma 3 7/20 with centered keys, also 7/20
-// with 8-bit keys in layer 11; 2/20 and 4/20 without centering). The bounds are the measured values minus a margin, so that a regression
-// fails; they are NOT the target, which is not met.
+// issue's "most of 20" on both small models (SmolLM2 0/20, Gemma 3 7/20 with centered keys, also
+// 7/20 with 8-bit keys in layer 11; 2/20 and 4/20 without centering). The bounds are the measured
+// values minus a margin, so that a regression fails; they are NOT the target, not met.
 TEST(GreedyVsF16, SmolLM2K4V4) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 0, 120); }
 TEST(GreedyVsF16, Gemma3K4V4) { run("gemma3-270m-q4_k_m", "k4v4", true, 5, 280); }
 // Gemma 3 with 8-bit keys in global layer 11, the layer `tqkv perplexity --per-layer` shows dominating.
