@@ -30,6 +30,7 @@ struct Options {
   int ctx = 512;
   int chunks = 4;
   std::vector<int> f16_layers;
+  std::string center = "keys";       // exact key centering, as tqkv generate / perplexity default to
   double max_kld = 0.05;             // mean KL(P_f16 || P_format), nats
   double min_top1 = 0.85;            // fraction of positions with the same argmax
   double max_ppl_increase = 0.05;    // relative
@@ -81,6 +82,8 @@ int run(const Options& o) {
   po.compare_f16 = true;
   po.f16_layers = o.f16_layers;
   po.per_layer = true;
+  po.center_keys = o.center == "keys" || o.center == "kv";
+  po.center_values = o.center == "values" || o.center == "kv";
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
@@ -116,6 +119,7 @@ int run(const Options& o) {
     j["chunks"] = r->chunks;
     j["scored_tokens"] = r->scored;
     j["verdict"] = pass ? "PASS" : "FAIL";
+    j["center"] = o.center;
     j["ppl"] = r->ppl;
     j["f16_ppl"] = r->f16_ppl;
     j["ppl_increase"] = ppl_increase;
@@ -172,6 +176,9 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--chunks", o->chunks, "Chunks of text to evaluate (default 4)")->check(CLI::Range(1, 1 << 20));
   sub.add_option("--f16-layers", o->f16_layers, "Layers that keep an f16 cache (negative counts from the end), e.g. 0,-1")
       ->delimiter(',');
+  sub.add_option("--center", o->center,
+                 "Exact mean subtraction before quantizing: none, keys (default), values, kv (docs/formats.md)")
+      ->check(CLI::IsMember({"none", "keys", "values", "kv"}));
   sub.add_option("--max-kld", o->max_kld, "PASS needs mean KL divergence vs f16 at most this (nats; default 0.05)");
   sub.add_option("--min-top1", o->min_top1, "PASS needs top-1 agreement with f16 at least this (default 0.85)");
   sub.add_option("--max-ppl-increase", o->max_ppl_increase,
