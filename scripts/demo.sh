@@ -22,7 +22,7 @@ echo "== 2. The same question with an f16 cache, for comparison"
   --chat "Write one sentence about why the ocean is salty."
 
 echo
-echo "== 3. Quality: perplexity of $TEXT (2 chunks of 512 tokens), k4v4 and k8v4 against f16 in the same run"
+echo "== 3. Quality: perplexity of $TEXT (4 chunks of 512 tokens), k4v4 and k8v4 against f16 in the same run"
 for kv in k4v4 k8v4; do
-  "$TQKV" perplexity --model "$MODEL" --text "$TEXT" --ctx 512 --chunks 2 --kv "$kv"
+  "$TQKV" perplexity --model "$MODEL" --text "$TEXT" --ctx 512 --chunks 4 --kv "$kv"
 done
