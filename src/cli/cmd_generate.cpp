@@ -115,7 +115,16 @@ int run(const Options& o) {
   if (o.greedy) go.sampler.temperature = 0.0f;
   tqkv::Utf8StreamDecoder dec;
   std::string out_text;
+  // Completion mode echoes the prompt, but only once the first token exists: a run that fails
+  // before generating anything (no GPU, exhausted cache) prints only its error.
+  const bool echo_prompt = !o.as_json && o.chat.empty() && o.prompt_file.empty();
+  bool echoed = false;
+  auto echo = [&] {
+    if (echo_prompt && !echoed) std::fputs(o.prompt.c_str(), stdout);
+    echoed = true;
+  };
   auto on_token = [&](int32_t id) {
+    echo();
     const std::string piece = dec.push((*tok)->token_to_piece(id, /*render_special=*/false));
     out_text += piece;
     if (!o.as_json) {
@@ -123,10 +132,10 @@ int run(const Options& o) {
       std::fflush(stdout);
     }
   };
-  if (!o.as_json && o.chat.empty() && o.prompt_file.empty()) std::fputs(o.prompt.c_str(), stdout);
   auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token)
                                : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
+  echo();
   const std::string tail = dec.flush();
   out_text += tail;
   const double saved = st->kv_f16_bytes > 0 ? 1.0 - static_cast<double>(st->kv_bytes) / st->kv_f16_bytes : 0.0;
