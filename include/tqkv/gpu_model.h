@@ -88,6 +88,12 @@ struct GpuContextOptions {
   int max_chunk = 128;             // prefill tokens per forward pass
   bool use_graphs = true;          // capture decode steps in CUDA graphs
   uint64_t page_shuffle_seed = 1;  // 0 = pages in order; else a random placement in the pool
+  // Exact key centering as KvOptions::center_keys on the CPU (src/model/kv_transform.cpp): per
+  // layer and KV head, the mean of a sequence's first write (its first min(max_chunk,
+  // Model::kMaxChunk) tokens, the CPU's first chunk; only when that is >= kCenterMinTokens) is
+  // subtracted from every key of the sequence before quantize_and_store, on compressed layers
+  // without attention soft-capping. Matches the CPU's mu when max_chunk >= Model::kMaxChunk.
+  bool center_keys = false;
 };
 
 class GpuContext {
@@ -141,7 +147,7 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::ve
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                                   const std::function<void(int32_t)>& on_token);
+                                   const std::function<void(int32_t)>& on_token, bool center_keys = false);
 Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
                                                  const PerplexityOptions& opt,
                                                  const std::function<void(int done, int total)>& progress);

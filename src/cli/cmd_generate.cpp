@@ -46,14 +46,14 @@ int fail(const std::string& what, const tqkv::Status& st) {
 tqkv::Result<tqkv::GenerateStats> generate_on_gpu(const tqkv::Model& model, const tqkv::Tokenizer& tok,
                                                   tqkv::KvFormat fmt, int64_t max_tokens,
                                                   const std::vector<int32_t>& ids, const tqkv::GenerateOptions& go,
-                                                  const std::function<void(int32_t)>& on_token) {
+                                                  const std::function<void(int32_t)>& on_token, bool center_keys) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
   TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
   std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
-  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token);
+  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys);
 #else
-  (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token;
+  (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token, (void)center_keys;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -132,7 +132,7 @@ int run(const Options& o) {
       std::fflush(stdout);
     }
   };
-  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token)
+  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token, ko.center_keys)
                                : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
   echo();
@@ -180,8 +180,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("-n,--n-predict", o->n, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
   sub.add_option("--kv", o->kv, "KV cache format: f16, k8v8, k8v4, k4v4, k4v3, k3v3, k2v2 (default k4v4)");
   sub.add_option("--center", o->center,
-                 "keys (default): exact key centering before quantization (docs/formats.md); none: the plain codec. "
-                 "CPU only: the GPU runtime does not center")
+                 "keys (default): exact key centering before quantization (docs/formats.md); none: the plain codec "
+                 "(CPU and GPU runtimes)")
       ->check(CLI::IsMember({"keys", "none"}));
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--ctx", o->ctx, "KV cache capacity in tokens (default: prompt + n)");

@@ -84,11 +84,11 @@ int run(const Options& o) {
   if (o.device != "cpu" && !o.k8_layers.empty())
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
-  // Default: keys centered on the CPU (docs/formats.md, "Key centering"); the GPU runtime does
-  // not center, so there the default is the plain codec and asking for centering is an error.
-  const std::string center = o.center != "default" ? o.center : (o.device == "cpu" ? "keys" : "none");
-  if (o.device != "cpu" && center != "none")
-    return fail("--center", tqkv::unsupported("centering is implemented by the CPU runtime only"));
+  // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
+  // value centering is implemented by the CPU runtime only.
+  const std::string center = o.center != "default" ? o.center : "keys";
+  if (o.device != "cpu" && center != "none" && center != "keys")
+    return fail("--center", tqkv::unsupported("value centering is implemented by the CPU runtime only"));
   po.center_keys = center == "keys" || center == "kv";
   po.center_values = center == "values" || center == "kv";
   if (o.device != "cpu" && (!o.emulate.empty() || o.per_layer))
@@ -175,7 +175,7 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
       ->delimiter(',')->allow_extra_args(false);
   sub.add_flag("--no-compare", o->no_compare, "Do not run the f16 comparison");
   sub.add_option("--center", o->center,
-                 "Exact centering before quantization: keys (default on the CPU), none, values, kv")
+                 "Exact centering before quantization: keys (default), none, values, kv (values: CPU only)")
       ->check(CLI::IsMember({"default", "none", "keys", "values", "kv"}));
   sub.add_option("--emulate", o->emulate,
                  "Evaluation only: q4_0h = llama.cpp's Hadamard-rotated q4_0 KV cache (4.5 bits), emulated in an f16 cache")

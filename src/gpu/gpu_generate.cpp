@@ -32,13 +32,14 @@ int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, 
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                                   const std::function<void(int32_t)>& on_token) {
+                                   const std::function<void(int32_t)>& on_token, bool center_keys) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
   GpuContextOptions co;
   co.format = format;
   co.f16_layers = f16_layers;
   co.max_seqs = 1;
   co.max_tokens = max_tokens;
+  co.center_keys = center_keys;
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
   TQKV_ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(opt.sampler));
   const int V = model.config().n_vocab;
@@ -75,6 +76,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
                                                  const PerplexityOptions& opt,
                                                  const std::function<void(int, int)>& progress) {
   if (opt.ctx < 16) return invalid_argument("perplexity: --ctx must be at least 16");
+  if (opt.center_values) return unsupported("perplexity: value centering is implemented by the CPU runtime only");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
   if (avail < 1)
     return invalid_argument("perplexity: the text has " + std::to_string(tokens.size()) +
@@ -90,6 +92,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   co.max_seqs = 1;
   co.max_tokens = opt.ctx;
   co.max_chunk = kChunk;
+  co.center_keys = opt.center_keys;
   TQKV_ASSIGN_OR_RETURN(auto kv, GpuContext::create(model, co));
   std::unique_ptr<GpuContext> kv_ref;
   if (compare) {

@@ -287,6 +287,38 @@ Status advance_positions(int32_t* pos, int T, cudaStream_t s) {
   return Status::ok();
 }
 
+namespace {
+// One thread per coordinate: the mean over n rows, accumulated in double in row order (as the CPU).
+__global__ void key_mean_kernel(const float* __restrict__ k, int n, int kv, float* __restrict__ mu) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= kv) return;
+  double acc = 0.0;
+  for (int t = 0; t < n; ++t) acc += k[static_cast<int64_t>(t) * kv + i];
+  mu[i] = static_cast<float>(acc / n);
+}
+__global__ void subtract_key_mean_kernel(float* __restrict__ k, const int32_t* __restrict__ seq, int T, int kv,
+                                         const float* __restrict__ mu, int64_t seq_stride) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(T) * kv) return;
+  const int t = static_cast<int>(i / kv), j = static_cast<int>(i % kv);
+  k[i] -= mu[seq[t] * seq_stride + j];
+}
+}  // namespace
+
+Status key_mean(const float* k, int n, int kv, float* mu, cudaStream_t s) {
+  key_mean_kernel<<<(kv + 127) / 128, 128, 0, s>>>(k, n, kv, mu);
+  LAUNCH_CHECK();
+  return Status::ok();
+}
+
+Status subtract_key_mean(float* k, const int32_t* seq, int T, int kv, const float* mu, int64_t seq_stride,
+                         cudaStream_t s) {
+  const int64_t n = static_cast<int64_t>(T) * kv;
+  subtract_key_mean_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(k, seq, T, kv, mu, seq_stride);
+  LAUNCH_CHECK();
+  return Status::ok();
+}
+
 Status fill_uniform_f16(uint16_t* w, int64_t n, float amplitude, uint64_t seed, cudaStream_t s) {
   fill_f16_kernel<<<grid_for(n, 256), 256, 0, s>>>(w, n, amplitude, seed);
   LAUNCH_CHECK();

@@ -64,6 +64,12 @@ Status prepare_step(const PrepareArgs& a, cudaStream_t s);
 // pos[t] += 1 (decode graphs advance their own positions).
 Status advance_positions(int32_t* pos, int T, cudaStream_t s);
 
+// Key centering (src/model/kv_transform.cpp on the CPU): mu[i] = mean over t < n of k[t][i]
+// (k: [n][kv] fp32; double accumulation), and k[t][i] -= mu[seq[t] * seq_stride + i] for t < T.
+Status key_mean(const float* k, int n, int kv, float* mu, cudaStream_t s);
+Status subtract_key_mean(float* k, const int32_t* seq, int T, int kv, const float* mu, int64_t seq_stride,
+                         cudaStream_t s);
+
 // Random fills (benchmarks, synthetic models). Deterministic from seed.
 Status fill_uniform_f16(uint16_t* w, int64_t n, float amplitude, uint64_t seed, cudaStream_t s);
 Status fill_f32(float* w, int64_t n, float value, cudaStream_t s);

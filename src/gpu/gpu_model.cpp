@@ -398,6 +398,13 @@ struct GpuContext::Impl {
   float* boundaries[17] = {};
   float* rotation = nullptr;
   float* signs = nullptr;
+  // Key centering (opt.center_keys): mu_k [max_seqs][n_layer][kv_dim], zero where a sequence is
+  // not centered (subtracting 0 is exact, so one captured graph serves every sequence);
+  // center_layer[l]: keys of layer l are centered. first_write / first_seq: set by prefill for
+  // the first forward pass of a sequence (the tokens whose mean becomes mu), 0 otherwise.
+  float* mu_k = nullptr;
+  std::vector<uint8_t> center_layer;
+  int first_write = 0, first_seq = 0;
 
   float *x = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *gu = nullptr,
         *logits = nullptr;
@@ -511,6 +518,12 @@ struct GpuContext::Impl {
       qa.k = k;
       qa.v = v;
       TQKV_RETURN_IF_ERROR(gpu::qkv_post(qa, stream));
+      if (mu_k != nullptr && center_layer[l]) {
+        const int64_t stride = static_cast<int64_t>(c.n_layer) * KV;
+        if (first_write > 0)
+          TQKV_RETURN_IF_ERROR(gpu::key_mean(k, first_write, KV, mu_k + first_seq * stride + static_cast<int64_t>(l) * KV, stream));
+        TQKV_RETURN_IF_ERROR(gpu::subtract_key_mean(k, d_seq(), T, KV, mu_k + static_cast<int64_t>(l) * KV, stride, stream));
+      }
       const PagedKVView vw = view(l, T);
       const LayerKv& LK = lkv[l];
       TQKV_RETURN_IF_ERROR(cuda::quantize_and_store(vw, LK.kb == kF16Bits ? nullptr : boundaries[LK.kb],
@@ -546,6 +559,14 @@ struct GpuContext::Impl {
     std::memcpy(h_in + Tmax, seqs, T * sizeof(int32_t));
     std::memcpy(h_in + 2 * Tmax, pos, T * sizeof(int32_t));
     CK(cudaMemcpyAsync(d_in, h_in, 3 * Tmax * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    return Status::ok();
+  }
+
+  // A sequence starting over: no centering until its first write says otherwise.
+  Status clear_mu(int seq) {
+    if (mu_k == nullptr) return Status::ok();
+    const int64_t stride = static_cast<int64_t>(cfg.n_layer) * cfg.kv_dim();
+    CK(cudaMemsetAsync(mu_k + seq * stride, 0, static_cast<size_t>(stride) * sizeof(float), stream));
     return Status::ok();
   }
 
@@ -663,6 +684,19 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
     TQKV_ASSIGN_OR_RETURN(L.v, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tv)));
   }
 
+  // Key centering: compressed keys of layers without attention soft-capping (as on the CPU).
+  m.center_layer.assign(static_cast<size_t>(c.n_layer), 0);
+  bool any_center = false;
+  for (int l = 0; l < c.n_layer; ++l) {
+    m.center_layer[l] = opt.center_keys && m.lkv[l].kb != kF16Bits && c.attn_softcap <= 0.0f ? 1 : 0;
+    any_center |= m.center_layer[l] != 0;
+  }
+  if (any_center) {
+    const size_t cnt = static_cast<size_t>(opt.max_seqs) * c.n_layer * c.kv_dim();
+    TQKV_ASSIGN_OR_RETURN(m.mu_k, a.alloc<float>(cnt));
+    CK(cudaMemset(m.mu_k, 0, cnt * sizeof(float)));
+  }
+
   // Activations and per-step arrays.
   const int64_t T = m.Tmax, E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
   TQKV_ASSIGN_OR_RETURN(m.x, a.alloc<float>(T * E));
@@ -719,9 +753,20 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
     const bool last = done + cnt == n;
     for (int i = 0; i < cnt; ++i) pos[i] = static_cast<int32_t>(m.lens[seq] + i);
     TQKV_RETURN_IF_ERROR(m.stage(cnt, tokens + done, seqs.data(), pos.data()));
+    // The sequence's first write fixes mu: the CPU's first write is its first forward chunk
+    // (Model::kMaxChunk tokens at most), so the mean is over that many tokens of this chunk.
+    m.first_write = 0;
+    if (m.lens[seq] == 0 && m.mu_k != nullptr) {
+      TQKV_RETURN_IF_ERROR(m.clear_mu(seq));
+      const int w = std::min(cnt, Model::kMaxChunk);
+      m.first_write = w >= KvOptions::kCenterMinTokens ? w : 0;
+      m.first_seq = seq;
+    }
     const bool want = logits != nullptr && (mode == LogitsMode::kAll || last);
     const int first = mode == LogitsMode::kAll ? 0 : cnt - 1;
-    TQKV_RETURN_IF_ERROR(m.enqueue_forward(cnt, want, first));
+    const Status fs = m.enqueue_forward(cnt, want, first);
+    m.first_write = 0;
+    TQKV_RETURN_IF_ERROR(fs);
     float* dst = nullptr;
     if (want) dst = mode == LogitsMode::kAll ? logits + static_cast<int64_t>(done) * m.cfg.n_vocab : logits;
     TQKV_RETURN_IF_ERROR(m.fetch(want ? cnt - first : 0, dst, nullptr));
@@ -740,6 +785,7 @@ Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32
     if (m.lens[b] + 1 > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
     seqs[b] = b;
     pos[b] = static_cast<int32_t>(m.lens[b]);
+    if (m.lens[b] == 0) TQKV_RETURN_IF_ERROR(m.clear_mu(b));  // a first write of one token: not centered
   }
   TQKV_RETURN_IF_ERROR(m.stage(batch, tokens, seqs.data(), pos.data()));
   auto it = m.graphs.find(batch);
@@ -923,6 +969,8 @@ std::string GpuContext::describe() const {
   }
   if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
   if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
+  if (m.mu_k != nullptr)
+    s += ", keys centered (when the first write has >= " + std::to_string(KvOptions::kCenterMinTokens) + " tokens)";
   return s;
 }
 

@@ -23,6 +23,11 @@
 // (independent quantization noise) would land at about sqrt(2). Per row ||gpu - cpu|| <=
 // max(0.1 ||cpu||, 1.5 d_q) (a bound on garbage). Top-1 differences are counted, not failed.
 // Perplexity (synthetic Gemma 3): GPU f16 perplexity within 1% of the CPU's, k4v4 within 5%.
+// Key centering (GpuContextOptions::center_keys against KvOptions::center_keys): the k4v4 ratio
+// test above against the CPU's centered k4v4 for every synthetic model (Gemma 2 is soft-capped:
+// not centered), on a Qwen2 with a large K bias also "closer to the CPU's centered than to its
+// plain k4v4"; perplexity with centering within 5% of the CPU's and its KLD no higher than
+// without. The reduced real models' fixtures are uncentered (tools/slice_gguf): compared so.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -117,6 +122,8 @@ struct Spec {
   float attn_softcap = 0, final_softcap = 0;
   GgmlType wtype = GgmlType::kF32;
   int n_tokens = 75;
+  bool must_differ = false;  // centered test: GPU centered must be clearly closer to CPU centered than CPU plain
+  float k_bias = 0.0f;  // qwen2: mean of the K bias (a large common key component, as in real models)
 };
 
 class Builder {
@@ -190,7 +197,7 @@ std::vector<uint8_t> build(const Spec& s) {
     }
     if (a == "qwen2") {
       b.vec(p + "attn_q.bias", Q, 0.0f);
-      b.vec(p + "attn_k.bias", KV, 0.0f);
+      b.vec(p + "attn_k.bias", KV, s.k_bias);
       b.vec(p + "attn_v.bias", KV, 0.0f);
     }
     if (a == "gemma3") {
@@ -220,7 +227,7 @@ void check_synthetic(const Spec& s) {
   std::vector<int32_t> ids(static_cast<size_t>(T));
   std::mt19937 rng(7);
   for (int32_t& id : ids) id = static_cast<int32_t>(rng() % V);
-  std::vector<float> cpu_f16;
+  std::vector<float> cpu_f16, cpu_q, gpu_q;
   for (const char* fs : {"f16", "k4v4"}) {
     auto fmt = tqkv::parse_kv_format(fs);
     ASSERT_TRUE(fmt.is_ok());
@@ -260,11 +267,66 @@ void check_synthetic(const Spec& s) {
       std::printf("[gpu synthetic] %-6s %-4s: %d rows, worst relative L2 %.3g, top-1 mismatches %d, near ties %d\n",
                   s.arch.c_str(), fs, rc.rows, rc.worst_rel, rc.top1_mismatch, rc.near_ties);
     } else {
+      cpu_q = cpu;
+      gpu_q = gpu;
       EXPECT_LE(rc.ratio(), 0.75) << s.arch << ": GPU k4v4 is not much closer to the CPU's k4v4 than compression moves it";
       std::printf("[gpu synthetic] %-6s %-4s: %d rows, worst relative L2 %.3g, |gpu-cpu| / |cpu k4v4 - cpu f16| = %.3f, "
                   "top-1 differences %d\n", s.arch.c_str(), fs, rc.rows, rc.worst_rel, rc.ratio(), rc.top1_mismatch);
     }
   }
+
+  // k4v4 with key centering on both runtimes. The GPU's first prefill chunk is the CPU's first
+  // write (Model::kMaxChunk tokens), so both subtract the same mu (up to the fp16 rounding of K):
+  // the same ratio test against the CPU's centered k4v4. Where centering applies (no soft-capping)
+  // and moves the keys a lot (`must_differ`: a large K bias), the GPU's centered logits must also
+  // be closer to the CPU's centered ones than to the CPU's plain k4v4 (a GPU that did not center,
+  // or used another mu, would not be).
+  tqkv::KvOptions ko;
+  ko.format = {4, 4};
+  ko.max_tokens = T;
+  ko.center_keys = true;
+  auto kv = tqkv::make_kv_backend(c, ko);
+  ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
+  std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN);
+  ASSERT_TRUE((*model)->forward(ids.data(), pre, 0, **kv, cpu.data(), tqkv::LogitsMode::kAll).is_ok());
+  for (int t = pre; t < T; ++t)
+    ASSERT_TRUE((*model)->forward(&ids[t], 1, t, **kv, cpu.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
+  tqkv::GpuContextOptions o;
+  o.format = {4, 4};
+  o.max_tokens = T;
+  o.max_chunk = tqkv::Model::kMaxChunk;  // > 1 chunk still for T - 5 > 64
+  o.center_keys = true;
+  auto ctx = tqkv::GpuContext::create(**gm, o);
+  ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+  auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  for (int t = pre; t < T; ++t) {
+    st = (*ctx)->decode(&ids[t], 1, gpu.data() + static_cast<size_t>(t) * V, nullptr);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  const bool centers = s.attn_softcap <= 0.0f;
+  EXPECT_EQ((*ctx)->describe().find("keys centered") != std::string::npos, centers) << (*ctx)->describe();
+  RowCheck rc, rc_plain;
+  double move2 = 0;  // how far centering moved the CPU's logits
+  for (int t = 0; t < T; ++t) {
+    const size_t off = static_cast<size_t>(t) * V;
+    rc.add_compressed(gpu.data() + off, cpu.data() + off, cpu_f16.data() + off, V, s.arch + " k4v4 centered position " + std::to_string(t));
+    for (int i = 0; i < V; ++i) {
+      const double d = static_cast<double>(gpu[off + i]) - cpu_q[off + i];
+      rc_plain.sum_err2 += d * d;
+      const double m = static_cast<double>(cpu[off + i]) - cpu_q[off + i];
+      move2 += m * m;
+    }
+  }
+  rc_plain.sum_q2 = rc.sum_q2;
+  EXPECT_LE(rc.ratio(), 0.75) << s.arch << ": GPU centered k4v4 is not much closer to the CPU's centered k4v4 than compression moves it";
+  if (s.must_differ) {
+    EXPECT_LT(rc.ratio(), 0.75 * rc_plain.ratio()) << s.arch << ": GPU centered k4v4 is not closer to the CPU's centered k4v4 than to its plain k4v4";
+  }
+  std::printf("[gpu synthetic] %-6s k4v4 centered: %d rows, worst relative L2 %.3g, |gpu-cpu centered| / |cpu k4v4 - cpu f16| = %.3f, "
+              "|gpu centered - cpu plain k4v4| / same = %.3f, centering moved the CPU by %.3f of that, top-1 differences %d%s\n",
+              s.arch.c_str(), rc.rows, rc.worst_rel, rc.ratio(), rc_plain.ratio(), std::sqrt(move2 / std::max(rc.sum_q2, 1e-30)),
+              rc.top1_mismatch, centers ? "" : " (soft-capped: not centered)");
 }
 
 TEST(GpuSynthetic, Llama) {
@@ -309,6 +371,57 @@ TEST(GpuSynthetic, Gemma3) {
   s.wtype = GgmlType::kQ8_0;
   s.n_tokens = 130;  // the sliding ring (ceil((20 + 32) / 16) + 2 = 6 pages = 96 tokens) wraps
   check_synthetic(s);
+}
+
+// Qwen2 with a large K bias (mean 1 per coordinate: a common key component, which centering removes).
+TEST(GpuSynthetic, Qwen2KeyBiasCentered) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"qwen2", 128, 2, 2, 1, 64, 192};
+  s.tied = false;
+  s.k_bias = 1.0f;
+  s.must_differ = true;
+  s.n_tokens = 100;
+  check_synthetic(s);
+}
+
+// Key centering in gpu_evaluate_perplexity: against the CPU's centered perplexity, and the KLD to
+// the f16 cache no higher than without centering (Qwen2 with a large K bias: clearly lower).
+TEST(GpuSynthetic, PerplexityCenteredKeys) {
+  SKIP_WITHOUT_GPU();
+  Spec s{"qwen2", 128, 2, 2, 1, 64, 192};
+  s.tied = false;
+  s.k_bias = 1.0f;
+  const std::vector<uint8_t> file = build(s);
+  auto g = tqkv::parse_gguf(file.data(), file.size());
+  ASSERT_TRUE(g.is_ok());
+  auto model = tqkv::Model::from_gguf(&*g);
+  ASSERT_TRUE(model.is_ok());
+  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
+  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
+  std::vector<int32_t> ids(64 * 4 + 5);
+  std::mt19937 rng(5);
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % (*model)->config().n_vocab);
+  tqkv::PerplexityOptions po;
+  po.ctx = 64;
+  po.format = {4, 4};
+  po.center_keys = false;
+  auto gpu_plain = tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr);
+  ASSERT_TRUE(gpu_plain.is_ok()) << gpu_plain.status().to_string();
+  auto cpu_plain = tqkv::evaluate_perplexity(**model, ids, po, nullptr);
+  ASSERT_TRUE(cpu_plain.is_ok()) << cpu_plain.status().to_string();
+  po.center_keys = true;
+  auto cpu = tqkv::evaluate_perplexity(**model, ids, po, nullptr);
+  ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
+  auto gpu = tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr);
+  ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
+  ASSERT_TRUE(gpu->compared && gpu_plain->compared);
+  EXPECT_NEAR(gpu->ppl, cpu->ppl, 5e-2 * cpu->ppl);
+  EXPECT_LE(gpu->kld_mean, gpu_plain->kld_mean) << "centering raised the GPU's KLD";
+  po.center_values = true;
+  EXPECT_EQ(tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr).status().code(), tqkv::StatusCode::kUnsupported);
+  std::printf("[gpu perplexity centered] k4v4 ppl %.4f (cpu %.4f), KLD %.5f (cpu %.5f); plain: ppl %.4f (cpu %.4f), "
+              "KLD %.5f (cpu %.5f); f16 %.4f\n", gpu->ppl, cpu->ppl, gpu->kld_mean, cpu->kld_mean, gpu_plain->ppl,
+              cpu_plain->ppl, gpu_plain->kld_mean, cpu_plain->kld_mean, gpu->f16_ppl);
 }
 
 // gpu_evaluate_perplexity against evaluate_perplexity (CPU) on the same model and tokens.
