@@ -143,8 +143,9 @@ struct KvOptions {
   // the first write of a sequence (when it has at least kCenterMinTokens tokens; else no centering)
   // and then stays fixed for that sequence. Applies to compressed (TurboQuant) layers only; keys are
   // not centered on soft-capped layers (tanh breaks the shift invariance).
-  // Off here, so that the library's plain codec (and the GPU runtime, which does not center)
-  // stay the reference; `tqkv generate` and `tqkv perplexity` turn keys on by default on the CPU.
+  // Off here, so that the library's plain codec stays the reference; `tqkv generate`, `perplexity`
+  // and `verify` turn keys on by default (the GPU runtime centers the same way:
+  // GpuContextOptions::center_keys).
   bool center_keys = false;
   bool center_values = false;
   static constexpr int kCenterMinTokens = 8;
