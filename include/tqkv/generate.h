@@ -80,6 +80,25 @@ struct PerplexityResult {
   double codec_k_rel_mse = 0, codec_v_rel_mse = 0;
 };
 
+// Scores next-token predictions: negative log-likelihood of the true next token and, when a
+// reference run's logits over the same tokens are given, KL(P_ref || P) and top-1 agreement. The
+// scoring of `evaluate_perplexity` and of the GPU runtime's perplexity loop.
+class NextTokenScorer {
+ public:
+  explicit NextTokenScorer(int n_vocab) : n_vocab_(n_vocab) {}
+  // logits, ref_logits: [n_vocab] at the position that predicts `next`; ref_logits may be null.
+  void add(const float* logits, const float* ref_logits, int32_t next);
+  // Sets scored, nll_mean, ppl and, when reference rows were added, compared, f16_ppl, kld_*,
+  // top1_agreement.
+  void finish(PerplexityResult& r) const;
+
+ private:
+  int n_vocab_;
+  double nll_ = 0, nll_ref_ = 0;
+  int64_t scored_ = 0, agree_ = 0;
+  std::vector<double> klds_, lp_, lp_ref_;
+};
+
 Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vector<int32_t>& tokens,
                                              const PerplexityOptions& opt,
                                              const std::function<void(int done, int total)>& progress);

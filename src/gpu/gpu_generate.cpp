@@ -15,18 +15,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-void log_softmax(const float* x, int n, std::vector<double>& out) {
-  out.resize(static_cast<size_t>(n));
-  double mx = x[0];
-  for (int i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
-  double s = 0;
-  for (int i = 0; i < n; ++i) s += std::exp(x[i] - mx);
-  const double lse = mx + std::log(s);
-  for (int i = 0; i < n; ++i) out[i] = x[i] - lse;
-}
-
-int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
-
 }  // namespace
 
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
@@ -103,11 +91,8 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
 
   const auto t0 = std::chrono::steady_clock::now();
   PerplexityResult r;
-  double nll = 0, nll_ref = 0;
-  int64_t agree = 0;
-  std::vector<double> klds;
+  NextTokenScorer scorer(V);
   std::vector<float> la(static_cast<size_t>(kChunk) * V), lb(compare ? la.size() : 0);
-  std::vector<double> lpa, lpb;
   const int first_scored = opt.ctx / 2;
   for (int c = 0; c < chunks; ++c) {
     std::vector<int32_t> ids(tokens.begin() + static_cast<int64_t>(c) * opt.ctx,
@@ -122,20 +107,8 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
       for (int i = 0; i < m; ++i) {
         const int p = b + i;
         if (p < first_scored || p + 1 >= opt.ctx) continue;
-        const int32_t next = ids[p + 1];
-        const float* ra = la.data() + static_cast<int64_t>(i) * V;
-        log_softmax(ra, V, lpa);
-        nll -= lpa[next];
-        ++r.scored;
-        if (compare) {
-          const float* rb = lb.data() + static_cast<int64_t>(i) * V;
-          log_softmax(rb, V, lpb);
-          nll_ref -= lpb[next];
-          double kl = 0;
-          for (int t = 0; t < V; ++t) kl += std::exp(lpb[t]) * (lpb[t] - lpa[t]);
-          klds.push_back(std::max(0.0, kl));
-          agree += argmax(ra, V) == argmax(rb, V) ? 1 : 0;
-        }
+        scorer.add(la.data() + static_cast<int64_t>(i) * V, compare ? lb.data() + static_cast<int64_t>(i) * V : nullptr,
+                   ids[p + 1]);
       }
     }
     r.kv_bytes = kv->kv_bytes_per_seq(kv->seq_len(0));
@@ -143,20 +116,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
     if (progress) progress(c + 1, chunks);
   }
   r.chunks = chunks;
-  r.nll_mean = nll / static_cast<double>(r.scored);
-  r.ppl = std::exp(r.nll_mean);
-  if (compare && !klds.empty()) {
-    r.compared = true;
-    r.f16_ppl = std::exp(nll_ref / static_cast<double>(r.scored));
-    double s = 0;
-    for (double k : klds) s += k;
-    r.kld_mean = s / static_cast<double>(klds.size());
-    std::vector<double> sorted = klds;
-    std::sort(sorted.begin(), sorted.end());
-    r.kld_p99 = sorted[std::min(sorted.size() - 1, static_cast<size_t>(0.99 * static_cast<double>(sorted.size())))];
-    r.kld_max = sorted.back();
-    r.top1_agreement = static_cast<double>(agree) / static_cast<double>(klds.size());
-  }
+  scorer.finish(r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

@@ -15,19 +15,6 @@ namespace tqkv {
 
 namespace {
 
-// log-softmax of one row, in double.
-void log_softmax(const float* x, int n, std::vector<double>& out) {
-  out.resize(static_cast<size_t>(n));
-  double mx = x[0];
-  for (int i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
-  double s = 0;
-  for (int i = 0; i < n; ++i) s += std::exp(x[i] - mx);
-  const double lse = mx + std::log(s);
-  for (int i = 0; i < n; ++i) out[i] = x[i] - lse;
-}
-
-int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
-
 // Wraps the backend under test: also runs dense fp32 attention over the same q, k, v and reads
 // back what the cache holds, accumulating per-layer errors (PerplexityOptions::per_layer).
 class ProbeKv final : public KvBackend {
@@ -179,6 +166,53 @@ double codec_rel_mse(int head_dim, int bits) {
 
 }  // namespace
 
+namespace {
+
+// log-softmax of one row, in double.
+void log_softmax(const float* x, int n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  double mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += std::exp(x[i] - mx);
+  const double lse = mx + std::log(s);
+  for (int i = 0; i < n; ++i) out[i] = x[i] - lse;
+}
+
+int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
+
+}  // namespace
+
+void NextTokenScorer::add(const float* logits, const float* ref_logits, int32_t next) {
+  log_softmax(logits, n_vocab_, lp_);
+  nll_ -= lp_[next];
+  ++scored_;
+  if (ref_logits == nullptr) return;
+  log_softmax(ref_logits, n_vocab_, lp_ref_);
+  nll_ref_ -= lp_ref_[next];
+  double kl = 0;
+  for (int t = 0; t < n_vocab_; ++t) kl += std::exp(lp_ref_[t]) * (lp_ref_[t] - lp_[t]);
+  klds_.push_back(std::max(0.0, kl));
+  agree_ += argmax(logits, n_vocab_) == argmax(ref_logits, n_vocab_) ? 1 : 0;
+}
+
+void NextTokenScorer::finish(PerplexityResult& r) const {
+  r.scored = scored_;
+  r.nll_mean = nll_ / static_cast<double>(scored_);
+  r.ppl = std::exp(r.nll_mean);
+  if (klds_.empty()) return;
+  r.compared = true;
+  r.f16_ppl = std::exp(nll_ref_ / static_cast<double>(scored_));
+  double s = 0;
+  for (double k : klds_) s += k;
+  r.kld_mean = s / static_cast<double>(klds_.size());
+  std::vector<double> sorted = klds_;
+  std::sort(sorted.begin(), sorted.end());
+  r.kld_p99 = sorted[std::min(sorted.size() - 1, static_cast<size_t>(0.99 * static_cast<double>(sorted.size())))];
+  r.kld_max = sorted.back();
+  r.top1_agreement = static_cast<double>(agree_) / static_cast<double>(klds_.size());
+}
+
 Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vector<int32_t>& tokens,
                                              const PerplexityOptions& opt,
                                              const std::function<void(int, int)>& progress) {
@@ -220,11 +254,8 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
 
   const auto t0 = std::chrono::steady_clock::now();
   PerplexityResult r;
-  double nll = 0, nll_ref = 0;
-  int64_t agree = 0;
-  std::vector<double> klds;
+  NextTokenScorer scorer(V);
   std::vector<float> la(static_cast<size_t>(Model::kMaxChunk) * V), lb(compare ? la.size() : 0);
-  std::vector<double> lpa, lpb;
   const int first_scored = opt.ctx / 2;
   for (int c = 0; c < chunks; ++c) {
     std::vector<int32_t> ids(tokens.begin() + static_cast<int64_t>(c) * opt.ctx,
@@ -240,20 +271,8 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
       for (int i = 0; i < m; ++i) {
         const int p = b + i;
         if (p < first_scored || p + 1 >= opt.ctx) continue;
-        const int32_t next = ids[p + 1];
-        const float* ra = la.data() + static_cast<int64_t>(i) * V;
-        log_softmax(ra, V, lpa);
-        nll -= lpa[next];
-        ++r.scored;
-        if (compare) {
-          const float* rb = lb.data() + static_cast<int64_t>(i) * V;
-          log_softmax(rb, V, lpb);
-          nll_ref -= lpb[next];
-          double kl = 0;
-          for (int t = 0; t < V; ++t) kl += std::exp(lpb[t]) * (lpb[t] - lpa[t]);
-          klds.push_back(std::max(0.0, kl));
-          agree += argmax(ra, V) == argmax(rb, V) ? 1 : 0;
-        }
+        scorer.add(la.data() + static_cast<int64_t>(i) * V, compare ? lb.data() + static_cast<int64_t>(i) * V : nullptr,
+                   ids[p + 1]);
       }
     }
     r.kv_bytes = kv->bytes_in_use();
@@ -261,20 +280,7 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
     if (progress) progress(c + 1, chunks);
   }
   r.chunks = chunks;
-  r.nll_mean = nll / static_cast<double>(r.scored);
-  r.ppl = std::exp(r.nll_mean);
-  if (compare) {
-    r.compared = true;
-    r.f16_ppl = std::exp(nll_ref / static_cast<double>(r.scored));
-    double s = 0;
-    for (double k : klds) s += k;
-    r.kld_mean = s / static_cast<double>(klds.size());
-    std::vector<double> sorted = klds;
-    std::sort(sorted.begin(), sorted.end());
-    r.kld_p99 = sorted[std::min(sorted.size() - 1, static_cast<size_t>(0.99 * static_cast<double>(sorted.size())))];
-    r.kld_max = sorted.back();
-    r.top1_agreement = static_cast<double>(agree) / static_cast<double>(klds.size());
-  }
+  scorer.finish(r);
   if (probe != nullptr) {
     r.layers = probe->result();
     const int D = model.config().head_dim;
