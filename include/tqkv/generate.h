@@ -37,6 +37,15 @@ Result<GenerateStats> generate(const Model& model, const Tokenizer& tok, KvBacke
                                const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                const std::function<void(int32_t)>& on_token);
 
+// The sampling loop every runtime shares: `prefill` runs the prompt and writes the logits of its
+// last position ([n_vocab]); `step(id, pos, logits)` runs one token at position `pos`. Samples up
+// to opt.max_new_tokens, calls on_token for each, stops at end-of-generation ids. Fills the
+// counts, times, ids and stop reason; the caller fills the KV byte counts.
+Result<GenerateStats> run_generation_loop(const Tokenizer& tok, int n_vocab, const std::vector<int32_t>& prompt,
+                                          const GenerateOptions& opt, const std::function<Status(float*)>& prefill,
+                                          const std::function<Status(int32_t, int64_t, float*)>& step,
+                                          const std::function<void(int32_t)>& on_token);
+
 struct PerplexityOptions {
   int ctx = 512;          // tokens per chunk; each chunk starts from an empty cache
   int max_chunks = 0;     // 0 = as many as the text holds

@@ -9,14 +9,6 @@
 
 namespace tqkv {
 
-namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
-
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
@@ -29,32 +21,14 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
   co.max_tokens = max_tokens;
   co.center_keys = center_keys;
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
-  TQKV_ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(opt.sampler));
-  const int V = model.config().n_vocab;
-  std::vector<float> logits(static_cast<size_t>(V));
-  std::vector<int32_t> context = prompt;
-  GenerateStats st;
-  st.prompt_tokens = static_cast<int>(prompt.size());
-  st.stop_reason = "length";
-
-  double t0 = now_s();
-  TQKV_RETURN_IF_ERROR(ctx->prefill(0, prompt.data(), static_cast<int>(prompt.size()), logits.data(), LogitsMode::kLast));
-  st.prefill_seconds = now_s() - t0;
-  t0 = now_s();
-  for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t id = sampler.sample(logits, context);
-    if (opt.stop_at_eog && tok.is_eog(id)) {
-      st.stop_reason = "eog";
-      break;
-    }
-    context.push_back(id);
-    st.ids.push_back(id);
-    ++st.generated;
-    if (on_token) on_token(id);
-    if (i + 1 == opt.max_new_tokens) break;
-    TQKV_RETURN_IF_ERROR(ctx->decode(&id, 1, logits.data(), nullptr));
-  }
-  st.decode_seconds = now_s() - t0;
+  auto prefill = [&](float* logits) {
+    return ctx->prefill(0, prompt.data(), static_cast<int>(prompt.size()), logits, LogitsMode::kLast);
+  };
+  auto step = [&](int32_t id, int64_t /*pos: the context tracks it*/, float* logits) {
+    return ctx->decode(&id, 1, logits, nullptr);
+  };
+  TQKV_ASSIGN_OR_RETURN(GenerateStats st,
+                        run_generation_loop(tok, model.config().n_vocab, prompt, opt, prefill, step, on_token));
   st.kv_bytes = ctx->kv_bytes_per_seq(ctx->seq_len(0));
   st.kv_f16_bytes = gpu_kv_bytes_per_seq(model.config(), KvFormat{16, 16}, {}, ctx->seq_len(0));
   return st;
