@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/synthetic_gguf.h"
 #include "gguf/gguf_writer.h"
 #include "tqkv/gpu_model.h"
 #include "tqkv/model.h"
@@ -113,106 +114,13 @@ struct RowCheck {
 };
 
 // ---- synthetic models ---------------------------------------------------------------------------
-struct Spec {
-  std::string arch;
-  int n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, vocab = 96;
-  bool tied = true;
-  bool rope_freqs = false;
-  int window = 0;
-  float attn_softcap = 0, final_softcap = 0;
-  GgmlType wtype = GgmlType::kF32;
+struct Spec : tqkv::testing::SyntheticSpec {
   int n_tokens = 75;
   bool must_differ = false;  // centered test: GPU centered must be clearly closer to CPU centered than CPU plain
-  float k_bias = 0.0f;  // qwen2: mean of the K bias (a large common key component, as in real models)
 };
 
-class Builder {
- public:
-  explicit Builder(uint64_t seed) : rng_(seed) {}
-  tqkv::GgufWriter w;
-  std::vector<float> rand_vec(int64_t n, float scale, float offset = 0.0f) {
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> v(static_cast<size_t>(n));
-    for (float& x : v) x = offset + scale * nd(rng_);
-    return v;
-  }
-  void add(const std::string& name, GgmlType t, std::vector<int64_t> dims, const std::vector<float>& v) {
-    const int64_t cols = dims[0], rows = static_cast<int64_t>(v.size()) / cols;
-    const int64_t rb = static_cast<int64_t>(tqkv::ggml_row_bytes(t, cols));
-    std::vector<uint8_t> bytes(static_cast<size_t>(rb * rows));
-    for (int64_t r = 0; r < rows; ++r) {
-      auto st = tqkv::quantize_row_reference(t, v.data() + r * cols, bytes.data() + r * rb, cols);
-      ASSERT_TRUE(st.is_ok()) << st.to_string();
-    }
-    auto st = w.add_tensor(name, t, std::move(dims), bytes);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
-  void mat(const std::string& name, GgmlType t, int64_t rows, int64_t cols) {
-    add(name, t, {cols, rows}, rand_vec(rows * cols, 1.0f / std::sqrt(static_cast<float>(cols))));
-  }
-  void vec(const std::string& name, int64_t n, float offset = 1.0f) { add(name, GgmlType::kF32, {n}, rand_vec(n, 0.1f, offset)); }
+std::vector<uint8_t> build(const Spec& s) { return tqkv::testing::build_synthetic_gguf(s, 4321); }
 
- private:
-  std::mt19937_64 rng_;
-};
-
-std::vector<uint8_t> build(const Spec& s) {
-  Builder b(4321);
-  auto& w = b.w;
-  const std::string a = s.arch;
-  w.add_string("general.architecture", a);
-  w.add_u32(a + ".embedding_length", s.n_embd);
-  w.add_u32(a + ".block_count", s.n_layer);
-  w.add_u32(a + ".attention.head_count", s.n_head);
-  w.add_u32(a + ".attention.head_count_kv", s.n_head_kv);
-  w.add_u32(a + ".attention.key_length", s.head_dim);
-  w.add_u32(a + ".attention.value_length", s.head_dim);
-  w.add_u32(a + ".feed_forward_length", s.n_ff);
-  w.add_u32(a + ".context_length", 256);
-  w.add_u32(a + ".rope.dimension_count", s.head_dim);
-  w.add_f32(a + ".rope.freq_base", 500.0f);
-  w.add_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
-  if (s.window > 0) w.add_u32(a + ".attention.sliding_window", s.window);
-  if (s.attn_softcap > 0) w.add_f32(a + ".attn_logit_softcapping", s.attn_softcap);
-  if (s.final_softcap > 0) w.add_f32(a + ".final_logit_softcapping", s.final_softcap);
-  const int64_t E = s.n_embd, Q = s.n_head * s.head_dim, KV = s.n_head_kv * s.head_dim, F = s.n_ff;
-  b.mat("token_embd.weight", GgmlType::kF32, s.vocab, E);
-  if (!s.tied) b.mat("output.weight", s.wtype, s.vocab, E);
-  b.vec("output_norm.weight", E);
-  if (s.rope_freqs) b.add("rope_freqs.weight", GgmlType::kF32, {s.head_dim / 2}, b.rand_vec(s.head_dim / 2, 0.5f, 2.0f));
-  const bool gemma = a == "gemma2" || a == "gemma3";
-  for (int l = 0; l < s.n_layer; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    b.vec(p + "attn_norm.weight", E);
-    b.vec(p + "ffn_norm.weight", E);
-    if (a == "phi3") {
-      b.mat(p + "attn_qkv.weight", s.wtype, Q + 2 * KV, E);
-      b.mat(p + "ffn_up.weight", s.wtype, 2 * F, E);
-    } else {
-      b.mat(p + "attn_q.weight", s.wtype, Q, E);
-      b.mat(p + "attn_k.weight", s.wtype, KV, E);
-      b.mat(p + "attn_v.weight", s.wtype, KV, E);
-      b.mat(p + "ffn_gate.weight", s.wtype, F, E);
-      b.mat(p + "ffn_up.weight", s.wtype, F, E);
-    }
-    if (a == "qwen2") {
-      b.vec(p + "attn_q.bias", Q, 0.0f);
-      b.vec(p + "attn_k.bias", KV, s.k_bias);
-      b.vec(p + "attn_v.bias", KV, 0.0f);
-    }
-    if (a == "gemma3") {
-      b.vec(p + "attn_q_norm.weight", s.head_dim);
-      b.vec(p + "attn_k_norm.weight", s.head_dim);
-    }
-    if (gemma) {
-      b.vec(p + "post_attention_norm.weight", E);
-      b.vec(p + "post_ffw_norm.weight", E);
-    }
-    b.mat(p + "attn_output.weight", s.wtype, E, Q);
-    b.mat(p + "ffn_down.weight", s.wtype, E, F);
-  }
-  return w.finish();
-}
 
 void check_synthetic(const Spec& s) {
   const std::vector<uint8_t> file = build(s);
@@ -331,34 +239,34 @@ void check_synthetic(const Spec& s) {
 
 TEST(GpuSynthetic, Llama) {
   SKIP_WITHOUT_GPU();
-  Spec s{"llama", 128, 2, 4, 2, 64, 192};
+  Spec s{{"llama", 128, 2, 4, 2, 64, 192}};
   s.rope_freqs = true;
   s.wtype = GgmlType::kQ8_0;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Qwen2) {
   SKIP_WITHOUT_GPU();
-  Spec s{"qwen2", 128, 2, 2, 1, 64, 192};
+  Spec s{{"qwen2", 128, 2, 2, 1, 64, 192}};
   s.tied = false;
   s.wtype = GgmlType::kQ4_1;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Phi3) {
   SKIP_WITHOUT_GPU();
-  Spec s{"phi3", 192, 2, 2, 2, 96, 128};
+  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
   s.tied = false;
   check_synthetic(s);
 }
 // Head size 80 (not a power of two: dense rotation; not a whole number of warps in the RoPE kernel).
 TEST(GpuSynthetic, Phi3HeadDim80) {
   SKIP_WITHOUT_GPU();
-  Spec s{"phi3", 160, 2, 2, 2, 80, 128};
+  Spec s{{"phi3", 160, 2, 2, 2, 80, 128}};
   s.tied = false;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Gemma2) {
   SKIP_WITHOUT_GPU();
-  Spec s{"gemma2", 128, 3, 4, 2, 64, 192};
+  Spec s{{"gemma2", 128, 3, 4, 2, 64, 192}};
   s.window = 20;
   s.attn_softcap = 2.0f;
   s.final_softcap = 3.0f;
@@ -366,7 +274,7 @@ TEST(GpuSynthetic, Gemma2) {
 }
 TEST(GpuSynthetic, Gemma3) {
   SKIP_WITHOUT_GPU();
-  Spec s{"gemma3", 128, 7, 4, 1, 128, 192};
+  Spec s{{"gemma3", 128, 7, 4, 1, 128, 192}};
   s.window = 20;
   s.wtype = GgmlType::kQ8_0;
   s.n_tokens = 130;  // the sliding ring (ceil((20 + 32) / 16) + 2 = 6 pages = 96 tokens) wraps
@@ -376,7 +284,7 @@ TEST(GpuSynthetic, Gemma3) {
 // Qwen2 with a large K bias (mean 1 per coordinate: a common key component, which centering removes).
 TEST(GpuSynthetic, Qwen2KeyBiasCentered) {
   SKIP_WITHOUT_GPU();
-  Spec s{"qwen2", 128, 2, 2, 1, 64, 192};
+  Spec s{{"qwen2", 128, 2, 2, 1, 64, 192}};
   s.tied = false;
   s.k_bias = 1.0f;
   s.must_differ = true;
@@ -388,7 +296,7 @@ TEST(GpuSynthetic, Qwen2KeyBiasCentered) {
 // the f16 cache no higher than without centering (Qwen2 with a large K bias: clearly lower).
 TEST(GpuSynthetic, PerplexityCenteredKeys) {
   SKIP_WITHOUT_GPU();
-  Spec s{"qwen2", 128, 2, 2, 1, 64, 192};
+  Spec s{{"qwen2", 128, 2, 2, 1, 64, 192}};
   s.tied = false;
   s.k_bias = 1.0f;
   const std::vector<uint8_t> file = build(s);
@@ -427,7 +335,7 @@ TEST(GpuSynthetic, PerplexityCenteredKeys) {
 // gpu_evaluate_perplexity against evaluate_perplexity (CPU) on the same model and tokens.
 TEST(GpuSynthetic, PerplexityMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  Spec s{"gemma3", 128, 7, 4, 1, 128, 192};
+  Spec s{{"gemma3", 128, 7, 4, 1, 128, 192}};
   s.window = 20;
   const std::vector<uint8_t> file = build(s);
   auto g = tqkv::parse_gguf(file.data(), file.size());
@@ -460,7 +368,7 @@ TEST(GpuSynthetic, PerplexityMatchesCpu) {
 // Bad input is an error, not a crash.
 TEST(GpuSynthetic, BadInputIsAnError) {
   SKIP_WITHOUT_GPU();
-  Spec s{"llama", 128, 1, 2, 1, 64, 192};
+  Spec s{{"llama", 128, 1, 2, 1, 64, 192}};
   const std::vector<uint8_t> file = build(s);
   auto g = tqkv::parse_gguf(file.data(), file.size());
   ASSERT_TRUE(g.is_ok());

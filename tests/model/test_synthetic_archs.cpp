@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "gguf/gguf_writer.h"
+#include "../common/synthetic_gguf.h"
 #include "tqkv/generate.h"
 #include "tqkv/model.h"
 
@@ -22,108 +22,12 @@ namespace {
 
 using tqkv::GgmlType;
 
-struct Spec {
-  std::string arch;
-  int n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, vocab = 96;
-  bool tied = true;
-  bool rope_freqs = false;
-  int window = 0;
-  float attn_softcap = 0, final_softcap = 0;
-  GgmlType wtype = GgmlType::kF32;  // type of the big matrices
+struct Spec : tqkv::testing::SyntheticSpec {
   int n_tokens = 21;
 };
 
-class Builder {
- public:
-  explicit Builder(uint64_t seed) : rng_(seed) {}
-  tqkv::GgufWriter w;
+std::vector<uint8_t> build(const Spec& s) { return tqkv::testing::build_synthetic_gguf(s, 1234); }
 
-  std::vector<float> rand_vec(int64_t n, float scale, float offset = 0.0f) {
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> v(static_cast<size_t>(n));
-    for (float& x : v) x = offset + scale * nd(rng_);
-    return v;
-  }
-  void add(const std::string& name, GgmlType t, std::vector<int64_t> dims, const std::vector<float>& v) {
-    std::vector<uint8_t> bytes;
-    const int64_t cols = dims[0], rows = static_cast<int64_t>(v.size()) / cols;
-    const int64_t rb = static_cast<int64_t>(tqkv::ggml_row_bytes(t, cols));
-    bytes.resize(static_cast<size_t>(rb * rows));
-    for (int64_t r = 0; r < rows; ++r) {
-      auto st = tqkv::quantize_row_reference(t, v.data() + r * cols, bytes.data() + r * rb, cols);
-      ASSERT_TRUE(st.is_ok()) << st.to_string();
-    }
-    auto st = w.add_tensor(name, t, std::move(dims), bytes);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
-  void mat(const std::string& name, GgmlType t, int64_t rows, int64_t cols) {
-    add(name, t, {cols, rows}, rand_vec(rows * cols, 1.0f / std::sqrt(static_cast<float>(cols))));
-  }
-  void vec(const std::string& name, int64_t n, float offset = 1.0f) {
-    add(name, GgmlType::kF32, {n}, rand_vec(n, 0.1f, offset));
-  }
-
- private:
-  std::mt19937_64 rng_;
-};
-
-std::vector<uint8_t> build(const Spec& s) {
-  Builder b(1234);
-  auto& w = b.w;
-  const std::string a = s.arch;
-  w.add_string("general.architecture", a);
-  w.add_u32(a + ".embedding_length", s.n_embd);
-  w.add_u32(a + ".block_count", s.n_layer);
-  w.add_u32(a + ".attention.head_count", s.n_head);
-  w.add_u32(a + ".attention.head_count_kv", s.n_head_kv);
-  w.add_u32(a + ".attention.key_length", s.head_dim);
-  w.add_u32(a + ".attention.value_length", s.head_dim);
-  w.add_u32(a + ".feed_forward_length", s.n_ff);
-  w.add_u32(a + ".context_length", 256);
-  w.add_u32(a + ".rope.dimension_count", s.head_dim);
-  w.add_f32(a + ".rope.freq_base", 500.0f);  // small base: every pair rotates visibly in 21 steps
-  w.add_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
-  if (s.window > 0) w.add_u32(a + ".attention.sliding_window", s.window);
-  if (s.attn_softcap > 0) w.add_f32(a + ".attn_logit_softcapping", s.attn_softcap);
-  if (s.final_softcap > 0) w.add_f32(a + ".final_logit_softcapping", s.final_softcap);
-  const int64_t E = s.n_embd, Q = s.n_head * s.head_dim, KV = s.n_head_kv * s.head_dim, F = s.n_ff;
-  b.mat("token_embd.weight", GgmlType::kF32, s.vocab, E);
-  if (!s.tied) b.mat("output.weight", s.wtype, s.vocab, E);
-  b.vec("output_norm.weight", E);
-  if (s.rope_freqs) b.add("rope_freqs.weight", GgmlType::kF32, {s.head_dim / 2}, b.rand_vec(s.head_dim / 2, 0.5f, 2.0f));
-  const bool gemma = a == "gemma2" || a == "gemma3";
-  for (int l = 0; l < s.n_layer; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    b.vec(p + "attn_norm.weight", E);
-    b.vec(p + "ffn_norm.weight", E);
-    if (a == "phi3") {
-      b.mat(p + "attn_qkv.weight", s.wtype, Q + 2 * KV, E);
-      b.mat(p + "ffn_up.weight", s.wtype, 2 * F, E);
-    } else {
-      b.mat(p + "attn_q.weight", s.wtype, Q, E);
-      b.mat(p + "attn_k.weight", s.wtype, KV, E);
-      b.mat(p + "attn_v.weight", s.wtype, KV, E);
-      b.mat(p + "ffn_gate.weight", s.wtype, F, E);
-      b.mat(p + "ffn_up.weight", s.wtype, F, E);
-    }
-    if (a == "qwen2") {
-      b.vec(p + "attn_q.bias", Q, 0.0f);
-      b.vec(p + "attn_k.bias", KV, 0.0f);
-      b.vec(p + "attn_v.bias", KV, 0.0f);
-    }
-    if (a == "gemma3") {
-      b.vec(p + "attn_q_norm.weight", s.head_dim);
-      b.vec(p + "attn_k_norm.weight", s.head_dim);
-    }
-    if (gemma) {
-      b.vec(p + "post_attention_norm.weight", E);
-      b.vec(p + "post_ffw_norm.weight", E);
-    }
-    b.mat(p + "attn_output.weight", s.wtype, E, Q);
-    b.mat(p + "ffn_down.weight", s.wtype, E, F);
-  }
-  return w.finish();
-}
 
 void check_arch(const Spec& s, void (*check_config)(const tqkv::ModelConfig&)) {
   const std::vector<uint8_t> file = build(s);
@@ -173,7 +77,7 @@ void check_arch(const Spec& s, void (*check_config)(const tqkv::ModelConfig&)) {
 }
 
 TEST(SyntheticArch, Llama) {
-  Spec s{"llama", 64, 2, 4, 2, 16, 96};
+  Spec s{{"llama", 64, 2, 4, 2, 16, 96}};
   s.rope_freqs = true;
   s.wtype = GgmlType::kQ8_0;
   s.n_tokens = 75;  // longer than one internal chunk
@@ -185,7 +89,7 @@ TEST(SyntheticArch, Llama) {
 }
 
 TEST(SyntheticArch, Qwen2) {
-  Spec s{"qwen2", 64, 2, 4, 1, 16, 96};
+  Spec s{{"qwen2", 64, 2, 4, 1, 16, 96}};
   s.tied = false;
   s.wtype = GgmlType::kQ4_1;
   check_arch(s, [](const tqkv::ModelConfig& c) {
@@ -196,7 +100,7 @@ TEST(SyntheticArch, Qwen2) {
 }
 
 TEST(SyntheticArch, Phi3) {
-  Spec s{"phi3", 192, 2, 2, 2, 96, 128};
+  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
   s.tied = false;
   check_arch(s, [](const tqkv::ModelConfig& c) {
     EXPECT_TRUE(c.fused_qkv);
@@ -206,7 +110,7 @@ TEST(SyntheticArch, Phi3) {
 }
 
 TEST(SyntheticArch, Gemma2) {
-  Spec s{"gemma2", 64, 3, 4, 2, 32, 96};
+  Spec s{{"gemma2", 64, 3, 4, 2, 32, 96}};
   s.window = 6;
   s.attn_softcap = 2.0f;  // small caps so that tanh bends the values these weights produce
   s.final_softcap = 3.0f;
@@ -220,7 +124,7 @@ TEST(SyntheticArch, Gemma2) {
 }
 
 TEST(SyntheticArch, Gemma3) {
-  Spec s{"gemma3", 96, 7, 4, 1, 64, 96};  // head_dim * heads != n_embd, as in the real model
+  Spec s{{"gemma3", 96, 7, 4, 1, 64, 96}};  // head_dim * heads != n_embd, as in the real model
   s.window = 5;
   s.wtype = GgmlType::kQ8_0;
   s.n_tokens = 80;
@@ -234,7 +138,7 @@ TEST(SyntheticArch, Gemma3) {
 }
 
 TEST(SyntheticArch, UnknownArchitectureIsRejected) {
-  Spec s{"llama", 64, 1, 4, 2, 16, 96};
+  Spec s{{"llama", 64, 1, 4, 2, 16, 96}};
   std::vector<uint8_t> file = build(s);
   auto g = tqkv::parse_gguf(file.data(), file.size());
   ASSERT_TRUE(g.is_ok());
@@ -253,7 +157,7 @@ namespace {
 // evaluate_perplexity against perplexity computed by hand from the reference forward's logits
 // (chunks of 32 tokens, second half scored), and the KLD / top-1 fields' basic laws.
 TEST(SyntheticArch, PerplexityMatchesReferenceLogits) {
-  Spec s{"gemma3", 96, 7, 4, 1, 64, 96};
+  Spec s{{"gemma3", 96, 7, 4, 1, 64, 96}};
   s.window = 5;
   const std::vector<uint8_t> file = build(s);
   auto g = tqkv::parse_gguf(file.data(), file.size());
