@@ -1,5 +1,7 @@
 // attention_decode: query rotation pre-kernel, split-KV decode kernel (decode_*.cu), and the
 // merge kernel that combines the splits and rotates the output back. Plan and checks on the host.
+// The checks, workspace layout and kernel chain are shared with attention_prefill (prefill_api.cu)
+// through attention_internal.h.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cuda/attention_internal.h"
 #include "cuda/cuda_check.h"
 #include "cuda/decode_launch.cuh"
 #include "tqkv/cuda_attention.h"
@@ -24,6 +27,8 @@ bool decode_copy_bulk() {
 namespace {
 
 using detail::DecodeArgs;
+using detail::check_view;
+using detail::workspace_layout;
 
 __device__ __forceinline__ float load_elem(const void* p, DType t, size_t i) {
   return t == DType::kF32 ? static_cast<const float*>(p)[i]
@@ -160,11 +165,11 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   }
 }
 
+}  // namespace
+namespace detail {
+
 size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
-struct WorkspaceLayout {
-  size_t q_rot = 0, part_o = 0, part_lse = 0, total = 0;
-};
 WorkspaceLayout workspace_layout(int num_seqs, int num_q_heads, int head_dim, int num_splits) {
   WorkspaceLayout w;
   const size_t rows = static_cast<size_t>(num_seqs) * num_q_heads;
@@ -209,6 +214,9 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
   if (p.num_splits > 4096) return invalid_argument("num_splits above 4096");
   return Status::ok();
 }
+
+}  // namespace detail
+namespace {
 
 // Finds the decode_*.cu file that holds (d, kb, vb) and launches (or queries occupancy).
 Status dispatch_decode(int d, int kb, int vb, const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
@@ -255,14 +263,14 @@ Result<DecodePlan> plan_decode(const PagedKVView& view, const DecodeParams& para
   return plan;
 }
 
-namespace {
+namespace detail {
 
 // The three kernels of one call (query rotation, split-KV kernel, merge + un-rotation), chained
 // with programmatic dependent launch. `view` has been checked; `ws` is 256-byte aligned and holds
 // the layout of workspace_layout(view.num_seqs, ...).
 Status launch_chain(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan, const void* q,
                     DType q_type, void* out, DType out_type, uint8_t* ws, const int32_t* row_seq,
-                    const int32_t* row_len, cudaStream_t stream) {
+                    const int32_t* row_len, cudaStream_t stream, MiddleKernel middle, const void* middle_ctx) {
   const int group = params.num_q_heads / view.num_kv_heads;
   const int d = view.head_dim;
   const WorkspaceLayout wl = workspace_layout(view.num_seqs, params.num_q_heads, d, plan.num_splits);
@@ -291,7 +299,7 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   const int kb = view.k.bits, vb = view.v.bits;
-  const Status st = dispatch_decode(d, kb, vb, &args, stream, nullptr);
+  const Status st = middle ? middle(args, middle_ctx, stream) : dispatch_decode(d, kb, vb, &args, stream, nullptr);
   TQKV_RETURN_IF_ERROR(st);
 
   cudaLaunchConfig_t cfg = {};
@@ -326,63 +334,14 @@ Status check_call(const PagedKVView& view, const DecodeParams& params, const Dec
   return Status::ok();
 }
 
-// Prefill rows: row r of sequence s (rows grouped by sequence in order) sits at position
-// seq_lens[s] - q_lens[s] + i and sees positions [0, that + 1). Rows past sum(q_lens) and rows of
-// an inconsistent q_lens (q_lens[s] > seq_lens[s]) get length 0 (zeros out).
-__global__ void prefill_rows_kernel(const int32_t* q_lens, const int32_t* seq_lens, int num_seqs, int total_q,
-                                    int32_t* row_seq, int32_t* row_len) {
-  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < total_q; r += gridDim.x * blockDim.x) {
-    int start = 0, s = 0, len = 0;
-    for (; s < num_seqs; ++s) {
-      const int ql = max(q_lens[s], 0);
-      if (r < start + ql) break;
-      start += ql;
-    }
-    if (s < num_seqs && q_lens[s] <= seq_lens[s]) len = seq_lens[s] - q_lens[s] + (r - start) + 1;
-    row_seq[r] = s < num_seqs ? s : 0;
-    row_len[r] = len;
-  }
-}
-
-size_t prefill_extra_bytes(int total_q) { return 2 * align_up(static_cast<size_t>(total_q) * 4); }
-
-}  // namespace
+}  // namespace detail
 
 Status attention_decode(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
                         const void* q, DType q_type, void* out, DType out_type, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream) {
-  TQKV_RETURN_IF_ERROR(check_call(view, params, plan, q, out, workspace, workspace_bytes, 0));
-  return launch_chain(view, params, plan, q, q_type, out, out_type, static_cast<uint8_t*>(workspace), nullptr,
-                      nullptr, stream);
-}
-
-Result<DecodePlan> plan_prefill(const PagedKVView& view, const DecodeParams& params, int32_t total_q,
-                                int sm_count) {
-  if (total_q <= 0 || total_q > 65535) return invalid_argument("total_q must be in [1, 65535]");
-  PagedKVView rows = view;
-  rows.num_seqs = total_q;
-  TQKV_ASSIGN_OR_RETURN(DecodePlan plan, plan_decode(rows, params, sm_count));
-  plan.workspace_bytes += prefill_extra_bytes(total_q);
-  return plan;
-}
-
-Status attention_prefill(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
-                         const int32_t* q_lens, int32_t total_q, const void* q, DType q_type, void* out,
-                         DType out_type, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  if (total_q <= 0 || total_q > 65535) return invalid_argument("total_q must be in [1, 65535]");
-  if (!q_lens) return invalid_argument("null q_lens");
-  TQKV_RETURN_IF_ERROR(check_view(view, params));  // the sequences themselves
-  PagedKVView rows = view;
-  rows.num_seqs = total_q;
-  TQKV_RETURN_IF_ERROR(check_call(rows, params, plan, q, out, workspace, workspace_bytes, prefill_extra_bytes(total_q)));
-  auto* ws = static_cast<uint8_t*>(workspace);
-  const size_t base = workspace_layout(total_q, params.num_q_heads, view.head_dim, plan.num_splits).total;
-  auto* row_seq = reinterpret_cast<int32_t*>(ws + base);
-  auto* row_len = reinterpret_cast<int32_t*>(ws + base + align_up(static_cast<size_t>(total_q) * 4));
-  prefill_rows_kernel<<<(total_q + 255) / 256, 256, 0, stream>>>(q_lens, view.seq_lens, view.num_seqs, total_q,
-                                                                  row_seq, row_len);
-  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return launch_chain(rows, params, plan, q, q_type, out, out_type, ws, row_seq, row_len, stream);
+  TQKV_RETURN_IF_ERROR(detail::check_call(view, params, plan, q, out, workspace, workspace_bytes, 0));
+  return detail::launch_chain(view, params, plan, q, q_type, out, out_type, static_cast<uint8_t*>(workspace), nullptr,
+                              nullptr, stream);
 }
 
 }  // namespace tqkv::cuda
