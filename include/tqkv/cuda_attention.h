@@ -66,11 +66,13 @@ Status attention_decode(const PagedKVView& view, const DecodeParams& params, con
 // (causal within the chunk), minus evicted pages and outside params.window.
 //   q_lens : DEVICE [view.num_seqs]; total_q = sum of q_lens (host value, 1 .. 65535)
 //   q, out : [total_q][num_q_heads][head_dim], rows grouped by sequence in order
-// Each query row runs through the decode kernel as its own causal prefix (split-KV over pages,
-// mma.sync tensor cores for QK^T and PV, a K/V page read once for the query heads of its GQA
-// group); pages are read once per query row (mostly from L2), not once per chunk. Rows of an
-// inconsistent q_lens (q_lens[s] > seq_lens[s], rows past the sum) get zeros.
-// plan_prefill: like plan_decode for total_q rows; its workspace_bytes covers the row tables too.
+// The tiled prefill kernel (src/cuda/prefill_kernel.cuh) reads and dequantizes each K/V page once
+// per tile of (query row, head) columns of one sequence and KV head (32 columns at head size 128)
+// and runs QK^T and PV on mma.sync tensor cores with a per-column causal mask; environment
+// TQKV_CUDA_PREFILL=rows selects the older path (each query row through the decode kernel as its
+// own causal prefix). Rows of an inconsistent q_lens (q_lens[s] > seq_lens[s], rows past the sum)
+// get zeros. plan_prefill: split count and workspace (row and tile tables included) for total_q
+// rows; plan and call under the same TQKV_CUDA_PREFILL setting.
 Result<DecodePlan> plan_prefill(const PagedKVView& view, const DecodeParams& params, int32_t total_q,
                                 int sm_count);
 Status attention_prefill(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
