@@ -9,10 +9,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/quantize_tc.cuh"
 #include "tqkv/cuda_attention.h"
 #include "tqkv/kv_layout.h"
 
@@ -598,7 +601,21 @@ int grid_for(long long items) {
   return static_cast<int>(blocks < cap ? blocks : cap);
 }
 
+// Environment TQKV_CUDA_QUANT=old: the pre-tensor-core kernels for every shape (read once).
+int g_quant_override = -1;  // set_quantize_kernel_old (benchmarks): -1 = environment
+bool quantize_old_selected() {
+  static const bool env_old = [] {
+    const char* e = std::getenv("TQKV_CUDA_QUANT");
+    return e != nullptr && std::strcmp(e, "old") == 0;
+  }();
+  return g_quant_override < 0 ? env_old : g_quant_override == 1;
+}
+
 }  // namespace
+
+namespace tc {
+void set_quantize_kernel_old(int old) { g_quant_override = old < 0 ? -1 : (old ? 1 : 0); }
+}  // namespace tc
 
 Status quantize_and_store(const PagedKVView& view, const float* boundaries_k, const float* boundaries_v,
                           const void* k_new, const void* v_new, DType in_type, const int64_t* slot_mapping,
@@ -615,6 +632,18 @@ Status quantize_and_store(const PagedKVView& view, const float* boundaries_k, co
   const long long items = static_cast<long long>(num_tokens) * view.num_kv_heads;
   const int d = view.head_dim;
   const bool aligned = reinterpret_cast<uintptr_t>(k_new) % 16 == 0 && reinterpret_cast<uintptr_t>(v_new) % 16 == 0;
+  // Tensor-core kernels (quantize_tc.cuh): head size 128 with the Hadamard rotation, 96 dense,
+  // the decode format pairs. TQKV_CUDA_QUANT=old selects the previous kernels below.
+  if (aligned && !quantize_old_selected()) {
+    const tc::QuantTcArgs ta{view, {boundaries_k, boundaries_v}, {k_new, v_new}, in_type, slot_mapping, num_tokens};
+    bool launched = false;
+    if (d == 128 && view.hadamard_signs) {
+      TQKV_RETURN_IF_ERROR(tc::quantize_tc_d128(ta, stream, &launched));
+    } else if (d == 96) {
+      TQKV_RETURN_IF_ERROR(tc::quantize_tc_d96(ta, stream, &launched));
+    }
+    if (launched) return Status::ok();
+  }
   if (view.hadamard_signs && (d == 64 || d == 128 || d == 256) && aligned) {
     auto launch = [&](auto kernel) -> Status {
       int dev = 0, sms = 132, per_sm = 1;

@@ -16,6 +16,7 @@
 
 #include "cuda_test_util.h"
 #include "paged_fixture.h"
+#include "tqkv/codec.h"
 #include "tqkv/cuda_attention.h"
 #include "tqkv/fp16.h"
 
@@ -162,6 +163,171 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantizeOnWrite, ::testing::ValuesIn(quant_cas
                            return "d" + std::to_string(i.param.d) + "_k" + b(i.param.kb) + "_v" + b(i.param.vb) +
                                   (i.param.hadamard ? "_hadamard" : "_dense");
                          });
+
+// The tensor-core kernels (head size 128 Hadamard, 96 dense; quantize_tc.cuh) on the real
+// Lloyd-Max codebooks and rotations, fp16 and fp32 inputs, every format pair they are built for,
+// 5 heads (items do not align with the 8-item MMA tiles; the last tile is partial), padding
+// slots, a zero token (index 0, scale 0), a tiny-norm token (|x| ~ 1e-5: the fp32 hi/lo split
+// must keep its precision) and a large-norm token. `crowd` squeezes three centroids of the K
+// codebook together so that two boundaries share a grid cell: the kernel must notice and fall back
+// to the binary search. Same fp64 reference and tie rule as MatchesPlainLoopEncoder.
+void run_tc_case(int d, int kb, int vb, bool f32, bool crowd) {
+  SCOPED_TRACE("d " + std::to_string(d) + " k" + std::to_string(kb) + " v" + std::to_string(vb) +
+               (f32 ? " f32" : " f16") + (crowd ? " crowded" : ""));
+  const int H = 5, n = 53, P = 16, pool_pages = 8;
+  const int pool_slots = pool_pages * P;
+  auto rot = Rotation::create(d, default_rotation(d), kDefaultRotationSeed);
+  ASSERT_TRUE(rot.is_ok());
+  const std::vector<float> rotation(rot.value()->matrix(), rot.value()->matrix() + d * d);
+  std::vector<float> cent[2], bnd[2];
+  for (int side = 0; side < 2; ++side) {
+    const int bits = side == 0 ? kb : vb;
+    if (bits == kF16Bits) continue;
+    auto cb = Codebook::get(d, bits);
+    ASSERT_TRUE(cb.is_ok());
+    cent[side].assign(cb.value()->centroids(), cb.value()->centroids() + cb.value()->levels());
+    if (side == 0 && crowd) {  // c[m], c[m+1], c[m+2] within 2e-6: boundaries 1e-6 apart
+      const int m = static_cast<int>(cent[0].size()) / 2 - 1;
+      cent[0][m + 1] = cent[0][m] + 1e-6f;
+      cent[0][m + 2] = cent[0][m] + 2e-6f;
+    }
+    bnd[side] = boundaries_of(cent[side]);
+  }
+  std::vector<DeviceBuffer> keep;
+  auto up = [&](const auto& v) { keep.push_back(testing::to_device(v)); return keep.back().get(); };
+  const int64_t tb[2] = {tile_bytes(P, d, kb), tile_bytes(P, d, vb)};
+  std::vector<uint8_t> pool[2];
+  DeviceBuffer dpool[2];
+  PagedKVView view;
+  view.num_kv_heads = H; view.head_dim = d; view.page_size = P;
+  view.rotation = static_cast<const float*>(up(rotation));
+  if (rot.value()->signs()) view.hadamard_signs = static_cast<const float*>(up(std::vector<float>(rot.value()->signs(), rot.value()->signs() + d)));
+  for (int side = 0; side < 2; ++side) {
+    pool[side].assign(static_cast<size_t>(pool_pages) * H * tb[side], 0xAB);
+    dpool[side] = testing::to_device(pool[side]);
+    KVSideView& sv = side == 0 ? view.k : view.v;
+    sv = {dpool[side].get<uint8_t>(), side == 0 ? kb : vb, tb[side],
+          cent[side].empty() ? nullptr : static_cast<const float*>(up(cent[side]))};
+  }
+  const float* dbnd[2] = {bnd[0].empty() ? nullptr : static_cast<const float*>(up(bnd[0])),
+                          bnd[1].empty() ? nullptr : static_cast<const float*>(up(bnd[1]))};
+  std::mt19937_64 rng(1000 + d + 10 * kb + vb + (f32 ? 7 : 0) + (crowd ? 3 : 0));
+  std::vector<int64_t> slots(pool_slots);
+  for (int i = 0; i < pool_slots; ++i) slots[i] = i;
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(n);
+  slots[7] = -1;
+  slots[40] = -1;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x[2];
+  for (int side = 0; side < 2; ++side) {
+    x[side].resize(static_cast<size_t>(n) * H * d);
+    for (size_t i = 0; i < x[side].size(); ++i) {
+      const size_t tok = i / (static_cast<size_t>(H) * d);
+      float v = nd(rng) * (side == 0 ? 3.f : 1.f);
+      if (tok == 3) v = 0.f;
+      if (tok == 4) v *= 1e-6f;
+      if (tok == 5) v *= 60.f;
+      if (!f32) v = __half2float(__float2half_rn(v));  // the reference sees the fp16 values
+      x[side][i] = v;
+    }
+  }
+  const void* din[2];
+  for (int side = 0; side < 2; ++side) {
+    if (f32) {
+      din[side] = up(x[side]);
+    } else {
+      std::vector<__half> h(x[side].size());
+      for (size_t i = 0; i < h.size(); ++i) h[i] = __float2half_rn(x[side][i]);
+      din[side] = up(h);
+    }
+  }
+  const Status st = quantize_and_store(view, dbnd[0], dbnd[1], din[0], din[1], f32 ? DType::kF32 : DType::kF16,
+                                       static_cast<const int64_t*>(up(slots)), n, nullptr);
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  TQKV_CUDA_ASSERT(cudaDeviceSynchronize());
+  int near_ties = 0;
+  std::vector<bool> written(pool_slots, false);
+  for (int side = 0; side < 2; ++side) {
+    const int bits = side == 0 ? kb : vb;
+    const auto got = testing::to_host<uint8_t>(dpool[side], pool[side].size());
+    const int64_t rb = bits == kF16Bits ? 2LL * d : index_bytes(d, bits);
+    for (int i = 0; i < n; ++i) {
+      if (slots[i] < 0) continue;
+      written[slots[i]] = true;
+      const int page = static_cast<int>(slots[i] / P), row = static_cast<int>(slots[i] % P);
+      for (int h = 0; h < H; ++h) {
+        const uint8_t* tile = got.data() + (static_cast<size_t>(page) * H + h) * tb[side];
+        const float* xv = x[side].data() + (static_cast<size_t>(i) * H + h) * d;
+        if (bits == kF16Bits) {
+          const auto* g16 = reinterpret_cast<const uint16_t*>(tile) + static_cast<size_t>(row) * d;
+          for (int j = 0; j < d; ++j) ASSERT_EQ(g16[j], __half_as_ushort(__float2half_rn(xv[j]))) << "fp16 coord " << j;
+          continue;
+        }
+        double n2 = 0;
+        for (int j = 0; j < d; ++j) n2 += static_cast<double>(xv[j]) * xv[j];
+        const double norm = std::sqrt(n2);
+        const uint16_t got_scale = reinterpret_cast<const uint16_t*>(tile + tile_scales_offset(P, d, bits))[row];
+        if (n2 == 0) {
+          for (int j = 0; j < d; ++j) ASSERT_EQ(unpack_index(tile + row * rb, bits, j), 0u) << "zero vector, coord " << j;
+          ASSERT_EQ(got_scale, 0) << "zero vector scale";
+          continue;
+        }
+        double c2 = 0;
+        for (int r = 0; r < d; ++r) {
+          double y = 0;
+          for (int j = 0; j < d; ++j) y += static_cast<double>(rotation[static_cast<size_t>(r) * d + j]) * xv[j];
+          y /= norm;
+          uint32_t want = 0;
+          double gap = INFINITY;
+          for (size_t b = 0; b < bnd[side].size(); ++b) {
+            if (y > bnd[side][b]) want = static_cast<uint32_t>(b + 1);
+            gap = std::min(gap, std::fabs(y - bnd[side][b]));
+          }
+          const uint32_t g = unpack_index(tile + row * rb, bits, r);
+          if (g != want) {
+            ASSERT_LT(gap, kTie) << "index mismatch away from a tie: side " << side << " token " << i << " head " << h
+                                 << " coord " << r << " y " << y << " got " << g << " want " << want;
+            ++near_ties;
+          }
+          c2 += static_cast<double>(cent[side][g]) * cent[side][g];
+        }
+        const double want_scale = norm / std::sqrt(c2);
+        // 2 fp16 ulps relative, or one subnormal step (2^-24) for scales below 2^-14.
+        EXPECT_NEAR(fp16_to_float(got_scale), want_scale, std::max(want_scale * (1.0 / 1024), 0x1p-24))
+            << "scale, side " << side << " token " << i << " head " << h;
+      }
+    }
+    for (int sl = 0; sl < pool_slots; ++sl) {  // rows nobody wrote keep their bytes
+      if (written[sl]) continue;
+      for (int h = 0; h < H; ++h)
+        for (int64_t b = 0; b < rb; ++b)
+          ASSERT_EQ(got[(static_cast<size_t>(sl / P) * H + h) * tb[side] + (sl % P) * rb + b], 0xAB)
+              << "slot " << sl << " was overwritten";
+    }
+  }
+  EXPECT_LE(near_ties, 3) << "too many near-tie index differences";
+}
+
+TEST(QuantizeOnWriteTc, RealCodebooksMatchPlainLoopEncoder) {
+  TQKV_REQUIRE_GPU();
+  for (int d : {128, 96})
+    for (auto kv : {std::pair{4, 4}, {3, 3}, {8, 4}, {8, 8}, {2, 2}, {4, 3}, {8, 16}})
+      for (bool f32 : {false, true}) {
+        run_tc_case(d, kv.first, kv.second, f32, false);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
+
+TEST(QuantizeOnWriteTc, CrowdedBoundariesFallBackToBinarySearch) {
+  TQKV_REQUIRE_GPU();
+  for (int d : {128, 96})
+    for (auto kv : {std::pair{4, 4}, {8, 4}, {3, 3}})
+      for (bool f32 : {false, true}) {
+        run_tc_case(d, kv.first, kv.second, f32, true);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
 
 // GPU dequantization of randomly filled pages equals the fp64 plain-loop decode.
 TEST(CudaDequantize, MatchesPlainLoopDecode) {

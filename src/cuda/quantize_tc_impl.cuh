@@ -1,0 +1,565 @@
+// Kernel templates of the tensor-core quantize-on-write (design notes in quantize_tc.cuh).
+// Included by quantize_tc_d128.cu and quantize_tc_d96.cu, each instantiating its head size.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <type_traits>
+
+#include "cuda/cuda_check.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/quantize_tc.cuh"
+#include "tqkv/kv_layout.h"
+
+namespace tqkv::cuda::tc {
+
+using detail::mma_16816;
+using detail::pack_half2;
+
+constexpr int kTcWarps = 8;
+constexpr unsigned kFull = 0xffffffffu;
+
+// Grid table of one side: Bt[L] (boundaries * kScale, +inf last), C2[L] (squared centroids),
+// T[kCells] (4 * boundaries below the cell). Cell counts leave >= 3x margin over the smallest
+// boundary gap of the Lloyd-Max codebooks for head sizes 64 - 128.
+template <int BITS>
+struct Grid {
+  static constexpr bool kQuant = BITS != kF16Bits;
+  static constexpr int kLevels = kQuant ? (1 << BITS) : 0;
+  static constexpr int kCells = BITS == 2 ? 128 : BITS == 3 ? 256 : BITS == 4 ? 512 : BITS == 8 ? 4096 : 0;
+  using Cell = std::conditional_t<BITS == 8, uint16_t, uint8_t>;
+  static constexpr int kBytes = kQuant ? 8 * kLevels + kCells * static_cast<int>(sizeof(Cell)) : 0;
+  static constexpr float kScale = static_cast<float>(kCells / 2 - 2);  // u = t * kScale, |t| <= 1
+};
+
+// Builds one side's table (all threads of the CTA); returns this thread's part of the check.
+template <int BITS>
+__device__ bool build_table(uint8_t* base, const float* bnd, const float* cent) {
+  using G = Grid<BITS>;
+  constexpr int L = G::kLevels, NC = G::kCells;
+  float* Bt = reinterpret_cast<float*>(base);
+  float* C2 = Bt + L;
+  auto* T = reinterpret_cast<typename G::Cell*>(C2 + L);
+  for (int i = threadIdx.x; i < L; i += blockDim.x) {
+    Bt[i] = i + 1 < L ? bnd[i] * G::kScale : INFINITY;
+    const float c = cent[i];
+    C2[i] = c * c;
+  }
+  __syncthreads();
+  bool ok = true;
+  for (int i = threadIdx.x; i + 2 < L; i += blockDim.x) ok &= Bt[i] < Bt[i + 1];  // ascending (NaN fails)
+  for (int c = threadIdx.x; c < NC; c += blockDim.x) {
+    // Cell c holds the u with rint(u) = c - NC/2: the closed interval [lo, hi].
+    const float lo = static_cast<float>(c - NC / 2) - 0.5f, hi = static_cast<float>(c - NC / 2) + 0.5f;
+    int below = 0, upto = 0;
+#pragma unroll
+    for (int st = L / 2; st >= 1; st >>= 1) {
+      if (Bt[below + st - 1] < lo) below += st;
+      if (Bt[upto + st - 1] <= hi) upto += st;
+    }
+    ok &= upto - below <= 1;
+    T[c] = static_cast<typename G::Cell>(4 * below);
+  }
+  return ok;
+}
+
+// 4 * (number of boundaries strictly below t) for u = t * kScale; adds c[idx]^2 to c2.
+template <int BITS, bool GRID>
+__device__ __forceinline__ uint32_t search4(float u, const uint8_t* tab, float& c2) {
+  using G = Grid<BITS>;
+  constexpr int L = G::kLevels;
+  const float* Bt = reinterpret_cast<const float*>(tab);
+  const char* btc = reinterpret_cast<const char*>(tab);
+  uint32_t i4;
+  if constexpr (GRID) {
+    const auto* T = reinterpret_cast<const typename G::Cell*>(tab + 8 * L);
+    constexpr float kMagic = 12582912.0f + G::kCells / 2;  // 1.5 * 2^23: rint(u) in the low bits
+    const uint32_t cell = __float_as_uint(__fadd_rn(u, kMagic)) & (G::kCells - 1);
+    i4 = T[cell];
+    const float b = *reinterpret_cast<const float*>(btc + i4);
+    if (u > b) i4 += 4;
+  } else {
+    uint32_t i = 0;
+#pragma unroll
+    for (int st = L / 2; st >= 1; st >>= 1) i += u > Bt[i + st - 1] ? st : 0;
+    i4 = 4 * i;
+  }
+  c2 += *reinterpret_cast<const float*>(btc + 4 * L + i4);
+  return i4;
+}
+
+// Puts index i4 / 4 at bit position q * BITS of the word array (q a compile-time constant
+// after unrolling).
+template <int BITS, int NW>
+__device__ __forceinline__ void put(uint32_t (&w)[NW], int q, uint32_t i4) {
+  const int bit = q * BITS, wi = bit >> 5, sh = bit & 31;
+  // Fields are disjoint and start zeroed: add (one IMAD with the shift) instead of shift + OR.
+  w[wi] += sh >= 2 ? (i4 << ((sh - 2) & 31)) : (i4 >> ((2 - sh) & 31));
+  if (sh + BITS > 32) w[wi + 1] += i4 >> ((34 - sh) & 31);
+}
+
+// Stores lane t's quarter of a packed row (bits [t*CB, (t+1)*CB)). Every lane must call it (the
+// unaligned case exchanges the word shared with the next lane).
+template <int D, int BITS, int NU>
+__device__ __forceinline__ void store_chunk(uint8_t* row, int t, const uint32_t (&w)[NU], bool st) {
+  constexpr int CB = D / 4 * BITS, RB = D * BITS / 8;
+  if constexpr (CB % 32 == 0) {
+    if (!st) return;
+    uint8_t* p = row + t * (CB / 8);
+    if constexpr (CB % 128 == 0 && RB % 16 == 0) {
+#pragma unroll
+      for (int i = 0; i < CB / 128; ++i)
+        reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+    } else if constexpr (CB % 64 == 0 && RB % 8 == 0) {
+#pragma unroll
+      for (int i = 0; i < CB / 64; ++i) reinterpret_cast<uint2*>(p)[i] = make_uint2(w[2 * i], w[2 * i + 1]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < CB / 32; ++i) reinterpret_cast<uint32_t*>(p)[i] = w[i];
+    }
+  } else {
+    static_assert(RB % 4 == 0, "rows must be word aligned");
+    constexpr int NV = (CB + 62) / 32;
+    const int bit0 = t * CB, w0 = bit0 >> 5, s = bit0 & 31;
+    uint32_t v[NV];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const uint32_t lo = (i >= 1 && i - 1 < NU) ? w[i >= 1 ? i - 1 : 0] : 0u;
+      const uint32_t hi = i < NU ? w[i < NU ? i : 0] : 0u;
+      v[i] = __funnelshift_l(lo, hi, s);
+    }
+    const uint32_t nxt = __shfl_down_sync(kFull, v[0], 1);
+    const int bitn = (t + 1) * CB, li = (bitn >> 5) - w0;
+    if (t < 3 && (bitn & 31) != 0) {
+#pragma unroll
+      for (int i = 0; i < NV; ++i)
+        if (i == li) v[i] |= nxt;
+    }
+    if (!st) return;
+    uint32_t* p = reinterpret_cast<uint32_t*>(row);
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const int k = w0 + i;
+      if ((i > 0 || s == 0) && 32 * k < bitn) p[k] = v[i];
+    }
+  }
+}
+
+// fp16 row quarter (Q halves) of an fp16 side.
+template <int D>
+__device__ __forceinline__ void store_f16_chunk(uint8_t* tile, int row, int t, const uint32_t* h) {
+  uint4* p = reinterpret_cast<uint4*>(tile + (static_cast<size_t>(row) * D + t * (D / 4)) * 2);
+#pragma unroll
+  for (int i = 0; i < D / 32; ++i) p[i] = make_uint4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(kFull, v, 1);
+  v += __shfl_xor_sync(kFull, v, 2);
+  return v;
+}
+
+// Power of two that brings sqrt(n2) into [2^8, 2^10) (fp16 hi/lo split of fp32 inputs).
+__device__ __forceinline__ float prescale(float n2) {
+  const int e2 = static_cast<int>((__float_as_uint(n2) >> 23) & 0xff) - 127;
+  const int e = min(max(8 - (e2 >> 1), -100), 100);
+  return __uint_as_float(static_cast<uint32_t>(e + 127) << 23);
+}
+
+// Dynamic shared memory: [dense B fragments] [K table] [V table] [fp16 input staging: per warp,
+// 2 stages x MT m-tiles x 32 lanes x (K, V quarters of D/4 halves); each lane copies (cp.async)
+// and reads back only its own quarters, one tile ahead].
+template <int D, int KB, int VB, bool HAD, bool F32, int MT>
+struct TcLayout {
+  static constexpr int kFragBytes = HAD ? 0 : (D / 16) * (D / 8) * 32 * 16;
+  static constexpr int kTabK = kFragBytes;
+  static constexpr int kTabV = kTabK + Grid<KB>::kBytes;
+  static constexpr int kStage = kTabV + Grid<VB>::kBytes;
+  static constexpr int kLaneStage = D;  // bytes per lane per m-tile: 2 sides x D/4 halves x 2
+  static constexpr int kWarpStage = F32 ? 0 : 2 * MT * 32 * kLaneStage;
+  static constexpr int kBytes = kStage + kTcWarps * kWarpStage;
+};
+
+// Loads lane t's quarter of item `it`'s vector into fp16 words `h` (hi part) and, for fp32
+// inputs, `l` (lo part), after scaling by the power of two `pw` from the fp32 norm. `f16row`
+// receives the unscaled fp16 words (for fp16 sides). Returns |x|^2 for fp32 inputs (0 otherwise).
+template <int D, bool F32>
+__device__ __forceinline__ float load_quarter(const void* src, long long it, int t, uint32_t (&h)[D / 8],
+                                              uint32_t (&l)[D / 8], uint32_t (&f16row)[D / 8], float& pw) {
+  constexpr int Q = D / 4;
+  if constexpr (!F32) {
+    // it < 0: `src` is the lane's staged quarter in shared memory.
+    const uint4* p = it < 0 ? static_cast<const uint4*>(src)
+                            : reinterpret_cast<const uint4*>(static_cast<const __half*>(src) + it * D + t * Q);
+#pragma unroll
+    for (int i = 0; i < Q / 8; ++i) {
+      const uint4 u = p[i];
+      h[4 * i] = u.x; h[4 * i + 1] = u.y; h[4 * i + 2] = u.z; h[4 * i + 3] = u.w;
+    }
+#pragma unroll
+    for (int i = 0; i < Q / 2; ++i) { f16row[i] = h[i]; l[i] = 0u; }
+    pw = 1.f;
+    return 0.f;
+  } else {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(src) + it * D + t * Q);
+    float x[Q];
+#pragma unroll
+    for (int i = 0; i < Q / 4; ++i) {
+      const float4 u = p[i];
+      x[4 * i] = u.x; x[4 * i + 1] = u.y; x[4 * i + 2] = u.z; x[4 * i + 3] = u.w;
+    }
+    float n2 = 0.f;
+#pragma unroll
+    for (int i = 0; i < Q; ++i) n2 = fmaf(x[i], x[i], n2);
+    n2 = quad_sum(n2);
+    pw = prescale(n2);
+#pragma unroll
+    for (int i = 0; i < Q / 2; ++i) {
+      f16row[i] = pack_half2(x[2 * i], x[2 * i + 1]);
+      const float a = x[2 * i] * pw, b = x[2 * i + 1] * pw;
+      h[i] = pack_half2(a, b);
+      const float2 hf = __half22float2(*reinterpret_cast<const __half2*>(&h[i]));
+      l[i] = pack_half2(a - hf.x, b - hf.y);
+    }
+    return n2;
+  }
+}
+
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID>
+__device__ __forceinline__ void tc_loop(const QuantTcArgs& a, uint8_t* smem, const uint32_t (&sm)[D / 8],
+                                        const uint32_t (&hb)[2][2]) {
+  constexpr int Q = D / 4, NK = D / 16, NT = D / 8, NW = D / 8;  // NW: fp16 words per quarter
+  constexpr int NUK = KB == kF16Bits ? 1 : (Q * KB + 31) / 32;
+  constexpr int NUV = VB == kF16Bits ? 1 : (Q * VB + 31) / 32;
+  using L = TcLayout<D, KB, VB, HAD, F32, MT>;
+  const uint8_t* tabK = smem + L::kTabK;
+  const uint8_t* tabV = smem + L::kTabV;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const PagedKVView& v = a.view;
+  const int H = v.num_kv_heads;
+  const long long total = static_cast<long long>(a.num_tokens) * H;
+  const long long tiles = (total + 8 * MT - 1) / (8 * MT);
+  const int gsrc = (lane & ~3) | (g >> 1);
+  // u = value * S / (rotation gain * |x| * pw): Hadamard values carry sqrt(D), dense ones 16.
+  const float gain = HAD ? sqrtf(static_cast<float>(D)) : 16.f;
+
+  // fp16 inputs: the lane's quarters of the next tile are copied into this warp's staging
+  // buffer (cp.async) while the current tile is processed.
+  uint8_t* stage = smem + L::kStage + warp * L::kWarpStage + lane * L::kLaneStage;
+  auto prefetch = [&](long long m, int s) {
+    if constexpr (!F32) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const long long item = (m * MT + mt) * 8 + g;
+        const long long it = item < total ? item : total - 1;
+        uint8_t* dst = stage + (s * MT + mt) * 32 * L::kLaneStage;
+#pragma unroll
+        for (int side = 0; side < 2; ++side) {
+          const __half* src = static_cast<const __half*>(a.src[side]) + it * D + t * Q;
+#pragma unroll
+          for (int i = 0; i < Q / 8; ++i) detail::cp_async16(dst + side * 2 * Q + 16 * i, src + 8 * i);
+        }
+      }
+    }
+  };
+  const long long mstride = static_cast<long long>(gridDim.x) * kTcWarps;
+  int sbuf = 0;
+  if (static_cast<long long>(blockIdx.x) * kTcWarps + warp < tiles) prefetch(static_cast<long long>(blockIdx.x) * kTcWarps + warp, 0);
+  detail::cp_async_commit();
+  for (long long m = static_cast<long long>(blockIdx.x) * kTcWarps + warp; m < tiles; m += mstride, sbuf ^= 1) {
+    if (m + mstride < tiles) prefetch(m + mstride, sbuf ^ 1);
+    detail::cp_async_commit();
+    detail::cp_async_wait<1>();
+    uint32_t xk[MT][NW], xv[MT][NW], lk[MT][NW], lv[MT][NW];
+    float nk2[MT], nv2[MT], mk[MT], mv[MT];
+    bool store[MT];
+    uint8_t* ktile[MT];
+    uint8_t* vtile[MT];
+    int row[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const long long item = (m * MT + mt) * 8 + g;
+      const bool valid = item < total;
+      const long long it = valid ? item : total - 1;
+      const int it32 = static_cast<int>(it);
+      const int token = it32 / H, head = it32 - token * H;
+      const int64_t slot = a.slots[token];
+      store[mt] = valid && slot >= 0;
+      int page = 0, r = 0;
+      if (store[mt]) {
+        if (slot < 0x7fffffff) {
+          const uint32_t s32 = static_cast<uint32_t>(slot), ps = static_cast<uint32_t>(v.page_size);
+          page = static_cast<int>(s32 / ps);
+          r = static_cast<int>(s32 - static_cast<uint32_t>(page) * ps);
+        } else {
+          page = static_cast<int>(slot / v.page_size);
+          r = static_cast<int>(slot % v.page_size);
+        }
+      }
+      row[mt] = r;
+      ktile[mt] = v.k_tile(page, head);
+      vtile[mt] = v.v_tile(page, head);
+      uint32_t fk[NW], fv[NW];
+      float pwk, pwv;
+      const uint8_t* st = stage + (sbuf * MT + mt) * 32 * L::kLaneStage;
+      float n2k = load_quarter<D, F32>(F32 ? a.src[0] : st, F32 ? it : -1, t, xk[mt], lk[mt], fk, pwk);
+      float n2v = load_quarter<D, F32>(F32 ? a.src[1] : st + 2 * Q, F32 ? it : -1, t, xv[mt], lv[mt], fv, pwv);
+      if constexpr (KB == kF16Bits) {
+        if (store[mt]) store_f16_chunk<D>(ktile[mt], r, t, fk);
+      }
+      if constexpr (VB == kF16Bits) {
+        if (store[mt]) store_f16_chunk<D>(vtile[mt], r, t, fv);
+      }
+      if constexpr (HAD) {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) {
+          xk[mt][i] ^= sm[i]; xv[mt][i] ^= sm[i];
+          if constexpr (F32) { lk[mt][i] ^= sm[i]; lv[mt][i] ^= sm[i]; }
+        }
+      }
+      if constexpr (!F32) {  // |x|^2 of the 16 rows: Gram MMA of the fp16 operands with themselves
+        float gk[4] = {0.f, 0.f, 0.f, 0.f}, gv[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int kb = 0; kb < NK; ++kb) {
+          const uint32_t a0 = xk[mt][2 * kb], a1 = xv[mt][2 * kb], a2 = xk[mt][2 * kb + 1], a3 = xv[mt][2 * kb + 1];
+          mma_16816(gk, a0, a1, a2, a3, a0, a2);
+          mma_16816(gv, a0, a1, a2, a3, a1, a3);
+        }
+        n2k = __shfl_sync(kFull, (g & 1) ? gk[1] : gk[0], gsrc);
+        n2v = __shfl_sync(kFull, (g & 1) ? gv[3] : gv[2], gsrc);
+      }
+      nk2[mt] = n2k;
+      nv2[mt] = n2v;
+      // rsqrtf (1-ulp MUFU approximation): u only has to land on the right side of boundaries
+      // that are not within ~1e-6 of it; the stored scale below is computed exactly.
+      mk[mt] = n2k > 0.f ? Grid<KB>::kScale / (gain * pwk) * rsqrtf(n2k) : 0.f;
+      mv[mt] = n2v > 0.f ? Grid<VB>::kScale / (gain * pwv) * rsqrtf(n2v) : 0.f;
+    }
+
+    uint32_t wk[MT][NUK], wv[MT][NUV];
+    float ck[MT], cv[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      ck[mt] = 0.f; cv[mt] = 0.f;
+#pragma unroll
+      for (int i = 0; i < NUK; ++i) wk[mt][i] = 0u;
+#pragma unroll
+      for (int i = 0; i < NUV; ++i) wv[mt][i] = 0u;
+    }
+    // One output value: quantize and pack (q = position in the lane's quarter).
+    auto emit = [&](int mt, int q, float yk0, float yk1, float yv0, float yv1) {
+      if constexpr (KB != kF16Bits) {
+        put<KB>(wk[mt], q, search4<KB, GRID>(yk0 * mk[mt], tabK, ck[mt]));
+        put<KB>(wk[mt], q + 1, search4<KB, GRID>(yk1 * mk[mt], tabK, ck[mt]));
+      }
+      if constexpr (VB != kF16Bits) {
+        put<VB>(wv[mt], q, search4<VB, GRID>(yv0 * mv[mt], tabV, cv[mt]));
+        put<VB>(wv[mt], q + 1, search4<VB, GRID>(yv1 * mv[mt], tabV, cv[mt]));
+      }
+    };
+
+    if constexpr (HAD) {
+      static_assert(MT == 1, "Hadamard path: one m-tile per iteration");
+      float z[NK][2][4];
+#pragma unroll
+      for (int kb = 0; kb < NK; ++kb) {
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          z[kb][nt][0] = z[kb][nt][1] = z[kb][nt][2] = z[kb][nt][3] = 0.f;
+          mma_16816(z[kb][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+          if constexpr (F32)
+            mma_16816(z[kb][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+        }
+      }
+#pragma unroll
+      for (int hs = 1; hs < NK; hs <<= 1) {  // H over the k-step bits, fp32 butterflies
+#pragma unroll
+        for (int kb = 0; kb < NK; ++kb) {
+          if (kb & hs) continue;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const float p = z[kb][nt][r], q = z[kb + hs][nt][r];
+              z[kb][nt][r] = p + q;
+              z[kb + hs][nt][r] = p - q;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int kb = 0; kb < NK; ++kb)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) emit(0, 4 * kb + 2 * nt, z[kb][nt][0], z[kb][nt][1], z[kb][nt][2], z[kb][nt][3]);
+    } else {
+      const uint4* frag = reinterpret_cast<const uint4*>(smem);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        float acc[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.f;
+#pragma unroll
+        for (int kb = 0; kb < NK; ++kb) {
+          const uint4 f = frag[(kb * NT + nt) * 32 + lane];  // {P hi b0, b1, P lo b0, b1}
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint32_t a0 = xk[mt][2 * kb], a1 = xv[mt][2 * kb], a2 = xk[mt][2 * kb + 1], a3 = xv[mt][2 * kb + 1];
+            mma_16816(acc[mt], a0, a1, a2, a3, f.x, f.y);
+            mma_16816(acc[mt], a0, a1, a2, a3, f.z, f.w);
+            if constexpr (F32)
+              mma_16816(acc[mt], lk[mt][2 * kb], lv[mt][2 * kb], lk[mt][2 * kb + 1], lv[mt][2 * kb + 1], f.x, f.y);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) emit(mt, 2 * nt, acc[mt][0], acc[mt][1], acc[mt][2], acc[mt][3]);
+      }
+    }
+
+    // Scales and packed rows. A zero vector encodes to index 0 and scale 0 (codec.h).
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if constexpr (KB != kF16Bits) {
+        const float c2 = quad_sum(ck[mt]);
+        const bool zero = !(nk2[mt] > 0.f);
+#pragma unroll
+        for (int i = 0; i < NUK; ++i) wk[mt][i] = zero ? 0u : wk[mt][i];
+        store_chunk<D, KB>(ktile[mt] + static_cast<size_t>(row[mt]) * (D * KB / 8), t, wk[mt], store[mt]);
+        if (t == 0 && store[mt]) {
+          const float scale = (!zero && c2 > 0.f) ? sqrtf(nk2[mt]) / sqrtf(c2) : 0.f;
+          reinterpret_cast<uint16_t*>(ktile[mt] + tile_scales_offset(v.page_size, D, KB))[row[mt]] =
+              __half_as_ushort(__float2half_rn(scale));
+        }
+      }
+      if constexpr (VB != kF16Bits) {
+        const float c2 = quad_sum(cv[mt]);
+        const bool zero = !(nv2[mt] > 0.f);
+#pragma unroll
+        for (int i = 0; i < NUV; ++i) wv[mt][i] = zero ? 0u : wv[mt][i];
+        store_chunk<D, VB>(vtile[mt] + static_cast<size_t>(row[mt]) * (D * VB / 8), t, wv[mt], store[mt]);
+        if (t == 1 && store[mt]) {
+          const float scale = (!zero && c2 > 0.f) ? sqrtf(nv2[mt]) / sqrtf(c2) : 0.f;
+          reinterpret_cast<uint16_t*>(vtile[mt] + tile_scales_offset(v.page_size, D, VB))[row[mt]] =
+              __half_as_ushort(__float2half_rn(scale));
+        }
+      }
+    }
+  }
+}
+
+template <int D, int KB, int VB, bool F32, bool HAD, int MT>
+__global__ void __launch_bounds__(kTcWarps * 32, MT == 1 ? 2 : 1) quantize_tc_kernel(const QuantTcArgs a) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  using L = TcLayout<D, KB, VB, HAD, F32, MT>;
+  constexpr int Q = D / 4, NW = D / 8;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const PagedKVView& v = a.view;
+  bool ok = true;
+  if constexpr (KB != kF16Bits) ok &= build_table<KB>(smem + L::kTabK, a.bnd[0], v.k.centroids);
+  if constexpr (VB != kF16Bits) ok &= build_table<VB>(smem + L::kTabV, a.bnd[1], v.v.centroids);
+  uint32_t sm[NW];
+  uint32_t hb[2][2];
+  if constexpr (HAD) {
+    // Lane's sign words: bit 15 / 31 flips coordinate t*Q + 2i / 2i + 1.
+#pragma unroll
+    for (int i = 0; i < NW; ++i) {
+      const float s0 = v.hadamard_signs[t * Q + 2 * i], s1 = v.hadamard_signs[t * Q + 2 * i + 1];
+      sm[i] = (s0 < 0.f ? 0x8000u : 0u) | (s1 < 0.f ? 0x80000000u : 0u);
+    }
+    // H16 fragments: column g = output (t' = g >> 1, hi' = nt, e' = g & 1); rows 2t + e (hi 0)
+    // and 2t + 8 + e (hi 1) = input (t, hi, e). Entry (-1)^popc(out & in).
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int tp = g >> 1, ep = g & 1;
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        uint32_t w = 0;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int par = (__popc(tp & t) + (nt & hi) + (ep & e)) & 1;
+          w |= (par ? 0xBC00u : 0x3C00u) << (16 * e);
+        }
+        hb[nt][hi] = w;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < NW; ++i) sm[i] = 0u;
+    hb[0][0] = hb[0][1] = hb[1][0] = hb[1][1] = 0u;
+    // B fragments of (16 P)^T, permuted: k-step kb, n-tile nt, lane (gl, tl): column gl = output
+    // i = (gl >> 1) * Q + 2 nt + (gl & 1); rows = inputs tl * Q + 4 kb + {0, 1 | 2, 3}.
+    constexpr int NK = D / 16, NT = D / 8;
+    uint4* frag = reinterpret_cast<uint4*>(smem);
+    for (int idx = threadIdx.x; idx < NK * NT * 32; idx += blockDim.x) {
+      const int ln = idx & 31, kn = idx >> 5, kb = kn / NT, nt = kn - kb * NT;
+      const int gl = ln >> 2, tl = ln & 3;
+      const int i = (gl >> 1) * Q + 2 * nt + (gl & 1);
+      const float* pr = v.rotation + static_cast<size_t>(i) * D + tl * Q + 4 * kb;
+      uint32_t hw[2], lw[2];
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const float p0 = pr[2 * k] * 16.f, p1 = pr[2 * k + 1] * 16.f;
+        hw[k] = pack_half2(p0, p1);
+        const float2 hf = __half22float2(*reinterpret_cast<const __half2*>(&hw[k]));
+        lw[k] = pack_half2(p0 - hf.x, p1 - hf.y);
+      }
+      frag[idx] = make_uint4(hw[0], hw[1], lw[0], lw[1]);
+    }
+  }
+  const bool grid_ok = __syncthreads_and(ok) != 0;
+  if (grid_ok) {
+    tc_loop<D, KB, VB, F32, HAD, MT, true>(a, smem, sm, hb);
+  } else {
+    tc_loop<D, KB, VB, F32, HAD, MT, false>(a, smem, sm, hb);
+  }
+}
+
+template <int D, int KB, int VB, bool F32, bool HAD, int MT>
+Status launch_tc(const QuantTcArgs& a, cudaStream_t stream) {
+  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT>;
+  constexpr int smem = TcLayout<D, KB, VB, HAD, F32, MT>::kBytes;
+  // Host-side attribute (not a stream operation): safe during graph capture.
+  TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  int dev = 0, sms = 132, per_sm = 1;
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev));
+  TQKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  TQKV_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTcWarps * 32, smem));
+  const long long items = static_cast<long long>(a.num_tokens) * a.view.num_kv_heads;
+  const long long blocks = (items + 8LL * MT * kTcWarps - 1) / (8LL * MT * kTcWarps);
+  const int grid = static_cast<int>(std::min<long long>(blocks, static_cast<long long>(std::max(per_sm, 1)) * sms));
+  kernel<<<grid, kTcWarps * 32, smem, stream>>>(a);
+  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return Status::ok();
+}
+
+// The format pairs built: the decode kernel's pairs plus (8, 16) (an fp16 side next to a
+// quantized one). Anything else: *launched = false.
+// MT16 > 1 (dense fp16 inputs): TQKV_CUDA_QUANT_MT=2 (read on every call; an experiment switch)
+// selects two m-tiles per iteration (B fragments read once per 16 items, 1 CTA per SM).
+template <int D, bool HAD, int MT16>
+Status dispatch_tc(const QuantTcArgs& a, cudaStream_t stream, bool* launched) {
+  *launched = false;
+  const int kb = a.view.k.bits, vb = a.view.v.bits;
+  const bool f32 = a.in_type == DType::kF32;
+  const char* mte = MT16 > 1 ? std::getenv("TQKV_CUDA_QUANT_MT") : nullptr;
+  const bool mt2 = mte != nullptr && mte[0] == '2';
+#define TQKV_TC_PAIR(KB, VB)                                                              \
+  if (kb == KB && vb == VB) {                                                             \
+    *launched = true;                                                                     \
+    if (f32) return launch_tc<D, KB, VB, true, HAD, 1>(a, stream);                        \
+    return mt2 ? launch_tc<D, KB, VB, false, HAD, MT16>(a, stream) : launch_tc<D, KB, VB, false, HAD, 1>(a, stream); \
+  }
+  TQKV_TC_PAIR(4, 4)
+  TQKV_TC_PAIR(3, 3)
+  TQKV_TC_PAIR(8, 4)
+  TQKV_TC_PAIR(8, 8)
+  TQKV_TC_PAIR(2, 2)
+  TQKV_TC_PAIR(4, 3)
+  TQKV_TC_PAIR(8, 16)
+#undef TQKV_TC_PAIR
+  return Status::ok();
+}
+
+}  // namespace tqkv::cuda::tc
