@@ -54,6 +54,10 @@ struct KVCacheConfig {
   uint64_t seed = kDefaultRotationSeed;  // rotation seed, shared by every layer and both sides
   // Non-zero: hand out free pages in a random order (tests and benchmarks place pages at random).
   uint64_t shuffle_seed = 0;
+  // Attention sinks: the first sink_tokens positions of every sequence are also kept in fp16 in
+  // each full-attention layer that compresses a side (PagedKVView::sink_tokens; docs/formats.md).
+  // In [0, page_size]; 0 = off. Their bytes come out of budget_bytes.
+  int32_t sink_tokens = 0;
 };
 
 // Tokens that fit in `budget_bytes` for one layer shape and format (full attention, whole pages,
@@ -68,7 +72,7 @@ CapacityReport capacity_for(int64_t budget_bytes, int32_t num_layers, int32_t nu
 
 // Caller-owned page-table arrays for a view (lets several views live at once without copying).
 struct KVViewWorkspace {
-  std::vector<int32_t> page_table, seq_lens, first_page;
+  std::vector<int32_t> page_table, seq_lens, first_page, sink_slot;
 };
 
 class KVCache {
@@ -109,6 +113,8 @@ class KVCache {
   int32_t group_window(int32_t group) const { return groups_[group].window; }
   int32_t total_pages(int32_t group) const { return groups_[group].num_pages; }
   int32_t free_pages(int32_t group) const { return static_cast<int32_t>(groups_[group].free_list.size()); }
+  // Bytes of the attention-sink tiles, all layers (part of bytes_allocated()).
+  int64_t sink_bytes() const;
   // Pages sequence `seq` currently holds in `group` (after eviction), for tests.
   Result<std::vector<int32_t>> pages_of(int32_t group, int32_t seq) const;
   Result<int32_t> first_page_of(int32_t group, int32_t seq) const;
@@ -126,6 +132,9 @@ class KVCache {
     int32_t group = 0;
     int64_t k_tile = 0, v_tile = 0;
     std::vector<uint8_t> k_pages, v_pages;  // [num_pages][num_kv_heads][tile]
+    bool sinks = false;                     // holds attention sinks (config sink_tokens > 0)
+    int64_t sink_tile = 0;                  // tile_bytes(sink_tokens, head_dim, 16)
+    std::vector<uint8_t> sink_k, sink_v;    // [max_seqs][num_kv_heads][sink_tile] fp16
     std::unique_ptr<TurboQuantCodec> k_codec, v_codec;
     KVViewWorkspace ws;
   };

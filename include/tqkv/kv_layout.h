@@ -105,6 +105,33 @@ struct PagedKVView {
   // [head_dim] +-1 signs when P is the randomized Hadamard P = H diag(signs) / sqrt(head_dim)
   // (H the Sylvester Walsh-Hadamard matrix); lets kernels use a fast transform. Null otherwise.
   const float* hadamard_signs = nullptr;
+  // Attention sinks (docs/formats.md, "Attention sinks"): the first `sink_tokens` positions of each
+  // sequence are also held exactly, in fp16, in sink tiles [slot][num_kv_heads][sink tile] of
+  // tile_bytes(sink_tokens, head_dim, 16) bytes (rows = positions 0 .. sink_tokens-1), each side in
+  // its own space: P x when that side is TurboQuant, x when it is fp16. sink_slot[s] is sequence s's
+  // slot. Attention takes positions < sink_tokens from the sink tiles and the rest from the pages.
+  // 0 = no sinks (the sink pointers are then unused).
+  int32_t sink_tokens = 0;
+  uint8_t* sink_k = nullptr;
+  uint8_t* sink_v = nullptr;
+  const int32_t* sink_slot = nullptr;  // [num_seqs]
+
+  // The sink tiles seen as a view of their own: fp16 sides, one "page" of sink_tokens rows per
+  // sequence, page table = sink_slot. Kernels run their fp16 path over it.
+  TQKV_HD PagedKVView sinks() const {
+    PagedKVView s = *this;
+    const int64_t tb = tile_bytes(sink_tokens, head_dim, kF16Bits);
+    s.k = KVSideView{sink_k, kF16Bits, tb, nullptr};
+    s.v = KVSideView{sink_v, kF16Bits, tb, nullptr};
+    s.page_size = sink_tokens;
+    s.page_table = sink_slot;
+    s.max_pages_per_seq = 1;
+    s.first_page = nullptr;
+    s.sink_tokens = 0;
+    s.sink_k = s.sink_v = nullptr;
+    s.sink_slot = nullptr;
+    return s;
+  }
 
   TQKV_HD uint8_t* k_tile(int32_t page, int32_t head) const {
     return k.pages + (static_cast<int64_t>(page) * num_kv_heads + head) * k.tile_bytes;

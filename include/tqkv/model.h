@@ -148,6 +148,12 @@ struct KvOptions {
   // GpuContextOptions::center_keys).
   bool center_keys = false;
   bool center_values = false;
+  // Attention sinks (paged cache only; KVCacheConfig::sink_tokens): the first sink_tokens positions
+  // keep fp16 K and V in every compressed full-attention layer. The first tokens draw a large share
+  // of the attention in most heads, so their quantization error reaches every later query. Off here
+  // (the library's plain codec stays the reference); the CLI's default is kDefaultSinkTokens.
+  int32_t sink_tokens = 0;
+  static constexpr int32_t kDefaultSinkTokens = 4;
   static constexpr int kCenterMinTokens = 8;
   // Evaluation only (quality comparison with llama.cpp's rotated q4_0 KV cache): "q4_0h" rounds
   // K and V of the layers the format would compress through a randomized Hadamard rotation and

@@ -74,10 +74,17 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
     for (int32_t h = 0; h < H; ++h) {
       item_begin[r * H + h] = static_cast<int64_t>(items.size());
       const Row& row = rows[r];
+      // Attention sinks: positions below sink_tokens come from the sink tiles, one item.
+      int64_t from = row.lo;
+      if (from < kv.sink_tokens) {
+        const int64_t t1 = std::min<int64_t>(kv.sink_tokens, row.pos + 1);
+        items.push_back({row.s, h, r, row.pos, from, t1, true});
+        from = t1;
+      }
       // Chunk boundaries on multiples of `chunk` so chunks stay page-aligned.
-      for (int64_t t0 = row.lo; t0 <= row.pos;) {
+      for (int64_t t0 = from; t0 <= row.pos;) {
         const int64_t t1 = std::min<int64_t>((t0 / chunk + 1) * chunk, row.pos + 1);
-        items.push_back({row.s, h, r, row.pos, t0, t1});
+        items.push_back({row.s, h, r, row.pos, t0, t1, false});
         t0 = t1;
       }
     }
@@ -97,6 +104,9 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
   const int64_t nitems = static_cast<int64_t>(items.size());
   const int64_t stride = static_cast<int64_t>(G) * (d + 2);  // m[G], l[G], acc[G][d] per item
   std::vector<float> part(static_cast<size_t>(nitems * stride));
+  // Sink tiles hold each side in that side's space (rotated when TurboQuant): the fp16 path over
+  // them lines up with the rotated queries and the rotated V accumulator of the other items.
+  const PagedKVView sink_view = kv.sink_tokens > 0 ? kv.sinks() : kv;
   const attn_detail::ChunkFn fn =
       cpu_has_avx2_fma_f16c() ? &attn_detail::process_chunk_avx2 : &attn_detail::process_chunk_scalar;
 #pragma omp parallel
@@ -106,7 +116,7 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
     for (int64_t i = 0; i < nitems; ++i) {
       const WorkItem& w = items[i];
       float* st = part.data() + i * stride;
-      fn(kv, p, w, qk + (w.row * HQ + static_cast<int64_t>(w.h) * G) * d, st, st + G, st + 2 * G, scratch.data());
+      fn(w.sink ? sink_view : kv, p, w, qk + (w.row * HQ + static_cast<int64_t>(w.h) * G) * d, st, st + G, st + 2 * G, scratch.data());
     }
   }
 

@@ -30,6 +30,10 @@ Status validate_attention_args(const PagedKVView& kv, const AttentionParams& p) 
   }
   if (kv.num_seqs > 0 && (kv.page_table == nullptr || kv.seq_lens == nullptr || kv.max_pages_per_seq <= 0))
     return invalid_argument("null page table or seq_lens");
+  if (kv.sink_tokens < 0 || kv.sink_tokens > kv.page_size)
+    return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(kv.sink_tokens) + ")");
+  if (kv.sink_tokens > 0 && (kv.sink_k == nullptr || kv.sink_v == nullptr || (kv.num_seqs > 0 && kv.sink_slot == nullptr)))
+    return invalid_argument("attention sinks without sink tiles or slots");
   return Status::ok();
 }
 
@@ -69,6 +73,23 @@ namespace {
 // Dequantizes token `pos` of sequence s, KV head h, one side, to fp32 (plain loops, fp64 sums).
 void dequant_token(const PagedKVView& kv, const KVSideView& side, int32_t s, int64_t pos, int32_t h, float* out) {
   const int32_t ps = kv.page_size, d = kv.head_dim;
+  if (pos < kv.sink_tokens) {  // attention sink: fp16 in the side's space (rotated if TurboQuant)
+    const uint8_t* base = &side == &kv.k ? kv.sink_k : kv.sink_v;
+    const int64_t tb = tile_bytes(kv.sink_tokens, d, kF16Bits);
+    const uint16_t* x = reinterpret_cast<const uint16_t*>(base + (static_cast<int64_t>(kv.sink_slot[s]) * kv.num_kv_heads + h) * tb) +
+                        pos * d;
+    if (side.bits == kF16Bits) {
+      for (int32_t j = 0; j < d; ++j) out[j] = fp16_to_float(x[j]);
+      return;
+    }
+    for (int32_t i = 0; i < d; ++i) {  // x = P^T y
+      double acc = 0;
+      for (int32_t j = 0; j < d; ++j)
+        acc += static_cast<double>(kv.rotation[static_cast<int64_t>(j) * d + i]) * fp16_to_float(x[j]);
+      out[i] = static_cast<float>(acc);
+    }
+    return;
+  }
   const int64_t fp = kv.first_page ? kv.first_page[s] : 0;
   const int32_t page = kv.page_table[static_cast<int64_t>(s) * kv.max_pages_per_seq + pos / ps - fp];
   const uint8_t* tile = side.pages + (static_cast<int64_t>(page) * kv.num_kv_heads + h) * side.tile_bytes;

@@ -49,6 +49,8 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
                               num(p.v_bits) + ")");
     if (p.window < 0) return invalid_argument("window must be >= 0");
   }
+  if (c.sink_tokens < 0 || c.sink_tokens > c.page_size)
+    return invalid_argument("sink_tokens must be in [0, page_size] (got " + num(c.sink_tokens) + ")");
 
   std::unique_ptr<KVCache> kv(new KVCache(c));
   kv->layers_.resize(c.num_layers);
@@ -76,6 +78,13 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
       ls.k_tile = tile_bytes(c.page_size, c.head_dim, c.layers[l].k_bits);
       ls.v_tile = tile_bytes(c.page_size, c.head_dim, c.layers[l].v_bits);
       g.page_bytes += c.num_kv_heads * (ls.k_tile + ls.v_tile);
+      // Sinks where they change something: full attention, at least one side compressed.
+      ls.sinks = c.sink_tokens > 0 && g.window == 0 &&
+                 (c.layers[l].k_bits != kF16Bits || c.layers[l].v_bits != kF16Bits);
+      if (ls.sinks) {
+        ls.sink_tile = tile_bytes(c.sink_tokens, c.head_dim, kF16Bits);
+        budget_left -= 2ll * c.max_seqs * c.num_kv_heads * ls.sink_tile;
+      }
       for (int side = 0; side < 2; ++side) {
         const int32_t bits = side == 0 ? c.layers[l].k_bits : c.layers[l].v_bits;
         if (bits == kF16Bits) continue;
@@ -93,8 +102,10 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
     }
   }
   if (budget_left < 0)
-    return invalid_argument("budget of " + num(c.budget_bytes) + " bytes does not hold the sliding-window pages");
+    return invalid_argument("budget of " + num(c.budget_bytes) +
+                            " bytes does not hold the sliding-window pages and attention sinks");
   int64_t total_bytes = 0;
+  for (const LayerStore& ls : kv->layers_) total_bytes += 2ll * c.max_seqs * c.num_kv_heads * ls.sink_tile;
   for (Group& g : kv->groups_) {
     if (g.window == 0) g.num_pages = static_cast<int32_t>(std::min<int64_t>(budget_left / g.page_bytes, 1ll << 30));
     if (g.num_pages <= 0)
@@ -121,6 +132,8 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
       LayerStore& ls = kv->layers_[l];
       ls.k_pages.assign(static_cast<size_t>(g.num_pages) * c.num_kv_heads * ls.k_tile, 0);
       ls.v_pages.assign(static_cast<size_t>(g.num_pages) * c.num_kv_heads * ls.v_tile, 0);
+      ls.sink_k.assign(static_cast<size_t>(c.max_seqs) * c.num_kv_heads * ls.sink_tile, 0);
+      ls.sink_v.assign(static_cast<size_t>(c.max_seqs) * c.num_kv_heads * ls.sink_tile, 0);
     }
   }
   return kv;
@@ -169,6 +182,12 @@ Result<int32_t> KVCache::fork(int32_t seq) {
   for (Group& g : groups_) {
     g.seqs[child] = g.seqs[seq];
     for (int32_t p : g.seqs[child].pages) ++g.refcount[p];
+  }
+  for (LayerStore& ls : layers_) {
+    if (!ls.sinks) continue;
+    const int64_t b = cfg_.num_kv_heads * ls.sink_tile;
+    std::memcpy(ls.sink_k.data() + child * b, ls.sink_k.data() + seq * b, b);
+    std::memcpy(ls.sink_v.data() + child * b, ls.sink_v.data() + seq * b, b);
   }
   return child;
 }
@@ -318,6 +337,24 @@ Status KVCache::write(int32_t layer, int32_t seq, int32_t first_pos, int32_t n, 
       }
     }
   }
+  // Attention sinks: positions < sink_tokens also go, exact but for fp16 rounding, into this
+  // sequence's sink tile, in the side's own space (rotated when the side is TurboQuant).
+  if (ls.sinks && first_pos < cfg_.sink_tokens) {
+    std::vector<float> y(d);
+    for (int side = 0; side < 2; ++side) {
+      const float* x = side == 0 ? k : v;
+      const TurboQuantCodec* codec = side == 0 ? ls.k_codec.get() : ls.v_codec.get();
+      uint8_t* base = (side == 0 ? ls.sink_k.data() : ls.sink_v.data()) + seq * H * ls.sink_tile;
+      for (int32_t pos = first_pos; pos < std::min(first_pos + n, cfg_.sink_tokens); ++pos)
+        for (int32_t h = 0; h < H; ++h) {
+          const float* xv = x + (static_cast<int64_t>(pos - first_pos) * H + h) * d;
+          if (codec != nullptr) codec->rotate(xv, y.data());
+          const float* src = codec != nullptr ? y.data() : xv;
+          uint16_t* dst = reinterpret_cast<uint16_t*>(base + h * ls.sink_tile) + static_cast<int64_t>(pos) * d;
+          for (int32_t j = 0; j < d; ++j) dst[j] = float_to_fp16(src[j]);
+        }
+    }
+  }
   return Status::ok();
 }
 
@@ -352,6 +389,7 @@ Result<PagedKVView> KVCache::view(int32_t layer, std::span<const int32_t> seq_id
   ws->page_table.assign(static_cast<size_t>(ns) * maxp, 0);
   ws->seq_lens.resize(ns);
   ws->first_page.resize(ns);
+  ws->sink_slot.assign(seq_ids.begin(), seq_ids.end());
   for (int32_t i = 0; i < ns; ++i) {
     const SeqPages& sp = g.seqs[seq_ids[i]];
     std::copy(sp.pages.begin(), sp.pages.end(), ws->page_table.begin() + static_cast<int64_t>(i) * maxp);
@@ -375,6 +413,12 @@ Result<PagedKVView> KVCache::view(int32_t layer, std::span<const int32_t> seq_id
     v.rotation = any->rotation().matrix();
     v.hadamard_signs = any->rotation().signs();
   }
+  if (ls.sinks) {
+    v.sink_tokens = cfg_.sink_tokens;
+    v.sink_k = ls.sink_k.data();
+    v.sink_v = ls.sink_v.data();
+    v.sink_slot = ws->sink_slot.data();
+  }
   return v;
 }
 
@@ -392,8 +436,13 @@ Result<int32_t> KVCache::first_page_of(int32_t group, int32_t seq) const {
 int64_t KVCache::token_capacity() const {
   return static_cast<int64_t>(groups_[0].num_pages) * cfg_.page_size;
 }
-int64_t KVCache::bytes_allocated() const {
+int64_t KVCache::sink_bytes() const {
   int64_t b = 0;
+  for (const LayerStore& ls : layers_) b += static_cast<int64_t>(ls.sink_k.size() + ls.sink_v.size());
+  return b;
+}
+int64_t KVCache::bytes_allocated() const {
+  int64_t b = sink_bytes();
   for (const Group& g : groups_) b += g.num_pages * g.page_bytes;
   return b;
 }

@@ -31,6 +31,7 @@ struct Options {
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "keys";  // keys (the CPU default) or none
   std::vector<int> k8_layers;
+  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens on the CPU, 0 on the GPU runtime (no sinks there yet)
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -98,6 +99,9 @@ int run(const Options& o) {
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
   ko.k8_layers = o.k8_layers;
+  if (o.device == "cuda" && o.sink_tokens > 0)
+    return fail("--sink-tokens", tqkv::unsupported("attention sinks are implemented by the CPU runtime only"));
+  ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : (o.device == "cpu" ? tqkv::KvOptions::kDefaultSinkTokens : 0);
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +
@@ -184,6 +188,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "(CPU and GPU runtimes)")
       ->check(CLI::IsMember({"keys", "none"}));
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
+  sub.add_option("--sink-tokens", o->sink_tokens,
+                 "Tokens at the start kept in f16 in compressed layers (attention sinks, docs/formats.md; default 4 "
+                 "on the CPU, 0 = off; the GPU runtime has none yet)")
+      ->check(CLI::Range(0, 16));
   sub.add_option("--ctx", o->ctx, "KV cache capacity in tokens (default: prompt + n)");
   sub.add_option("--temp", o->s.temperature, "Temperature; 0 = greedy (default 0)");
   sub.add_option("--top-k", o->s.top_k, "Top-k (default 40; 0 = off)");

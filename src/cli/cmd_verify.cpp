@@ -31,6 +31,7 @@ struct Options {
   int ctx = 512;
   int chunks = 4;
   std::vector<int> f16_layers, k8_layers;
+  int sink_tokens = tqkv::KvOptions::kDefaultSinkTokens;  // attention sinks (docs/formats.md)
   std::string center = "keys";       // exact key centering, as tqkv generate / perplexity default to
   double max_kld = 0.05;             // mean KL(P_f16 || P_format), nats
   double min_top1 = 0.85;            // fraction of positions with the same argmax
@@ -86,6 +87,7 @@ int run(const Options& o) {
   po.per_layer = true;
   po.center_keys = o.center == "keys" || o.center == "kv";
   po.center_values = o.center == "values" || o.center == "kv";
+  po.sink_tokens = o.sink_tokens;
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
@@ -122,6 +124,7 @@ int run(const Options& o) {
     j["scored_tokens"] = r->scored;
     j["verdict"] = pass ? "PASS" : "FAIL";
     j["center"] = o.center;
+    j["sink_tokens"] = o.sink_tokens;
     j["ppl"] = r->ppl;
     j["f16_ppl"] = r->f16_ppl;
     j["ppl_increase"] = ppl_increase;
@@ -184,6 +187,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--center", o->center,
                  "Exact mean subtraction before quantizing: none, keys (default), values, kv (docs/formats.md)")
       ->check(CLI::IsMember({"none", "keys", "values", "kv"}));
+  sub.add_option("--sink-tokens", o->sink_tokens,
+                 "Tokens at the start of each chunk kept in f16 in compressed layers (attention sinks, "
+                 "docs/formats.md; default 4, 0 = off)")
+      ->check(CLI::Range(0, 16));
   sub.add_option("--max-kld", o->max_kld, "PASS needs mean KL divergence vs f16 at most this (nats; default 0.05)");
   sub.add_option("--min-top1", o->min_top1, "PASS needs top-1 agreement with f16 at least this (default 0.85)");
   sub.add_option("--max-ppl-increase", o->max_ppl_increase,

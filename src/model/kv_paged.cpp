@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "model/kv_backends.h"
 #include "tqkv/attention.h"
@@ -58,7 +59,10 @@ class PagedKv final : public KvBackend {
       const int64_t pages = sliding ? slide_pages : full_pages;
       budget += pages * cfg.n_head_kv *
                 (tile_bytes(cc.page_size, cfg.head_dim, p.k_bits) + tile_bytes(cc.page_size, cfg.head_dim, p.v_bits));
+      if (!sliding && (p.k_bits != kF16Bits || p.v_bits != kF16Bits))  // attention-sink tiles
+        budget += 2ll * cc.max_seqs * cfg.n_head_kv * tile_bytes(opt.sink_tokens, cfg.head_dim, kF16Bits);
     }
+    cc.sink_tokens = opt.sink_tokens;
     cc.budget_bytes = budget;
     TQKV_ASSIGN_OR_RETURN(kv->cache_, KVCache::create(cc));
     TQKV_ASSIGN_OR_RETURN(kv->seq_, kv->cache_->add_sequence());
@@ -105,7 +109,7 @@ class PagedKv final : public KvBackend {
       total += static_cast<int64_t>(pages->size()) * cfg_.n_head_kv *
                (tile_bytes(kDefaultPageSize, cfg_.head_dim, p.k_bits) + tile_bytes(kDefaultPageSize, cfg_.head_dim, p.v_bits));
     }
-    return total;
+    return total + cache_->sink_bytes() / cache_->config().max_seqs;  // this sequence's sink tiles
   }
   // An f16 paged cache holding the same tokens: whole pages, every layer (sliding layers their window).
   int64_t f16_bytes_for(int64_t n_tokens) const override {
@@ -140,7 +144,16 @@ class PagedKv final : public KvBackend {
         for (int h = 0; h < H; ++h) {
           const uint8_t* tile = sv.pages + (static_cast<int64_t>(page) * H + h) * sv.tile_bytes;
           float* o = dst + (static_cast<int64_t>(t) * H + h) * D;
-          if (codec == nullptr) {
+          if (pos < view.sink_tokens) {  // attention sink: fp16, rotated when the side is TurboQuant
+            const int64_t tb = tile_bytes(view.sink_tokens, D, kF16Bits);
+            const uint16_t* x = reinterpret_cast<const uint16_t*>((side == 0 ? view.sink_k : view.sink_v) +
+                                                                  (static_cast<int64_t>(view.sink_slot[0]) * H + h) * tb) +
+                                pos * D;
+            std::vector<float> y(D);
+            for (int j = 0; j < D; ++j) y[j] = fp16_to_float(x[j]);
+            if (codec != nullptr) codec->unrotate(y.data(), o);
+            else std::copy(y.begin(), y.end(), o);
+          } else if (codec == nullptr) {
             const uint16_t* x = reinterpret_cast<const uint16_t*>(tile) + static_cast<int64_t>(row) * D;
             for (int j = 0; j < D; ++j) o[j] = fp16_to_float(x[j]);
           } else {
@@ -167,6 +180,8 @@ class PagedKv final : public KvBackend {
     if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
     if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
     if (k8 > 0) s += ", " + std::to_string(k8) + " layers with 8-bit keys";
+    if (opt_.sink_tokens > 0 && opt_.format.k_bits + opt_.format.v_bits < 2 * kF16Bits)
+      s += ", first " + std::to_string(opt_.sink_tokens) + " tokens kept in f16 (attention sinks)";
     return s;
   }
 

@@ -232,6 +232,7 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
   ko.f16_layers = opt.f16_layers;
   ko.k8_layers = opt.k8_layers;
   ko.center_keys = opt.center_keys;
+  ko.sink_tokens = opt.sink_tokens;
   ko.center_values = opt.center_values;
   ko.emulate = opt.emulate;
   TQKV_ASSIGN_OR_RETURN(auto kv, make_kv_backend(model.config(), ko));
