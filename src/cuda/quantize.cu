@@ -1,5 +1,9 @@
 // Quantize-on-write (new K/V tokens into their page slots) and page dequantization.
 //
+// quantize_and_store first tries the tensor-core kernels (quantize_tc.cuh: head size 128 with the
+// Hadamard rotation, 96 dense, the decode format pairs, 16-byte aligned inputs); everything else,
+// or TQKV_CUDA_QUANT=old, takes the kernels below.
+//
 // One warp per (token, kv head): it loads the K and the V vector together (both loads in flight
 // before any arithmetic), then for each TurboQuant side rotates (fast Walsh-Hadamard across the
 // warp when view.hadamard_signs is set and head_dim is a power of two, else the dense P), finds

@@ -15,7 +15,8 @@
 //   brings |x| near 2^8 (so lo keeps 11 more bits even for tiny vectors).
 // - Dense (D = 96): y = P x as an MMA over D/16 k-steps and D/8 n-tiles with P (times 16) split
 //   into fp16 hi + lo parts (2 MMAs; 3 for fp32 inputs: + x_lo * P_hi), fragments pre-arranged in
-//   shared memory (one 16-byte load per k-step and n-tile), reused for MT m-tiles.
+//   shared memory (one 16-byte load per k-step and n-tile; the kernel template can reuse them
+//   for MT m-tiles, built with MT = 1).
 // The norm |x|^2 comes from a Gram MMA of the fp16 operands with themselves (exact products, fp32
 // accumulation) or, for fp32 inputs, from fp32 FMAs.
 //

@@ -4,7 +4,7 @@
 namespace tqkv::cuda::tc {
 
 Status quantize_tc_d128(const QuantTcArgs& a, cudaStream_t stream, bool* launched) {
-  return dispatch_tc<128, true, 1>(a, stream, launched);
+  return dispatch_tc<128, true>(a, stream, launched);
 }
 
 }  // namespace tqkv::cuda::tc

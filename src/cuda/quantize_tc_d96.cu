@@ -4,7 +4,7 @@
 namespace tqkv::cuda::tc {
 
 Status quantize_tc_d96(const QuantTcArgs& a, cudaStream_t stream, bool* launched) {
-  return dispatch_tc<96, false, 2>(a, stream, launched);
+  return dispatch_tc<96, false>(a, stream, launched);
 }
 
 }  // namespace tqkv::cuda::tc

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/cuda_check.h"
@@ -169,18 +168,13 @@ __device__ __forceinline__ float prescale(float n2) {
   return __uint_as_float(static_cast<uint32_t>(e + 127) << 23);
 }
 
-// Dynamic shared memory: [dense B fragments] [K table] [V table] [fp16 input staging: per warp,
-// 2 stages x MT m-tiles x 32 lanes x (K, V quarters of D/4 halves); each lane copies (cp.async)
-// and reads back only its own quarters, one tile ahead].
-template <int D, int KB, int VB, bool HAD, bool F32, int MT>
+// Dynamic shared memory: [dense B fragments] [K table] [V table].
+template <int D, int KB, int VB, bool HAD>
 struct TcLayout {
   static constexpr int kFragBytes = HAD ? 0 : (D / 16) * (D / 8) * 32 * 16;
   static constexpr int kTabK = kFragBytes;
   static constexpr int kTabV = kTabK + Grid<KB>::kBytes;
-  static constexpr int kStage = kTabV + Grid<VB>::kBytes;
-  static constexpr int kLaneStage = D;  // bytes per lane per m-tile: 2 sides x D/4 halves x 2
-  static constexpr int kWarpStage = F32 ? 0 : 2 * MT * 32 * kLaneStage;
-  static constexpr int kBytes = kStage + kTcWarps * kWarpStage;
+  static constexpr int kBytes = kTabV + Grid<VB>::kBytes;
 };
 
 // Loads lane t's quarter of item `it`'s vector into fp16 words `h` (hi part) and, for fp32
@@ -191,9 +185,7 @@ __device__ __forceinline__ float load_quarter(const void* src, long long it, int
                                               uint32_t (&l)[D / 8], uint32_t (&f16row)[D / 8], float& pw) {
   constexpr int Q = D / 4;
   if constexpr (!F32) {
-    // it < 0: `src` is the lane's staged quarter in shared memory.
-    const uint4* p = it < 0 ? static_cast<const uint4*>(src)
-                            : reinterpret_cast<const uint4*>(static_cast<const __half*>(src) + it * D + t * Q);
+    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const __half*>(src) + it * D + t * Q);
 #pragma unroll
     for (int i = 0; i < Q / 8; ++i) {
       const uint4 u = p[i];
@@ -229,12 +221,12 @@ __device__ __forceinline__ float load_quarter(const void* src, long long it, int
 }
 
 template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID>
-__device__ __forceinline__ void tc_loop(const QuantTcArgs& a, uint8_t* smem, const uint32_t (&sm)[D / 8],
+__device__ __forceinline__ void tc_loop(const QuantTcArgs& a, const uint8_t* smem, const uint32_t (&sm)[D / 8],
                                         const uint32_t (&hb)[2][2]) {
   constexpr int Q = D / 4, NK = D / 16, NT = D / 8, NW = D / 8;  // NW: fp16 words per quarter
   constexpr int NUK = KB == kF16Bits ? 1 : (Q * KB + 31) / 32;
   constexpr int NUV = VB == kF16Bits ? 1 : (Q * VB + 31) / 32;
-  using L = TcLayout<D, KB, VB, HAD, F32, MT>;
+  using L = TcLayout<D, KB, VB, HAD>;
   const uint8_t* tabK = smem + L::kTabK;
   const uint8_t* tabV = smem + L::kTabV;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -246,33 +238,8 @@ __device__ __forceinline__ void tc_loop(const QuantTcArgs& a, uint8_t* smem, con
   // u = value * S / (rotation gain * |x| * pw): Hadamard values carry sqrt(D), dense ones 16.
   const float gain = HAD ? sqrtf(static_cast<float>(D)) : 16.f;
 
-  // fp16 inputs: the lane's quarters of the next tile are copied into this warp's staging
-  // buffer (cp.async) while the current tile is processed.
-  uint8_t* stage = smem + L::kStage + warp * L::kWarpStage + lane * L::kLaneStage;
-  auto prefetch = [&](long long m, int s) {
-    if constexpr (!F32) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const long long item = (m * MT + mt) * 8 + g;
-        const long long it = item < total ? item : total - 1;
-        uint8_t* dst = stage + (s * MT + mt) * 32 * L::kLaneStage;
-#pragma unroll
-        for (int side = 0; side < 2; ++side) {
-          const __half* src = static_cast<const __half*>(a.src[side]) + it * D + t * Q;
-#pragma unroll
-          for (int i = 0; i < Q / 8; ++i) detail::cp_async16(dst + side * 2 * Q + 16 * i, src + 8 * i);
-        }
-      }
-    }
-  };
-  const long long mstride = static_cast<long long>(gridDim.x) * kTcWarps;
-  int sbuf = 0;
-  if (static_cast<long long>(blockIdx.x) * kTcWarps + warp < tiles) prefetch(static_cast<long long>(blockIdx.x) * kTcWarps + warp, 0);
-  detail::cp_async_commit();
-  for (long long m = static_cast<long long>(blockIdx.x) * kTcWarps + warp; m < tiles; m += mstride, sbuf ^= 1) {
-    if (m + mstride < tiles) prefetch(m + mstride, sbuf ^ 1);
-    detail::cp_async_commit();
-    detail::cp_async_wait<1>();
+  for (long long m = static_cast<long long>(blockIdx.x) * kTcWarps + warp; m < tiles;
+       m += static_cast<long long>(gridDim.x) * kTcWarps) {
     uint32_t xk[MT][NW], xv[MT][NW], lk[MT][NW], lv[MT][NW];
     float nk2[MT], nv2[MT], mk[MT], mv[MT];
     bool store[MT];
@@ -304,9 +271,8 @@ __device__ __forceinline__ void tc_loop(const QuantTcArgs& a, uint8_t* smem, con
       vtile[mt] = v.v_tile(page, head);
       uint32_t fk[NW], fv[NW];
       float pwk, pwv;
-      const uint8_t* st = stage + (sbuf * MT + mt) * 32 * L::kLaneStage;
-      float n2k = load_quarter<D, F32>(F32 ? a.src[0] : st, F32 ? it : -1, t, xk[mt], lk[mt], fk, pwk);
-      float n2v = load_quarter<D, F32>(F32 ? a.src[1] : st + 2 * Q, F32 ? it : -1, t, xv[mt], lv[mt], fv, pwv);
+      float n2k = load_quarter<D, F32>(a.src[0], it, t, xk[mt], lk[mt], fk, pwk);
+      float n2v = load_quarter<D, F32>(a.src[1], it, t, xv[mt], lv[mt], fv, pwv);
       if constexpr (KB == kF16Bits) {
         if (store[mt]) store_f16_chunk<D>(ktile[mt], r, t, fk);
       }
@@ -450,9 +416,9 @@ __device__ __forceinline__ void tc_loop(const QuantTcArgs& a, uint8_t* smem, con
 }
 
 template <int D, int KB, int VB, bool F32, bool HAD, int MT>
-__global__ void __launch_bounds__(kTcWarps * 32, MT == 1 ? 2 : 1) quantize_tc_kernel(const QuantTcArgs a) {
+__global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantTcArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
-  using L = TcLayout<D, KB, VB, HAD, F32, MT>;
+  using L = TcLayout<D, KB, VB, HAD>;
   constexpr int Q = D / 4, NW = D / 8;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const PagedKVView& v = a.view;
@@ -519,7 +485,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, MT == 1 ? 2 : 1) quantize_tc_ke
 template <int D, int KB, int VB, bool F32, bool HAD, int MT>
 Status launch_tc(const QuantTcArgs& a, cudaStream_t stream) {
   auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT>;
-  constexpr int smem = TcLayout<D, KB, VB, HAD, F32, MT>::kBytes;
+  constexpr int smem = TcLayout<D, KB, VB, HAD>::kBytes;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int dev = 0, sms = 132, per_sm = 1;
@@ -536,20 +502,15 @@ Status launch_tc(const QuantTcArgs& a, cudaStream_t stream) {
 
 // The format pairs built: the decode kernel's pairs plus (8, 16) (an fp16 side next to a
 // quantized one). Anything else: *launched = false.
-// MT16 > 1 (dense fp16 inputs): TQKV_CUDA_QUANT_MT=2 (read on every call; an experiment switch)
-// selects two m-tiles per iteration (B fragments read once per 16 items, 1 CTA per SM).
-template <int D, bool HAD, int MT16>
+template <int D, bool HAD>
 Status dispatch_tc(const QuantTcArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const int kb = a.view.k.bits, vb = a.view.v.bits;
   const bool f32 = a.in_type == DType::kF32;
-  const char* mte = MT16 > 1 ? std::getenv("TQKV_CUDA_QUANT_MT") : nullptr;
-  const bool mt2 = mte != nullptr && mte[0] == '2';
 #define TQKV_TC_PAIR(KB, VB)                                                              \
   if (kb == KB && vb == VB) {                                                             \
     *launched = true;                                                                     \
-    if (f32) return launch_tc<D, KB, VB, true, HAD, 1>(a, stream);                        \
-    return mt2 ? launch_tc<D, KB, VB, false, HAD, MT16>(a, stream) : launch_tc<D, KB, VB, false, HAD, 1>(a, stream); \
+    return f32 ? launch_tc<D, KB, VB, true, HAD, 1>(a, stream) : launch_tc<D, KB, VB, false, HAD, 1>(a, stream); \
   }
   TQKV_TC_PAIR(4, 4)
   TQKV_TC_PAIR(3, 3)
