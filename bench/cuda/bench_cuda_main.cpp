@@ -2,7 +2,7 @@
 // the same run, plus quantize-on-write. Prints a table; --json FILE writes the rows as JSON.
 //
 //   tqkv_cuda_bench [--formats f16,k4v4,...] [--batch 8,32] [--context 8192,16384]
-//                   [--head-dim 128,96] [--heads 32:8] [--reps N] [--iters N] [--no-quantize] [--no-prefill]
+//                   [--head-dim 128,96] [--heads 32:8] [--splits N] [--reps N] [--iters N] [--no-quantize] [--no-prefill]
 //                   [--json FILE]
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +41,7 @@ void usage() {
       "  --context LIST    context lengths (default 8192,16384,32768)\n"
       "  --head-dim LIST   head sizes (default 128)\n"
       "  --heads HQ:HKV    query and KV heads (default 32:8)\n"
+      "  --splits N        decode split count (default: plan_decode's choice)\n"
       "  --reps N          timed repetitions, median reported (default 7)\n"
       "  --iters N         calls per repetition, one CUDA graph (default 20)\n"
       "  --no-quantize     skip the quantize-on-write rows\n"
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
     else if (a == "--context") ok = parse_ints(next(), cfg.contexts);
     else if (a == "--head-dim") ok = parse_ints(next(), cfg.head_dims);
     else if (a == "--heads") ok = std::sscanf(next().c_str(), "%d:%d", &cfg.num_q_heads, &cfg.num_kv_heads) == 2;
+    else if (a == "--splits") ok = (cfg.num_splits = std::atoi(next().c_str())) > 0;
     else if (a == "--reps") ok = (cfg.reps = std::atoi(next().c_str())) > 0;
     else if (a == "--iters") ok = (cfg.iters = std::atoi(next().c_str())) > 0;
     else if (a == "--no-quantize") cfg.quantize = false;

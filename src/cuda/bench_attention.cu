@@ -281,6 +281,7 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
           p.num_q_heads = cfg.num_q_heads;
           p.scale = 1.f / std::sqrt(static_cast<float>(d));
           p.window = cfg.window;
+          p.num_splits = cfg.num_splits;
           TQKV_ASSIGN_OR_RETURN(const DecodePlan plan, plan_decode(cs.view, p, sms));
           const size_t qn = static_cast<size_t>(batch) * cfg.num_q_heads * d;
           DevMem q, out, ws;

@@ -19,6 +19,7 @@ struct CudaBenchConfig {
   int num_q_heads = 32;
   int num_kv_heads = 8;
   int window = 0;      // sliding window of the decode query (0 = full); bytes count visible pages only
+  int num_splits = 0;  // decode split count (0 = plan_decode's choice)
   int reps = 7;        // timed repetitions (median reported)
   int iters = 20;      // decode calls per repetition, replayed from one CUDA graph
   bool quantize = true;

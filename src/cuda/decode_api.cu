@@ -23,6 +23,14 @@ bool decode_copy_bulk() {
   }();
   return bulk;
 }
+int decode_kernel_mode() {
+  static const int mode = [] {
+    const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
+    if (decode_copy_bulk()) return 1;
+    return (e != nullptr && std::string(e) == "v1") ? 0 : 2;
+  }();
+  return mode;
+}
 }  // namespace detail
 namespace {
 

@@ -67,7 +67,7 @@ constexpr DecodeShape decode_shape(int d, int kb, int vb) {
     }
   }
   const int ring = warps * stages * stage;
-  const int merge = warps * (16 + 8 * d) * 4;  // per warp: m[8], l[8], O[8][d]
+  const int merge = warps * (16 + 8 * (d + 12)) * 4;  // per warp: m[8], l[8], O[8][d + 12] (padded rows)
   return {warps, stages, lut, ring, merge, lut + kScratchBytes + kMbarBytes + (ring > merge ? ring : merge)};
 }
 
@@ -84,11 +84,25 @@ struct DecodeConfig {
   static_assert(kSmem <= 227 * 1024, "decode kernel shared memory over the sm_90 limit");
 };
 
-// BULK: tiles reach shared memory by one bulk copy per tile (lane 0 issues, the stage's mbarrier
-// counts the bytes) instead of 16-byte cp.async by every lane.
-template <int D, int KB, int VB, bool BULK>
+// MODE 0 (v1): the previous kernel, selectable with TQKV_CUDA_DECODE_KERNEL=v1.
+// MODE 1 (v1, bulk): tiles reach shared memory by one bulk copy per tile (lane 0 issues, the
+//   stage's mbarrier counts the bytes) instead of 16-byte cp.async by every lane.
+// MODE 2 (v2, default): the CTA's set-up and wind-down made cheaper: tables of <= 4-bit sides
+//   joined by shuffles from centroids each lane loads at entry (no staging round trip and
+//   barrier), and the warp merge through padded rows (the v1 layout put the 32 lanes' stores of
+//   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
+//   that skips the max reduction (and the rescale) when no score of the page exceeds the running
+//   max, which is most pages once the max has settled.
+template <int D, int KB, int VB, int MODE>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
+  constexpr bool BULK = MODE == 1;
+  constexpr bool V2 = MODE >= 2;
+  constexpr bool FASTSM = MODE == 2;
+  // v2 merge rows: coordinate c of head h at h * kSx + c + c / (D / 8) (one pad word per lane
+  // group g), so one store instruction of the 32 lanes hits 32 different banks.
+  constexpr int kSx = V2 ? D + 12 : D;
+  constexpr int kPadDiv = V2 ? D / 8 : (1 << 30);
   using Cfg = DecodeConfig<D, KB, VB>;
   constexpr int W = Cfg::kWarps;
   constexpr int kSteps = D / 16;
@@ -103,6 +117,14 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   uint8_t* ring = smem + Cfg::kLut + kScratchBytes + kMbarBytes;
 
   const PagedKVView& view = args.view;
+  // v2: centroids of <= 4-bit sides straight into registers first (K: lanes 0-15, V: 16-31).
+  constexpr bool kShflK = V2 && KB <= 4, kShflV = V2 && VB <= 4;
+  float held_c = 0.f;
+  if constexpr (kShflK || kShflV) {
+    const int l = threadIdx.x & 31;
+    if (kShflK && l < 16 && l < (1 << KB)) held_c = __ldg(view.k.centroids + l);
+    if (kShflV && l >= 16 && l - 16 < (1 << VB)) held_c = __ldg(view.v.centroids + (l - 16));
+  }
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y / args.head_chunks;
   const int chunk = blockIdx.y % args.head_chunks;
@@ -192,8 +214,10 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     if constexpr (!BULK) cp_async_commit();
   }
 
-  if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
-  if constexpr (VB != 16) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
+  if constexpr (kShflK) build_lut_shfl<KB>(lut, 0, held_c, 0);
+  else if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
+  if constexpr (kShflV) build_lut_shfl<VB>(lut, 1, held_c, 16);
+  else if constexpr (VB != 16) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
 
   // Launched as a programmatic dependent of the query-rotation kernel: wait for q_rot here,
   // after the page prefetch and the tables have been started.
@@ -221,6 +245,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   for (int i = 0; i < kSteps; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY};  // per head column 2t, 2t+1 (uniform over g)
   float l_run[2] = {0.f, 0.f};              // this lane's share of the denominators
+  float m_use[2] = {0.f, 0.f};              // FASTSM: m_run, or 0 while it is -inf (exp2 reference)
 
   int read_slot = 0;  // = i % kStages
   uint32_t read_phase = 0;  // parity of the slot's mbarrier phase (BULK): flips each lap of the ring
@@ -270,30 +295,47 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     x[3] = ok1 ? x[3] : -INFINITY;
 
     // ---- online softmax per head column ----
-    float p[4], alpha[2];
+    float p[4];
+    bool slow = true;
+    if constexpr (FASTSM) {  // no score above the running max anywhere in the warp: no max reduction
+      const bool grow = fmaxf(x[0], x[2]) > m_run[0] || fmaxf(x[1], x[3]) > m_run[1];
+      slow = __any_sync(0xffffffffu, grow);
+      if (!slow) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float mp = warp_max_over_g(fmaxf(x[h], x[h + 2]));
-      const float m_new = fmaxf(m_run[h], mp);
-      if (m_new == -INFINITY) {  // nothing visible yet in this column
-        alpha[h] = 1.f;
-        p[h] = p[h + 2] = 0.f;
-      } else {
-        alpha[h] = fast_exp2(m_run[h] - m_new);
-        p[h] = fast_exp2(x[h] - m_new);
-        p[h + 2] = fast_exp2(x[h + 2] - m_new);
+        for (int h = 0; h < 2; ++h) {
+          p[h] = fast_exp2(x[h] - m_use[h]);
+          p[h + 2] = fast_exp2(x[h + 2] - m_use[h]);
+          l_run[h] += p[h] + p[h + 2];
+        }
       }
-      m_run[h] = m_new;
-      l_run[h] = l_run[h] * alpha[h] + p[h] + p[h + 2];
     }
-    // Rescale only when some column's running max moved (rare once the max has settled).
-    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+    if (slow) {
+      float alpha[2];
 #pragma unroll
-      for (int mt = 0; mt < kSteps; ++mt) {
-        acc[mt][0] *= alpha[0];
-        acc[mt][1] *= alpha[1];
-        acc[mt][2] *= alpha[0];
-        acc[mt][3] *= alpha[1];
+      for (int h = 0; h < 2; ++h) {
+        const float mp = warp_max_over_g(fmaxf(x[h], x[h + 2]));
+        const float m_new = fmaxf(m_run[h], mp);
+        if (m_new == -INFINITY) {  // nothing visible yet in this column
+          alpha[h] = 1.f;
+          p[h] = p[h + 2] = 0.f;
+        } else {
+          alpha[h] = fast_exp2(m_run[h] - m_new);
+          p[h] = fast_exp2(x[h] - m_new);
+          p[h + 2] = fast_exp2(x[h + 2] - m_new);
+        }
+        m_run[h] = m_new;
+        if constexpr (FASTSM) m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+        l_run[h] = l_run[h] * alpha[h] + p[h] + p[h + 2];
+      }
+      // Rescale only when some column's running max moved (rare once the max has settled).
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int mt = 0; mt < kSteps; ++mt) {
+          acc[mt][0] *= alpha[0];
+          acc[mt][1] *= alpha[1];
+          acc[mt][2] *= alpha[0];
+          acc[mt][3] *= alpha[1];
+        }
       }
     }
 
@@ -337,7 +379,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   l_run[1] = warp_sum_over_g(l_run[1]);
   __syncthreads();
   float* mrg = reinterpret_cast<float*>(ring);
-  float* wm = mrg + warp * (16 + 8 * D);  // m[8], l[8], O[8][D]
+  float* wm = mrg + warp * (16 + 8 * kSx);  // m[8], l[8], O[8][kSx] (v2: padded rows)
   if (g == 0) {
     wm[2 * t] = m_run[0]; wm[2 * t + 1] = m_run[1];
     wm[8 + 2 * t] = l_run[0]; wm[8 + 2 * t + 1] = l_run[1];
@@ -345,25 +387,25 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   float* wo = wm + 16;
 #pragma unroll
   for (int mt = 0; mt < kSteps; ++mt) {
-    const int ca = g * (D / 8) + 2 * mt;
-    wo[(2 * t) * D + ca] = acc[mt][0];
-    wo[(2 * t + 1) * D + ca] = acc[mt][1];
-    wo[(2 * t) * D + ca + 1] = acc[mt][2];
-    wo[(2 * t + 1) * D + ca + 1] = acc[mt][3];
+    const int ca = g * (D / 8) + 2 * mt + (V2 ? g : 0);  // (v2: + c / (D / 8) = g)
+    wo[(2 * t) * kSx + ca] = acc[mt][0];
+    wo[(2 * t + 1) * kSx + ca] = acc[mt][1];
+    wo[(2 * t) * kSx + ca + 1] = acc[mt][2];
+    wo[(2 * t + 1) * kSx + ca + 1] = acc[mt][3];
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < nheads * D; idx += blockDim.x) {
     const int h = idx / D, c = idx % D;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < W; ++w) mx = fmaxf(mx, mrg[w * (16 + 8 * D) + h]);
+    for (int w = 0; w < W; ++w) mx = fmaxf(mx, mrg[w * (16 + 8 * kSx) + h]);
     float num = 0.f, den = 0.f;
     if (mx != -INFINITY) {
 #pragma unroll
       for (int w = 0; w < W; ++w) {
-        const float* b = mrg + w * (16 + 8 * D);
+        const float* b = mrg + w * (16 + 8 * kSx);
         const float f = exp2f(b[h] - mx);  // empty warps: exp2(-inf) = 0
-        num += f * b[16 + h * D + c];
+        num += f * b[16 + h * kSx + c + c / kPadDiv];
         den += f * b[8 + h];
       }
     }

@@ -11,11 +11,16 @@ namespace tqkv::cuda::detail {
 // Tile copy of the decode kernel: "cpasync" (16-byte cp.async by every lane, the default) or
 // "bulk" (one bulk copy per tile on an mbarrier); environment TQKV_CUDA_DECODE_COPY, read once.
 bool decode_copy_bulk();
+// Kernel version, environment TQKV_CUDA_DECODE_KERNEL (read once): "v2" (default, MODE 2) or "v1"
+// (the previous kernel, MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
+int decode_kernel_mode();
 
 template <int D, int KB, int VB>
 Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
   using Cfg = DecodeConfig<D, KB, VB>;
-  auto* kernel = decode_copy_bulk() ? &decode_split_kernel<D, KB, VB, true> : &decode_split_kernel<D, KB, VB, false>;
+  const int mode = decode_kernel_mode();
+  auto* kernel = mode == 2 ? &decode_split_kernel<D, KB, VB, 2>
+                           : (mode == 1 ? &decode_split_kernel<D, KB, VB, 1> : &decode_split_kernel<D, KB, VB, 0>);
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));

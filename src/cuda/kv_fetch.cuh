@@ -58,6 +58,24 @@ __device__ __forceinline__ void build_lut(uint8_t* lut, int side, const float* c
   }
 }
 
+// Like build_lut for B <= 4 (at most 16 centroids), without staging through shared memory: lane
+// `src_lane0 + i` of every warp holds centroid i in `held` (loaded straight from global memory at
+// kernel entry, so that load overlaps the others), and entries are joined by shuffles. All
+// threads take part; entries per side (E * 32) are a multiple of blockDim.x, so every warp runs
+// the same iterations. The caller synchronises afterwards.
+template <int B>
+__device__ __forceinline__ void build_lut_shfl(uint8_t* lut, int side, float held, int src_lane0) {
+  static_assert(B <= 4, "16 centroids at most");
+  constexpr int E = LutTraits<B>::kEntries;
+  constexpr int m = (1 << B) - 1;
+  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
+    const int e = i >> 5, l = i & 31;
+    const float lo = __shfl_sync(0xffffffffu, held, src_lane0 + (e & m));
+    const float hi = __shfl_sync(0xffffffffu, held, src_lane0 + (e >> B));
+    *reinterpret_cast<uint32_t*>(lut + e * 256 + side * 128 + l * 4) = pack_half2(lo, hi);
+  }
+}
+
 __device__ __forceinline__ uint32_t lut_at(const uint8_t* lut, uint32_t off) {
   return *reinterpret_cast<const uint32_t*>(lut + off);
 }
