@@ -201,6 +201,8 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
   if (!view.page_table || !view.seq_lens || !view.k.pages || !view.v.pages)
     return invalid_argument("view has null page_table, seq_lens or pages");
   if (view.max_pages_per_seq <= 0) return invalid_argument("max_pages_per_seq must be positive");
+  if (view.sink_tokens != 0)  // the kernels read only the pages (docs/formats.md, "Attention sinks")
+    return unsupported("attention sinks (sink_tokens > 0) are read by the CPU attention only, not by the CUDA kernels");
   for (const KVSideView* side : {&view.k, &view.v}) {
     if (!is_valid_kv_bits(side->bits)) return invalid_argument("bits must be 2, 3, 4, 8 or 16");
     if (side->tile_bytes != tile_bytes(view.page_size, d, side->bits))
