@@ -176,37 +176,45 @@ struct PagedFixture {
     }
   }
 
+  // fp64 attention of one query row of sequence s over the decoded tokens at positions [lo, len):
+  // the G = hq / num_kv_heads heads of every KV head. q_row: [hq][d]; adds into out_row [hq][d]
+  // (left as is when nothing is visible).
+  void attend_row(size_t s, const float* q_row, int lo, int len, int hq, double scale, double softcap,
+                  double* out_row) const {
+    const int group = hq / num_kv_heads;
+    for (int h = 0; h < hq; ++h) {
+      const int kvh = h / group;
+      const float* qv = q_row + static_cast<size_t>(h) * d;
+      std::vector<double> logit;
+      double mx = -INFINITY;
+      for (int pos = lo; pos < len; ++pos) {
+        const double* k = &kx[s][(static_cast<size_t>(pos) * num_kv_heads + kvh) * d];
+        double dot = 0;
+        for (int j = 0; j < d; ++j) dot += qv[j] * k[j];
+        dot *= scale;
+        if (softcap > 0) dot = softcap * std::tanh(dot / softcap);
+        logit.push_back(dot);
+        mx = std::max(mx, dot);
+      }
+      if (logit.empty()) continue;
+      double den = 0;
+      for (double& l : logit) { l = std::exp(l - mx); den += l; }
+      double* o = out_row + static_cast<size_t>(h) * d;
+      for (int pos = lo; pos < len; ++pos) {
+        const double w = logit[pos - lo] / den;
+        const double* v = &vx[s][(static_cast<size_t>(pos) * num_kv_heads + kvh) * d];
+        for (int j = 0; j < d; ++j) o[j] += w * v[j];
+      }
+    }
+  }
+
   // fp64 decode attention over the decoded tokens: out [num_seqs][hq][d].
   std::vector<double> reference(const std::vector<float>& q, int hq, double scale, double softcap, int window) const {
-    const int group = hq / num_kv_heads;
     std::vector<double> out(lens.size() * hq * d, 0.0);
     for (size_t s = 0; s < lens.size(); ++s) {
       int lo = first_page[s] * page_size;
       if (window > 0) lo = std::max(lo, lens[s] - window);
-      for (int h = 0; h < hq; ++h) {
-        const int kvh = h / group;
-        const float* qv = &q[(s * hq + h) * d];
-        std::vector<double> logit;
-        double mx = -INFINITY;
-        for (int pos = lo; pos < lens[s]; ++pos) {
-          const double* k = &kx[s][(static_cast<size_t>(pos) * num_kv_heads + kvh) * d];
-          double dot = 0;
-          for (int j = 0; j < d; ++j) dot += qv[j] * k[j];
-          dot *= scale;
-          if (softcap > 0) dot = softcap * std::tanh(dot / softcap);
-          logit.push_back(dot);
-          mx = std::max(mx, dot);
-        }
-        if (logit.empty()) continue;
-        double den = 0;
-        for (double& l : logit) { l = std::exp(l - mx); den += l; }
-        double* o = &out[(s * hq + h) * d];
-        for (int pos = lo; pos < lens[s]; ++pos) {
-          const double w = logit[pos - lo] / den;
-          const double* v = &vx[s][(static_cast<size_t>(pos) * num_kv_heads + kvh) * d];
-          for (int j = 0; j < d; ++j) o[j] += w * v[j];
-        }
-      }
+      attend_row(s, &q[s * hq * d], lo, lens[s], hq, scale, softcap, &out[s * hq * d]);
     }
     return out;
   }

@@ -52,7 +52,7 @@ struct PathGuard {
 // sequence with q_lens[s] > lens[s], and rows past sum(q_lens), are zero.
 std::vector<double> prefill_reference(const PagedFixture& fx, const std::vector<int32_t>& q_lens, int total_rows,
                                       const std::vector<float>& q, int hq, double softcap, int window) {
-  const int d = fx.d, group = hq / fx.num_kv_heads;
+  const int d = fx.d;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   std::vector<double> out(static_cast<size_t>(total_rows) * hq * d, 0.0);
   int row = 0;
@@ -62,30 +62,8 @@ std::vector<double> prefill_reference(const PagedFixture& fx, const std::vector<
       const int len = fx.lens[s] - q_lens[s] + i + 1;
       int lo = fx.first_page[s] * fx.page_size;
       if (window > 0) lo = std::max(lo, len - window);
-      for (int h = 0; h < hq; ++h) {
-        const int kvh = h / group;
-        const float* qv = &q[(static_cast<size_t>(row) * hq + h) * d];
-        std::vector<double> logit;
-        double mx = -INFINITY;
-        for (int pos = lo; pos < len; ++pos) {
-          const double* k = &fx.kx[s][(static_cast<size_t>(pos) * fx.num_kv_heads + kvh) * d];
-          double dot = 0;
-          for (int j = 0; j < d; ++j) dot += qv[j] * k[j];
-          dot *= scale;
-          if (softcap > 0) dot = softcap * std::tanh(dot / softcap);
-          logit.push_back(dot);
-          mx = std::max(mx, dot);
-        }
-        if (logit.empty()) continue;
-        double den = 0;
-        for (double& l : logit) { l = std::exp(l - mx); den += l; }
-        double* o = &out[(static_cast<size_t>(row) * hq + h) * d];
-        for (int pos = lo; pos < len; ++pos) {
-          const double w = logit[pos - lo] / den;
-          const double* v = &fx.vx[s][(static_cast<size_t>(pos) * fx.num_kv_heads + kvh) * d];
-          for (int j = 0; j < d; ++j) o[j] += w * v[j];
-        }
-      }
+      fx.attend_row(s, &q[static_cast<size_t>(row) * hq * d], lo, len, hq, scale, softcap,
+                    &out[static_cast<size_t>(row) * hq * d]);
     }
   }
   return out;
