@@ -61,6 +61,10 @@ typedef struct tqkv_cache_config {
   const tqkv_layer_policy* layers;
   tqkv_layer_policy default_policy;
   uint64_t seed;         /* rotation seed */
+  /* Attention sinks: the first sink_tokens positions of each sequence are also kept in fp16 in
+   * every full-attention layer that compresses a side, and attention reads them from there
+   * (docs/formats.md, "Attention sinks"). 0 = off (the default); at most page_size. */
+  int32_t sink_tokens;
 } tqkv_cache_config;
 
 /* Fills the defaults of kv_cache.h (k4v4, page 16, 16 sequences, 32768 tokens, 1 GiB). */

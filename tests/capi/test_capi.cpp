@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "tqkv/attention.h"
@@ -47,6 +48,7 @@ tqkv::KVCacheConfig cpp_config(const tqkv_cache_config& c) {
   k.budget_bytes = c.budget_bytes;
   k.default_policy = {c.default_policy.k_bits, c.default_policy.v_bits, c.default_policy.window};
   k.seed = c.seed;
+  k.sink_tokens = c.sink_tokens;
   return k;
 }
 
@@ -60,14 +62,18 @@ TEST(CApi, ConfigDefaultsMatchTheCppDefaults) {
   EXPECT_EQ(c.budget_bytes, d.budget_bytes);
   EXPECT_EQ(c.default_policy.k_bits, d.default_policy.k_bits);
   EXPECT_EQ(c.seed, d.seed);
+  EXPECT_EQ(c.sink_tokens, d.sink_tokens);
   EXPECT_EQ(c.layers, nullptr);
 }
 
 // Same writes through both APIs, then decode and prefill: outputs must be bit-identical.
+// With attention sinks (sink_tokens 4) as well as without.
 TEST(CApi, DecodeAndPrefillBitIdenticalToCppApi) {
-  for (auto [kb, vb] : {std::pair{4, 4}, std::pair{3, 2}, std::pair{16, 16}, std::pair{8, 4}}) {
-    SCOPED_TRACE(testing::Message() << "k" << kb << "v" << vb);
-    const tqkv_cache_config cc = c_config(kb, vb);
+  for (auto [kb, vb, sinks] : {std::tuple{4, 4, 0}, std::tuple{3, 2, 0}, std::tuple{16, 16, 0}, std::tuple{8, 4, 0},
+                               std::tuple{4, 4, 4}, std::tuple{3, 2, 4}}) {
+    SCOPED_TRACE(testing::Message() << "k" << kb << "v" << vb << " sinks " << sinks);
+    tqkv_cache_config cc = c_config(kb, vb);
+    cc.sink_tokens = sinks;
     tqkv_cache* c = nullptr;
     ASSERT_EQ(tqkv_cache_create(&cc, &c), TQKV_OK) << tqkv_last_error();
     auto made = tqkv::KVCache::create(cpp_config(cc));
