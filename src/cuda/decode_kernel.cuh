@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const int pseq = args.row_seq ? args.row_seq[seq] : seq;  // sequence whose pages this row reads
   const int len = args.row_len ? args.row_len[seq] : view.seq_lens[seq];
   const int first_page = view.first_page ? view.first_page[pseq] : 0;
-  int lo_pos = first_page * kPage;
+  int lo_pos = max(first_page * kPage, view.sink_tokens);  // sinks: merge_splits_kernel reads them
   if (args.window > 0) lo_pos = max(lo_pos, len - args.window);
   const int pg_lo = lo_pos / kPage;
   const int pg_hi = (len + kPage - 1) / kPage;

@@ -108,6 +108,7 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
   const int group = args.group;
   const int pseq = args.row_seq[tile.row0];  // every row of a tile belongs to the same sequence
   const int first_page = view.first_page ? view.first_page[pseq] : 0;
+  const int lo_first = max(first_page * kPage, view.sink_tokens);  // sinks: merge_splits_kernel reads them
 
   // Column visibility. Rows of a tile are consecutive, so the page range is [min lo, max len).
   for (int c = threadIdx.x; c < NC; c += blockDim.x) {
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
     int len = 0, lo = 0;
     if (f < tile.fcount) {
       len = args.row_len[tile.row0 + f / group];
-      lo = first_page * kPage;
+      lo = lo_first;
       if (args.window > 0) lo = max(lo, len - args.window);
     }
     col_len[c] = len;
@@ -221,7 +222,6 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) my_len[nt][h] = col_len[nt * 8 + 2 * t + h];
-  const int lo_first = first_page * kPage;
 
   // O^T fragments: acc[mt][nt][0..1] = coordinate g*D/8 + 2mt, columns nt*8 + 2t, +1;
   //                acc[mt][nt][2..3] = coordinate g*D/8 + 2mt + 1.
