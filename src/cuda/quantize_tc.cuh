@@ -1,4 +1,4 @@
-// Tensor-core quantize-on-write (see quantize.cu for the entry point and the older kernels).
+// Tensor-core quantize-on-write (quantize.cu: the entry point; quantize_old.cu: the earlier kernels).
 //
 // One warp encodes 8 (token, head) items at a time as one 16-row MMA tile: row g holds the K
 // vector of item g, row g + 8 its V vector (K and V share the rotation P). Lane (g = lane / 4,
@@ -31,23 +31,15 @@
 
 #include <cstdint>
 
+#include "cuda/quantize_internal.h"
 #include "tqkv/cuda_attention.h"
 
 namespace tqkv::cuda::tc {
 
-struct QuantTcArgs {
-  PagedKVView view;
-  const float* bnd[2];  // boundaries per side (null for fp16)
-  const void* src[2];   // k_new, v_new
-  DType in_type;
-  const int64_t* slots;
-  int32_t num_tokens;
-};
-
 // Launches the tensor-core kernel for head size 128 (Hadamard) or 96 (dense) when the format pair
 // is one it is built for; *launched = false (nothing enqueued) otherwise.
-Status quantize_tc_d128(const QuantTcArgs& a, cudaStream_t stream, bool* launched);
-Status quantize_tc_d96(const QuantTcArgs& a, cudaStream_t stream, bool* launched);
+Status quantize_tc_d128(const QuantArgs& a, cudaStream_t stream, bool* launched);
+Status quantize_tc_d96(const QuantArgs& a, cudaStream_t stream, bool* launched);
 
 // For same-process old/new comparisons (bench/cuda/bench_quantize.cu): 1 = the pre-tensor-core
 // kernels, 0 = the tensor-core kernels where they apply, -1 = environment TQKV_CUDA_QUANT

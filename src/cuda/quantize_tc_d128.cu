@@ -3,7 +3,7 @@
 
 namespace tqkv::cuda::tc {
 
-Status quantize_tc_d128(const QuantTcArgs& a, cudaStream_t stream, bool* launched) {
+Status quantize_tc_d128(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   return dispatch_tc<128, true>(a, stream, launched);
 }
 

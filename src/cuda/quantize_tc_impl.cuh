@@ -221,7 +221,7 @@ __device__ __forceinline__ float load_quarter(const void* src, long long it, int
 }
 
 template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID>
-__device__ __forceinline__ void tc_loop(const QuantTcArgs& a, const uint8_t* smem, const uint32_t (&sm)[D / 8],
+__device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem, const uint32_t (&sm)[D / 8],
                                         const uint32_t (&hb)[2][2]) {
   constexpr int Q = D / 4, NK = D / 16, NT = D / 8, NW = D / 8;  // NW: fp16 words per quarter
   constexpr int NUK = KB == kF16Bits ? 1 : (Q * KB + 31) / 32;
@@ -416,7 +416,7 @@ __device__ __forceinline__ void tc_loop(const QuantTcArgs& a, const uint8_t* sme
 }
 
 template <int D, int KB, int VB, bool F32, bool HAD, int MT>
-__global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantTcArgs a) {
+__global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
   using L = TcLayout<D, KB, VB, HAD>;
   constexpr int Q = D / 4, NW = D / 8;
@@ -483,7 +483,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const Qua
 }
 
 template <int D, int KB, int VB, bool F32, bool HAD, int MT>
-Status launch_tc(const QuantTcArgs& a, cudaStream_t stream) {
+Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
   auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT>;
   constexpr int smem = TcLayout<D, KB, VB, HAD>::kBytes;
   // Host-side attribute (not a stream operation): safe during graph capture.
@@ -503,7 +503,7 @@ Status launch_tc(const QuantTcArgs& a, cudaStream_t stream) {
 // The format pairs built: the decode kernel's pairs plus (8, 16) (an fp16 side next to a
 // quantized one). Anything else: *launched = false.
 template <int D, bool HAD>
-Status dispatch_tc(const QuantTcArgs& a, cudaStream_t stream, bool* launched) {
+Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const int kb = a.view.k.bits, vb = a.view.v.bits;
   const bool f32 = a.in_type == DType::kF32;

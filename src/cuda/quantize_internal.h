@@ -1,0 +1,32 @@
+// Internals shared by the quantize-on-write and page dequantization files (not a public header):
+//   quantize.cu       the public entry points: argument checks and the choice of kernel
+//   quantize_tc*.cu*  tensor-core quantize-on-write (head size 128 Hadamard, 96 dense)
+//   quantize_old.cu   the earlier quantize-on-write kernels (every other shape; TQKV_CUDA_QUANT=old)
+//   dequantize.cu     page dequantization (tests and debugging)
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "tqkv/cuda_attention.h"
+
+namespace tqkv::cuda {
+
+// One quantize_and_store call, checked (quantize.cu) and passed by value to the kernels.
+struct QuantArgs {
+  PagedKVView view;
+  const float* bnd[2];  // boundaries per side (null for fp16)
+  const void* src[2];   // k_new, v_new
+  DType in_type;
+  const int64_t* slots;
+  int32_t num_tokens;
+};
+
+// The view checks shared by quantize_and_store and dequantize_pages (quantize.cu).
+Status check_quant_view(const PagedKVView& view);
+
+// The pre-tensor-core quantize-on-write kernels, any supported shape (quantize_old.cu).
+Status launch_quantize_old(const QuantArgs& a, cudaStream_t stream);
+
+}  // namespace tqkv::cuda
