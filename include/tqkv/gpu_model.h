@@ -19,10 +19,16 @@
 // ceil((window + chunk) / 16) + 2 pages for sliding-window layers (Gemma): the page table row of
 // a sliding layer repeats the ring, so old positions are overwritten in place and the decode
 // kernel's window keeps them out of view. Per-layer policy as on the CPU: the chosen format,
-// f16 for `f16_layers`, f16 for sliding layers. New K/V go through quantize_and_store; attention
-// is attention_decode with one "virtual sequence" per query token (its own length = position + 1),
-// so a prefill chunk is one decode call over the chunk's tokens (correct and causal, but it reads
-// the pages once per query: prefill is not fast).
+// f16 for `f16_layers`, f16 for sliding layers. New K/V go through quantize_and_store before
+// attention. Prefill chunks (one or more sequences, rows grouped by sequence) run
+// cuda::attention_prefill, the tiled tensor-core prefill kernel: the chunk's query rows of a
+// sequence against its pages, causal inside the chunk, with the layer's window and soft-cap (a
+// sliding layer's ring holds window + chunk positions, so the chunk's whole visible span is in it);
+// q_lens and the per-sequence lengths and page-table rows are written on the device with the other
+// step inputs. Decode steps (one token of each of T sequences) run attention_decode. The previous
+// prefill path, every chunk token through attention_decode as its own "virtual sequence" of length
+// position + 1 (it reads the pages once per query row), stays as a fallback: environment
+// TQKV_GPU_PREFILL=decode, or GpuContextOptions::prefill_path.
 //
 // Decode steps (`decode`) run as one CUDA graph per batch size, captured on first use (no
 // allocation and no host synchronisation inside; the inputs are copied in before the launch).
@@ -80,6 +86,8 @@ class GpuModel {
   std::unique_ptr<Impl> impl_;
 };
 
+enum class GpuPrefillPath { kDefault, kTiled, kDecode };
+
 struct GpuContextOptions {
   KvFormat format;                 // K/V bits of the compressed layers
   std::vector<int> f16_layers;     // layers kept in f16 (negative = from the end)
@@ -94,6 +102,9 @@ struct GpuContextOptions {
   // subtracted from every key of the sequence before quantize_and_store, on compressed layers
   // without attention soft-capping. Matches the CPU's mu when max_chunk >= Model::kMaxChunk.
   bool center_keys = false;
+  // Attention of prefill chunks: kDefault = the tiled prefill kernel unless the environment says
+  // TQKV_GPU_PREFILL=decode (read at create); kTiled / kDecode force either path (tests, benches).
+  GpuPrefillPath prefill_path = GpuPrefillPath::kDefault;
 };
 
 class GpuContext {
@@ -104,6 +115,14 @@ class GpuContext {
   // Appends n tokens to sequence `seq` (at its current length) and writes logits to host memory:
   // kLast [n_vocab] of the last token, kAll [n][n_vocab]; null logits = none.
   Status prefill(int seq, const int32_t* tokens, int n, float* logits, LogitsMode mode);
+  // Prefill of several sequences in the same forward passes: n[i] tokens for sequence seqs[i]
+  // (distinct slots), appended at their current lengths; the chunks of each pass hold at most
+  // max_chunk tokens in all (a sequence may be split across passes). logits: null, or host
+  // [count][n_vocab], the last token's logits of each sequence. Key centering: unsupported here
+  // (kUnsupported when the context centers keys; prefill() one sequence at a time instead).
+  Status prefill_batch(const int* seqs, const int32_t* const* tokens, const int* n, int count, float* logits);
+  // Which attention path prefill chunks take ("tiled" or "decode").
+  const char* prefill_path_name() const;
   // One token for each of the sequences 0..batch-1 (tokens[b] at position seq_len(b)).
   // logits: [batch][n_vocab] host, or null; argmax: [batch] host, or null.
   Status decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax);

@@ -1,11 +1,15 @@
 // The GPU model runtime's per-batch state (GpuContext, include/tqkv/gpu_model.h): the device paged
 // KV cache, prefill and decode steps (decode as a CUDA graph), cuBLAS GEMMs, the small kernels of
-// gpu_kernels.cu and the paged-cache kernels of include/tqkv/cuda_attention.h.
+// gpu_kernels.cu and the paged-cache kernels of include/tqkv/cuda_attention.h. Attention: prefill
+// chunks through cuda::attention_prefill (the tiled kernel; S sequences per chunk, q_lens on the
+// device), decode steps through cuda::attention_decode; TQKV_GPU_PREFILL=decode sends prefill
+// chunks through attention_decode as before (one virtual sequence per token).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <numeric>
@@ -31,10 +35,20 @@ namespace {
 
 constexpr int kPage = kDefaultPageSize;
 
+// T query rows; S = 0: decode (attention_decode, T sequences), S > 0: a prefill chunk of S
+// sequences (attention_prefill).
 struct LayerPlanKey {
-  int T, layer;
-  bool operator<(const LayerPlanKey& o) const { return T != o.T ? T < o.T : layer < o.layer; }
+  int T, S, layer;
+  bool operator<(const LayerPlanKey& o) const {
+    return T != o.T ? T < o.T : S != o.S ? S < o.S : layer < o.layer;
+  }
 };
+
+bool prefill_tiled(GpuPrefillPath p) {
+  if (p != GpuPrefillPath::kDefault) return p == GpuPrefillPath::kTiled;
+  const char* e = std::getenv("TQKV_GPU_PREFILL");
+  return !(e != nullptr && std::string(e) == "decode");
+}
 
 bool layer_is_sliding(const ModelConfig& c, int l) { return c.is_sliding(l) && c.sliding_window > 0; }
 
@@ -72,6 +86,7 @@ struct GpuContext::Impl {
   cublasHandle_t blas = nullptr;
   int sm_count = 1;
   int Tmax = 1;
+  bool tiled_prefill = true;  // prefill chunks through attention_prefill (else attention_decode)
 
   int G = 1;
   int max_pages[2] = {0, 0};
@@ -98,11 +113,13 @@ struct GpuContext::Impl {
   float *x = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *gu = nullptr,
         *logits = nullptr;
   uint16_t *h16 = nullptr, *att16 = nullptr;
-  int32_t *d_in = nullptr;  // [3][Tmax]: tokens, seqs, positions (one copy from pinned memory)
+  // [5][Tmax]: tokens, seqs, positions, then per sequence of a prefill chunk its q_len and last
+  // row (one copy from pinned memory, before the forward: the forward itself only reads them).
+  int32_t *d_in = nullptr;
   int32_t *d_vlen = nullptr, *d_argmax = nullptr;
   int64_t* d_slots[2] = {nullptr, nullptr};
   int32_t* d_vtable[2] = {nullptr, nullptr};
-  int32_t* h_in = nullptr;  // pinned [3][Tmax]
+  int32_t* h_in = nullptr;  // pinned [5][Tmax]
   void* ws = nullptr;
   size_t ws_bytes = 0;
   void* blas_ws = nullptr;
@@ -121,6 +138,9 @@ struct GpuContext::Impl {
   int32_t* d_tok() const { return d_in; }
   int32_t* d_seq() const { return d_in + Tmax; }
   int32_t* d_pos() const { return d_in + 2 * Tmax; }
+  int32_t* d_qlens() const { return d_in + 3 * Tmax; }
+  int32_t* d_last() const { return d_in + 4 * Tmax; }
+  static constexpr int kInRows = 5;
 
   PagedKVView view(int l, int T) const {
     const LayerKv& L = lkv[l];
@@ -147,11 +167,17 @@ struct GpuContext::Impl {
     p.window = lkv[l].window;
     return p;
   }
-  Result<cuda::DecodePlan> plan(int T, int l) {
-    auto it = plans.find({T, l});
+  // S = 0: decode plan for T sequences; S > 0: prefill plan for T rows of S sequences.
+  Result<cuda::DecodePlan> plan(int T, int l, int S = 0) {
+    auto it = plans.find({T, S, l});
     if (it != plans.end()) return it->second;
-    TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan p, cuda::plan_decode(view(l, T), params(l), sm_count));
-    plans[{T, l}] = p;
+    cuda::DecodePlan p;
+    if (S > 0) {
+      TQKV_ASSIGN_OR_RETURN(p, cuda::plan_prefill(view(l, S), params(l), T, sm_count));
+    } else {
+      TQKV_ASSIGN_OR_RETURN(p, cuda::plan_decode(view(l, T), params(l), sm_count));
+    }
+    plans[{T, S, l}] = p;
     return p;
   }
 
@@ -164,7 +190,9 @@ struct GpuContext::Impl {
   }
 
   // Enqueues the forward pass of T tokens staged in d_in; logits for rows [first, T) when want_logits.
-  Status enqueue_forward(int T, bool want_logits, int first) {
+  // S = 0: a decode step (or a prefill chunk on the decode path), one attention row per token;
+  // S > 0: a prefill chunk of S sequences (q_lens and last rows staged), attention_prefill.
+  Status enqueue_forward(int T, bool want_logits, int first, int S = 0) {
     const ModelConfig& c = cfg;
     const GpuModel::Impl& w = model->impl();
     const int E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
@@ -174,6 +202,8 @@ struct GpuContext::Impl {
     pa.seq = d_seq();
     pa.pos = d_pos();
     pa.vlen = d_vlen;
+    pa.S = S;
+    pa.seq_last = S > 0 ? d_last() : nullptr;
     for (int g = 0; g < G; ++g) {
       pa.table[g] = table[g];
       pa.max_pages[g] = max_pages[g];
@@ -213,15 +243,25 @@ struct GpuContext::Impl {
           TQKV_RETURN_IF_ERROR(gpu::key_mean(k, first_write, KV, mu_k + first_seq * stride + static_cast<int64_t>(l) * KV, stream));
         TQKV_RETURN_IF_ERROR(gpu::subtract_key_mean(k, d_seq(), T, KV, mu_k + static_cast<int64_t>(l) * KV, stride, stream));
       }
-      const PagedKVView vw = view(l, T);
+      // Quantize-on-write uses only the view's pools and codec (slots are per token); the
+      // attention view has S rows (prefill) or T (decode).
+      const PagedKVView vw = view(l, S > 0 ? S : T);
       const LayerKv& LK = lkv[l];
       TQKV_RETURN_IF_ERROR(cuda::quantize_and_store(vw, LK.kb == kF16Bits ? nullptr : boundaries[LK.kb],
                                                     LK.vb == kF16Bits ? nullptr : boundaries[LK.vb], k, v,
                                                     cuda::DType::kF32, d_slots[LK.group], T, stream));
-      TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan pl, plan(T, l));
-      if (pl.workspace_bytes > ws_bytes) return internal_error("decode workspace too small (sizing bug)");
-      TQKV_RETURN_IF_ERROR(cuda::attention_decode(vw, params(l), pl, q, cuda::DType::kF32, att16, cuda::DType::kF16,
-                                                  ws, ws_bytes, stream));
+      TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan pl, plan(T, l, S));
+      if (pl.workspace_bytes > ws_bytes) return internal_error("attention workspace too small (sizing bug)");
+      if (S > 0) {
+        // Sliding layers: the ring holds window + max_chunk positions (ring_pages_for), and the
+        // chunk's rows see at most [first row - window + 1, last row]: no page of that span is
+        // overwritten by another of it.
+        TQKV_RETURN_IF_ERROR(cuda::attention_prefill(vw, params(l), pl, d_qlens(), T, q, cuda::DType::kF32, att16,
+                                                     cuda::DType::kF16, ws, ws_bytes, stream));
+      } else {
+        TQKV_RETURN_IF_ERROR(cuda::attention_decode(vw, params(l), pl, q, cuda::DType::kF32, att16,
+                                                    cuda::DType::kF16, ws, ws_bytes, stream));
+      }
       (void)sliding;
       TQKV_RETURN_IF_ERROR(gemm(L.wo, att16, T, o));
       TQKV_RETURN_IF_ERROR(gpu::residual_add(x, o, c.post_norms ? L.post_attn_norm : nullptr, T, E, c.rms_eps, stream));
@@ -243,11 +283,19 @@ struct GpuContext::Impl {
     return Status::ok();
   }
 
-  Status stage(int T, const int32_t* tokens, const int32_t* seqs, const int32_t* pos) {
+  // S > 0 (prefill chunk of S sequences): q_lens[S] and last[S] (each sequence's last row).
+  Status stage(int T, const int32_t* tokens, const int32_t* seqs, const int32_t* pos, int S = 0,
+               const int32_t* q_lens = nullptr, const int32_t* last = nullptr) {
+    // The previous step's copy out of h_in may still be in flight only if nobody synchronised;
+    // every step ends in fetch() (a stream synchronisation), so h_in is free here.
     std::memcpy(h_in, tokens, T * sizeof(int32_t));
     std::memcpy(h_in + Tmax, seqs, T * sizeof(int32_t));
     std::memcpy(h_in + 2 * Tmax, pos, T * sizeof(int32_t));
-    CK(cudaMemcpyAsync(d_in, h_in, 3 * Tmax * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    if (S > 0) {
+      std::memcpy(h_in + 3 * Tmax, q_lens, S * sizeof(int32_t));
+      std::memcpy(h_in + 4 * Tmax, last, S * sizeof(int32_t));
+    }
+    CK(cudaMemcpyAsync(d_in, h_in, kInRows * Tmax * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     return Status::ok();
   }
 
@@ -318,6 +366,7 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
   CK(cudaGetDevice(&dev));
   CK(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev));
   m.Tmax = std::max(opt.max_chunk, opt.max_seqs);
+  m.tiled_prefill = prefill_tiled(opt.prefill_path);
 
   // Page tables: group 0 full attention, group 1 sliding (when the model has sliding layers).
   bool any_sliding = false;
@@ -398,29 +447,45 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
   TQKV_ASSIGN_OR_RETURN(m.logits, a.alloc<float>(T * c.n_vocab));
   TQKV_ASSIGN_OR_RETURN(m.h16, a.alloc<uint16_t>(T * std::max({E, Q, F})));
   TQKV_ASSIGN_OR_RETURN(m.att16, a.alloc<uint16_t>(T * Q));
-  TQKV_ASSIGN_OR_RETURN(m.d_in, a.alloc<int32_t>(3 * T));
-  CK(cudaMemset(m.d_in, 0, 3 * T * sizeof(int32_t)));
+  TQKV_ASSIGN_OR_RETURN(m.d_in, a.alloc<int32_t>(Impl::kInRows * T));
+  CK(cudaMemset(m.d_in, 0, Impl::kInRows * T * sizeof(int32_t)));
   TQKV_ASSIGN_OR_RETURN(m.d_vlen, a.alloc<int32_t>(T));
   TQKV_ASSIGN_OR_RETURN(m.d_argmax, a.alloc<int32_t>(T));
   for (int g = 0; g < m.G; ++g) {
     TQKV_ASSIGN_OR_RETURN(m.d_slots[g], a.alloc<int64_t>(T));
     TQKV_ASSIGN_OR_RETURN(m.d_vtable[g], a.alloc<int32_t>(T * m.max_pages[g]));
   }
-  CK(cudaMallocHost(reinterpret_cast<void**>(&m.h_in), 3 * T * sizeof(int32_t)));
-  std::memset(m.h_in, 0, 3 * T * sizeof(int32_t));
+  CK(cudaMallocHost(reinterpret_cast<void**>(&m.h_in), Impl::kInRows * T * sizeof(int32_t)));
+  std::memset(m.h_in, 0, Impl::kInRows * T * sizeof(int32_t));
 
-  // Decode workspace: the largest any token count up to Tmax needs, for every layer.
+  // Attention workspace: the largest any decode step (t <= Tmax sequences) or, on the tiled path,
+  // any prefill chunk (t <= max_chunk rows of up to min(max_seqs, t) sequences; fewer sequences
+  // need no more: only the tile table grows with them) needs, for every layer.
   size_t ws = 256;
+  auto same_kind = [&](int l) {
+    return l > 0 && m.lkv[l].kb == m.lkv[l - 1].kb && m.lkv[l].vb == m.lkv[l - 1].vb &&
+           m.lkv[l].group == m.lkv[l - 1].group && m.lkv[l].window == m.lkv[l - 1].window;
+  };
   for (int t = 1; t <= m.Tmax; ++t)
     for (int l = 0; l < c.n_layer; ++l) {
-      if (l > 0 && m.lkv[l].kb == m.lkv[l - 1].kb && m.lkv[l].vb == m.lkv[l - 1].vb && m.lkv[l].group == m.lkv[l - 1].group &&
-          m.lkv[l].window == m.lkv[l - 1].window) {
-        m.plans[{t, l}] = m.plans[{t, l - 1}];
+      if (same_kind(l)) {
+        m.plans[{t, 0, l}] = m.plans[{t, 0, l - 1}];
         continue;
       }
       TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan p, m.plan(t, l));
       ws = std::max(ws, p.workspace_bytes);
     }
+  if (m.tiled_prefill)
+    for (int t = 1; t <= opt.max_chunk; ++t)
+      for (int l = 0; l < c.n_layer; ++l) {
+        const int S = std::min(opt.max_seqs, t);
+        if (same_kind(l)) {
+          m.plans[{t, S, l}] = m.plans[{t, S, l - 1}];
+          continue;
+        }
+        TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan p, m.plan(t, l, S));
+        ws = std::max(ws, p.workspace_bytes);
+      }
   m.ws_bytes = ws;
   TQKV_ASSIGN_OR_RETURN(m.ws, a.alloc<uint8_t>(ws));
   m.lens.assign(static_cast<size_t>(opt.max_seqs), 0);
@@ -441,7 +506,9 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
     const int cnt = std::min(m.opt.max_chunk, n - done);
     const bool last = done + cnt == n;
     for (int i = 0; i < cnt; ++i) pos[i] = static_cast<int32_t>(m.lens[seq] + i);
-    TQKV_RETURN_IF_ERROR(m.stage(cnt, tokens + done, seqs.data(), pos.data()));
+    const int32_t qlen = cnt, last_row = cnt - 1;
+    const int S = m.tiled_prefill ? 1 : 0;
+    TQKV_RETURN_IF_ERROR(m.stage(cnt, tokens + done, seqs.data(), pos.data(), S, &qlen, &last_row));
     // The sequence's first write fixes mu: the CPU's first write is its first forward chunk
     // (Model::kMaxChunk tokens at most), so the mean is over that many tokens of this chunk.
     m.first_write = 0;
@@ -453,7 +520,7 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
     }
     const bool want = logits != nullptr && (mode == LogitsMode::kAll || last);
     const int first = mode == LogitsMode::kAll ? 0 : cnt - 1;
-    const Status fs = m.enqueue_forward(cnt, want, first);
+    const Status fs = m.enqueue_forward(cnt, want, first, S);
     m.first_write = 0;
     TQKV_RETURN_IF_ERROR(fs);
     float* dst = nullptr;
@@ -464,6 +531,66 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
   }
   return Status::ok();
 }
+
+Status GpuContext::prefill_batch(const int* seqs, const int32_t* const* tokens, const int* n, int count,
+                                 float* logits) {
+  Impl& m = *impl_;
+  if (count < 1 || seqs == nullptr || tokens == nullptr || n == nullptr)
+    return invalid_argument("prefill_batch: no sequences");
+  if (m.mu_k != nullptr) return unsupported("prefill_batch: key centering needs prefill() one sequence at a time");
+  std::vector<uint8_t> seen(static_cast<size_t>(m.opt.max_seqs), 0);
+  for (int i = 0; i < count; ++i) {
+    if (seqs[i] < 0 || seqs[i] >= m.opt.max_seqs) return out_of_range("prefill_batch: bad sequence slot");
+    if (seen[seqs[i]]++) return invalid_argument("prefill_batch: sequence slot " + std::to_string(seqs[i]) + " given twice");
+    if (n[i] <= 0 || tokens[i] == nullptr) return invalid_argument("prefill_batch: no tokens for a sequence");
+    for (int j = 0; j < n[i]; ++j)
+      if (tokens[i][j] < 0 || tokens[i][j] >= m.cfg.n_vocab) return out_of_range("prefill_batch: token id outside the vocabulary");
+    if (m.lens[seqs[i]] + n[i] > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
+  }
+  const int C = m.opt.max_chunk, V = m.cfg.n_vocab;
+  std::vector<int32_t> tok(static_cast<size_t>(C)), sq(static_cast<size_t>(C)), pos(static_cast<size_t>(C)),
+      qlen(static_cast<size_t>(C)), last(static_cast<size_t>(C));
+  std::vector<int> done(static_cast<size_t>(count), 0), owner(static_cast<size_t>(C));
+  for (int cur = 0; cur < count;) {
+    // One pass: the next max_chunk tokens, sequence after sequence (rows grouped by sequence).
+    int T = 0, S = 0;
+    for (int i = cur; i < count && T < C; ++i) {
+      const int take = std::min(C - T, n[i] - done[i]);
+      for (int j = 0; j < take; ++j) {
+        tok[T + j] = tokens[i][done[i] + j];
+        sq[T + j] = seqs[i];
+        pos[T + j] = static_cast<int32_t>(m.lens[seqs[i]] + j);
+      }
+      qlen[S] = take;
+      last[S] = T + take - 1;
+      owner[S] = i;
+      ++S;
+      T += take;
+    }
+    const int Sa = m.tiled_prefill ? S : 0;
+    TQKV_RETURN_IF_ERROR(m.stage(T, tok.data(), sq.data(), pos.data(), Sa, qlen.data(), last.data()));
+    bool want = false;
+    for (int s = 0; s < S; ++s) want |= logits != nullptr && done[owner[s]] + qlen[s] == n[owner[s]];
+    m.first_write = 0;
+    TQKV_RETURN_IF_ERROR(m.enqueue_forward(T, want, 0, Sa));
+    for (int s = 0; s < S && want; ++s) {
+      const int i = owner[s];
+      if (done[i] + qlen[s] == n[i])
+        CK(cudaMemcpyAsync(logits + static_cast<int64_t>(i) * V, m.logits + static_cast<int64_t>(last[s]) * V,
+                           static_cast<size_t>(V) * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
+    }
+    TQKV_RETURN_IF_ERROR(m.fetch(0, nullptr, nullptr));
+    for (int s = 0; s < S; ++s) {
+      const int i = owner[s];
+      m.lens[seqs[i]] += qlen[s];
+      done[i] += qlen[s];
+      if (done[i] == n[i]) cur = std::max(cur, i + 1);
+    }
+  }
+  return Status::ok();
+}
+
+const char* GpuContext::prefill_path_name() const { return impl_->tiled_prefill ? "tiled" : "decode"; }
 
 Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax) {
   Impl& m = *impl_;

@@ -169,14 +169,20 @@ __global__ void argmax_kernel(const float* x, int V, int32_t* out) {
 __global__ void prepare_kernel(PrepareArgs a) {
   const int t = blockIdx.x;
   const int s = a.seq[t], p = a.pos[t];
-  if (threadIdx.x == 0) a.vlen[t] = p + 1;
+  // The row whose page table and length this block writes: token t (decode), sequence t (prefill).
+  const bool rows = a.S > 0 ? t < a.S : true;
+  const int rt = a.S > 0 && rows ? a.seq_last[t] : t;
+  const int rs = a.seq[rt], rp = a.pos[rt];
+  if (threadIdx.x == 0 && rows) a.vlen[t] = rp + 1;
   for (int g = 0; g < a.G; ++g) {
     const int mp = a.max_pages[g];
     const int32_t* row = a.table[g] + static_cast<int64_t>(s) * mp;
     if (threadIdx.x == 0)
       a.slots[g][t] = static_cast<int64_t>(row[p / kDefaultPageSize]) * kDefaultPageSize + p % kDefaultPageSize;
+    if (!rows) continue;
+    const int32_t* src = a.table[g] + static_cast<int64_t>(rs) * mp;
     int32_t* dst = a.vtable[g] + static_cast<int64_t>(t) * mp;
-    for (int i = threadIdx.x; i < mp; i += blockDim.x) dst[i] = row[i];
+    for (int i = threadIdx.x; i < mp; i += blockDim.x) dst[i] = src[i];
   }
 }
 
@@ -276,6 +282,8 @@ Status argmax_rows(const float* x, int rows, int V, int32_t* out, cudaStream_t s
 
 Status prepare_step(const PrepareArgs& a, cudaStream_t s) {
   if (a.G < 1 || a.G > 2) return invalid_argument("prepare_step: 1 or 2 groups");
+  if (a.S < 0 || a.S > a.T || (a.S > 0 && a.seq_last == nullptr))
+    return invalid_argument("prepare_step: prefill needs 1..T sequences and their last rows");
   prepare_kernel<<<a.T, 256, 0, s>>>(a);
   LAUNCH_CHECK();
   return Status::ok();

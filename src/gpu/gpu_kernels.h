@@ -50,8 +50,14 @@ Status argmax_rows(const float* x, int rows, int V, int32_t* out, cudaStream_t s
 //   slots[g][t]  = table[g][seq[t]][pos[t] / 16] * 16 + pos[t] % 16
 //   vtable[g][t][:] = table[g][seq[t]][:]   (rows of max_pages[g]; the token's own page table)
 //   vlen[t] = pos[t] + 1
+// Prefill chunks (S > 0): the chunk's tokens form S sequences (rows grouped by sequence) whose
+// last rows are seq_last[0..S-1]; then vtable and vlen are per SEQUENCE instead, for s < S:
+//   vtable[g][s][:] = table[g][seq[seq_last[s]]][:],  vlen[s] = pos[seq_last[s]] + 1
+// (the view of attention_prefill), and slots stay per token.
 struct PrepareArgs {
   int T = 0, G = 0;
+  int S = 0;                          // 0: decode step (per-token rows); > 0: prefill chunk
+  const int32_t* seq_last = nullptr;  // [S] (prefill)
   const int32_t* seq = nullptr;
   const int32_t* pos = nullptr;
   const int32_t* table[2] = {nullptr, nullptr};
