@@ -12,34 +12,47 @@
 #       reduced SmolLM2 beside the CPU's results, then `tqkv bench decode` on the synthetic
 #       Llama-3.1-8B shape (batch 32, context 16K, k4v4 against f16). Logs to $OUT (default ./device-out).
 #
+# Environment: D = folder of the binaries and fixtures (default .device-gpu; a helper uses its own
+# .carry/NAME), B = build folder of `prepare` (default build-gpu), FIXTURES_FROM = a folder whose
+# fixtures (reduced models, CPU logits and references) `prepare` copies instead of computing them,
+# PREFILL = N adds `--prefill N` (prefill tokens/s, tiled kernel vs decode path) to the bench,
+# FORMATS = formats benchmarked against f16 (default k4v4).
+#
 # cuBLAS is linked dynamically (libcublasLt is 540 MB, too large to carry): `run` finds the
 # device's own libcublas.so.13 (CUDA toolkit or PyTorch's wheel) and puts it on LD_LIBRARY_PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-run}
-D=.device-gpu
+D=${D:-.device-gpu}
+B=${B:-build-gpu}
 
 if [[ $step == prepare ]]; then
   set -e
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
+  cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
     -DTQKV_BUILD_BENCH=OFF -DCMAKE_DISABLE_FIND_PACKAGE_BLAS=ON >/dev/null
-  cmake --build build-gpu -j "${JOBS:-2}" --target tqkv test_gpu tqkv_slice_gguf
+  cmake --build "$B" -j "${JOBS:-2}" --target tqkv test_gpu tqkv_slice_gguf
   mkdir -p "$D/lib"
   rm -f "$D/tqkv" "$D/test_gpu"
-  cp build-gpu/src/cli/tqkv build-gpu/tests/test_gpu "$D/"
+  cp "$B/src/cli/tqkv" "$B/tests/test_gpu" "$D/"
   strip "$D/tqkv" "$D/test_gpu"
   # Compressed for the trip (the working tree that travels is limited to 64 MiB); `run` unpacks.
   gzip -9 -f "$D/tqkv" "$D/test_gpu"
   for lib in libpcre2-8.so.0 libgomp.so.1; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$D/lib/"
   done
-  S=build-gpu/src/gpu/tqkv_slice_gguf
+  if [[ -n ${FIXTURES_FROM:-} ]]; then
+    for f in smollm2-4l.gguf smollm2-4l.f32 smollm2-4l.json gemma3-6l.gguf gemma3-6l.f32 gemma3-6l.json \
+             pp_in_vocab.txt gen_cpu_f16.jsonl gen_cpu_k4v4.jsonl ppl_cpu_k4v4.json; do
+      [[ -f $D/$f ]] || cp "$FIXTURES_FROM/$f" "$D/"
+    done
+  fi
+  S=$B/src/gpu/tqkv_slice_gguf
   [[ -f $D/smollm2-4l.gguf ]] || $S slice models/smollm2-135m-instruct-q4_1.gguf $D/smollm2-4l.gguf --layers 4 --vocab 8192 --keep-tokenizer
   [[ -f $D/gemma3-6l.gguf ]] || $S slice models/gemma3-270m-q4_k_m.gguf $D/gemma3-6l.gguf --layers 6 --vocab 8192
   [[ -f $D/smollm2-4l.f32 ]] || $S logits $D/smollm2-4l.gguf $D/smollm2-4l
   [[ -f $D/gemma3-6l.f32 ]] || $S logits $D/gemma3-6l.gguf $D/gemma3-6l
   # CPU references for the CLI checks of `run` (generate / perplexity --device cuda).
-  T=build-gpu/src/cli/tqkv
+  T=$B/src/cli/tqkv
   if [[ ! -f $D/pp_in_vocab.txt ]]; then
     # Words of Pride and Prejudice whose SmolLM2 tokens all fall below 8192 (the cut vocabulary).
     python3 - "$T" "$D" <<'EOF'
@@ -58,14 +71,15 @@ for _ in range(6):
 open(D + '/pp_in_vocab.txt', 'w').write(' '.join(words))
 EOF
   fi
-  for kv in f16 k4v4; do
+  # --center none on both sides: these references predate key centering in the GPU runtime
+  # (tests/gpu checks centered GPU against centered CPU); --sink-tokens 0: the GPU runtime has none.
+  [[ -n ${FIXTURES_FROM:-} ]] || for kv in f16 k4v4; do
     for p in "The capital of France is" "Once upon a time, there was a little"; do
-      # --center none on both sides: these references predate key centering in the GPU runtime
-      # (tests/gpu checks centered GPU against centered CPU).
-      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --json 2>/dev/null
+      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --json 2>/dev/null
     done >$D/gen_cpu_$kv.jsonl
   done
-  $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --json >$D/ppl_cpu_k4v4.json
+  [[ -n ${FIXTURES_FROM:-} ]] ||
+    $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --json >$D/ppl_cpu_k4v4.json
   du -ab "$D" | sort -n | tail -12
   exit 0
 fi
@@ -115,6 +129,7 @@ done
 tail -3 "$OUT/cli.err"
 
 args=(bench decode --backend cuda --synthetic llama3-8b --batch "${BATCH:-32}" --context "${CONTEXT:-16384}" --steps 20)
+[[ -n ${PREFILL:-} ]] && args+=(--prefill "$PREFILL" --prefill-chunk "${PREFILL_CHUNK:-2048}")
 for kv in ${FORMATS:-k4v4}; do
   timeout 240 "$D/tqkv" "${args[@]}" --kv "$kv" --json >"$OUT/bench_decode_$kv.json" 2>"$OUT/bench_decode_$kv.err"
   echo "== bench decode $kv rc=$?"
@@ -128,5 +143,8 @@ for r in j['rows']:
           f"{r['attention_gb_s']:6.0f} GB/s ({100*r['attention_frac_copy_bw']:.0f}% of copy, {r['attention_speedup_vs_f16']:.2f}x f16) | "
           f"step {r['step_ms']:7.2f} ms {r['decode_tok_s']:8.1f} tok/s ({r['decode_speedup_vs_f16']:.2f}x f16) | "
           f"fit {r['seqs_fit_budget']} seqs ({r['capacity_vs_f16']:.2f}x f16)")
+for r in j.get('prefill', []):
+    print(f"prefill {r['kv']:6} {r['tokens']} tokens (chunks of {r['chunk']}): tiled {r['tiled_tok_s']:8.0f} tok/s "
+          f"({r['tiled_s']:.3f} s) | decode path {r['decode_path_tok_s']:8.0f} tok/s ({r['decode_path_s']:.3f} s) | {r['speedup']:.2f}x")
 EOF
 done

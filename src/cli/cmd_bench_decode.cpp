@@ -6,7 +6,12 @@
 // with its bytes and GB/s against the copy bandwidth measured in the same run, the whole decode
 // step (graph replays, each step's greedy token feeding the next) as tokens/s, and capacity: how
 // many sequences of context L fit the memory budget (default: free GPU memory after the weights).
+// --prefill N adds, per format, prefill tokens/s of one N-token prompt (chunks of --prefill-chunk)
+// through the tiled prefill kernel and through the per-token decode path (TQKV_GPU_PREFILL=decode),
+// each timed on a second run after a warm-up run.
 // Hooked into `tqkv bench` (src/cli/cmd_bench.cpp) as the `decode` subcommand.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -32,6 +37,7 @@ struct DecodeBenchOptions {
   std::vector<int> f16_layers;
   bool json = false;
   uint64_t seed = 1;
+  int prefill = 0, prefill_chunk = 2048;
 };
 
 int fail(const std::string& m) {
@@ -40,6 +46,30 @@ int fail(const std::string& m) {
 }
 
 #ifdef TQKV_HAVE_GPU_RUNTIME
+// Seconds of prefill(0, n random tokens) on a fresh context (second of two runs; kLast logits).
+Result<double> time_prefill(const GpuModel& gm, KvFormat f, const DecodeBenchOptions& o, GpuPrefillPath path) {
+  GpuContextOptions co;
+  co.format = f;
+  co.f16_layers = o.f16_layers;
+  co.max_seqs = 1;
+  co.max_chunk = std::min(o.prefill_chunk, o.prefill);
+  co.max_tokens = o.prefill;
+  co.prefill_path = path;
+  co.page_shuffle_seed = o.seed + 7;
+  TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(gm, co));
+  std::vector<int32_t> ids(static_cast<size_t>(o.prefill));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 2654435761u + o.seed) % gm.config().n_vocab);
+  std::vector<float> logits(static_cast<size_t>(gm.config().n_vocab));
+  double secs = 0;
+  for (int run = 0; run < 2; ++run) {
+    TQKV_RETURN_IF_ERROR(ctx->reset(0));
+    const auto t0 = std::chrono::steady_clock::now();
+    TQKV_RETURN_IF_ERROR(ctx->prefill(0, ids.data(), o.prefill, logits.data(), LogitsMode::kLast));  // ends synchronised
+    secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return secs;
+}
+
 int run_decode_bench(const DecodeBenchOptions& o) {
   auto fmt = parse_kv_format(o.kv);
   if (!fmt.is_ok()) return fail("--kv: " + fmt.status().to_string());
@@ -131,6 +161,26 @@ int run_decode_bench(const DecodeBenchOptions& o) {
     rows.push_back(r);
     std::fprintf(stderr, "  %s done: step %.2f ms, %.0f tok/s\n", name.c_str(), step_s * 1e3, tok_s);
   }
+  nlohmann::ordered_json prefill_rows = nlohmann::ordered_json::array();
+  for (const KvFormat& f : o.prefill > 0 ? formats : std::vector<KvFormat>{}) {
+    const std::string name = kv_format_name(f);
+    auto tiled = time_prefill(*gm, f, o, GpuPrefillPath::kTiled);
+    if (!tiled.is_ok()) return fail(name + " prefill (tiled): " + tiled.status().to_string());
+    auto dec = time_prefill(*gm, f, o, GpuPrefillPath::kDecode);
+    if (!dec.is_ok()) return fail(name + " prefill (decode path): " + dec.status().to_string());
+    nlohmann::ordered_json r;
+    r["kv"] = name;
+    r["tokens"] = o.prefill;
+    r["chunk"] = std::min(o.prefill_chunk, o.prefill);
+    r["tiled_s"] = *tiled;
+    r["tiled_tok_s"] = o.prefill / *tiled;
+    r["decode_path_s"] = *dec;
+    r["decode_path_tok_s"] = o.prefill / *dec;
+    r["speedup"] = *dec / *tiled;
+    prefill_rows.push_back(r);
+    std::fprintf(stderr, "  %s prefill %d tokens: tiled %.0f tok/s, decode path %.0f tok/s\n", name.c_str(), o.prefill,
+                 o.prefill / *tiled, o.prefill / *dec);
+  }
   nlohmann::ordered_json out;
   out["device"] = info->name;
   out["model"] = o.synthetic.empty() ? o.model : "synthetic llama3-8b";
@@ -139,6 +189,7 @@ int run_decode_bench(const DecodeBenchOptions& o) {
   out["budget_bytes"] = budget;
   out["steps"] = o.steps;
   out["rows"] = rows;
+  if (o.prefill > 0) out["prefill"] = prefill_rows;
   if (o.json) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -155,6 +206,11 @@ int run_decode_bench(const DecodeBenchOptions& o) {
                 100.0 * r["attention_frac_copy_bw"].get<double>(), r["attention_speedup_vs_f16"].get<double>(),
                 r["step_ms"].get<double>(), r["decode_tok_s"].get<double>(), r["decode_speedup_vs_f16"].get<double>(),
                 static_cast<long long>(r["seqs_fit_budget"].get<int64_t>()), r["capacity_vs_f16"].get<double>());
+  for (const auto& r : prefill_rows)
+    std::printf("prefill %-6s %d tokens (chunks of %d): tiled %.0f tok/s (%.3f s), decode path %.0f tok/s (%.3f s), %.2fx\n",
+                r["kv"].get<std::string>().c_str(), r["tokens"].get<int>(), r["chunk"].get<int>(),
+                r["tiled_tok_s"].get<double>(), r["tiled_s"].get<double>(), r["decode_path_tok_s"].get<double>(),
+                r["decode_path_s"].get<double>(), r["speedup"].get<double>());
   return 0;
 }
 #endif
@@ -175,6 +231,9 @@ RunFn setup_bench_decode(CLI::App& sub) {
   sub.add_option("--f16-layers", o->f16_layers, "layers kept in f16 (negative = from the end)")->delimiter(',');
   sub.add_option("--seed", o->seed, "random seed");
   sub.add_flag("--json", o->json, "print one JSON object");
+  sub.add_option("--prefill", o->prefill, "also time the prefill of one prompt of N tokens, tiled kernel vs decode path (0 = off)")
+      ->check(CLI::Range(0, 1 << 20));
+  sub.add_option("--prefill-chunk", o->prefill_chunk, "prefill tokens per forward pass (default 2048)")->check(CLI::Range(1, 65535));
   return [o]() -> int {
     if (o->backend != "cuda") return fail("only --backend cuda is implemented (CPU decode: tqkv generate / tqkv bench attention)");
 #ifdef TQKV_HAVE_GPU_RUNTIME
