@@ -56,6 +56,8 @@ Result<DecodePlan> plan_decode(const PagedKVView& view, const DecodeParams& para
 //   out : [num_seqs][num_q_heads][head_dim]   (out_type); a sequence of length 0 gets zeros
 // Supported: head_dim in {64, 80, 96, 128, 256}; (k.bits, v.bits) in {(16,16), (8,8), (4,4),
 // (3,3), (2,2), (8,4), (4,3)}; page_size 16; group <= 64. Anything else returns kUnsupported.
+// Attention sinks (view.sink_tokens in [0, 16]): positions < sink_tokens come from the view's fp16
+// sink tiles (store_sink_tokens), the rest from the pages, as the CPU attention.
 Status attention_decode(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
                         const void* q, DType q_type, void* out, DType out_type, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream);
@@ -91,6 +93,17 @@ Status quantize_and_store(const PagedKVView& view, const float* boundaries_k,
                           const float* boundaries_v, const void* k_new, const void* v_new,
                           DType in_type, const int64_t* slot_mapping, int32_t num_tokens,
                           cudaStream_t stream);
+
+// Attention sinks (docs/formats.md, "Attention sinks"): writes the new tokens at positions
+// < view.sink_tokens, as fp16, into row pos[i] of sink slot seq_slot[i]'s sink tiles (view.sink_k /
+// sink_v), each side in its own space: P x (view.rotation) for TurboQuant sides, x for fp16 sides.
+// Other tokens (pos outside [0, sink_tokens), negative slot) are skipped, so the call can stay in a
+// captured decode step. Keys as they go to the pages (after centering). No-op when sink_tokens == 0.
+//   k_new, v_new : [num_tokens][num_kv_heads][head_dim]  (in_type);  seq_slot, pos : DEVICE [num_tokens]
+// attention_decode / attention_prefill read positions < sink_tokens from these tiles (the split
+// kernels skip them; the merge kernel adds the sink positions as one more split).
+Status store_sink_tokens(const PagedKVView& view, const void* k_new, const void* v_new, DType in_type,
+                         const int32_t* seq_slot, const int32_t* pos, int32_t num_tokens, cudaStream_t stream);
 
 // Decodes whole tiles back to fp32 vectors in the ORIGINAL space (x~ = scale * P^T c[idx]), or
 // copies fp16 values, for tests and tools.

@@ -105,6 +105,11 @@ struct GpuContextOptions {
   // Attention of prefill chunks: kDefault = the tiled prefill kernel unless the environment says
   // TQKV_GPU_PREFILL=decode (read at create); kTiled / kDecode force either path (tests, benches).
   GpuPrefillPath prefill_path = GpuPrefillPath::kDefault;
+  // Attention sinks as KvOptions::sink_tokens on the CPU (docs/formats.md, "Attention sinks"): the
+  // first sink_tokens (0..16) positions of each sequence also kept in fp16 sink tiles in every
+  // compressed full-attention layer (written by cuda::store_sink_tokens beside quantize-on-write,
+  // keys after centering); attention reads those positions from the tiles. 0 = none.
+  int sink_tokens = 0;
 };
 
 class GpuContext {
@@ -157,16 +162,18 @@ class GpuContext {
 };
 
 // Bytes one sequence of `len` tokens needs for `cfg` with every layer in `fmt` except sliding
-// layers (f16 window ring) and f16_layers, in whole 16-token pages (capacity reports).
+// layers (f16 window ring) and f16_layers, in whole 16-token pages (capacity reports), plus the
+// attention-sink tiles of the compressed full-attention layers when sink_tokens > 0.
 int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::vector<int>& f16_layers,
-                             int64_t len, int max_chunk = 128);
+                             int64_t len, int max_chunk = 128, int sink_tokens = 0);
 
 // Generation and perplexity on the GPU: the same loops and outputs as generate() and
 // evaluate_perplexity() in include/tqkv/generate.h (sampling on the host).
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                                   const std::function<void(int32_t)>& on_token, bool center_keys = false);
+                                   const std::function<void(int32_t)>& on_token, bool center_keys = false,
+                                   int sink_tokens = 0);
 Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
                                                  const PerplexityOptions& opt,
                                                  const std::function<void(int done, int total)>& progress);

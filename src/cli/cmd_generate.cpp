@@ -31,7 +31,7 @@ struct Options {
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "keys";  // keys (the CPU default) or none
   std::vector<int> k8_layers;
-  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens on the CPU, 0 on the GPU runtime (no sinks there yet)
+  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -47,14 +47,16 @@ int fail(const std::string& what, const tqkv::Status& st) {
 tqkv::Result<tqkv::GenerateStats> generate_on_gpu(const tqkv::Model& model, const tqkv::Tokenizer& tok,
                                                   tqkv::KvFormat fmt, int64_t max_tokens,
                                                   const std::vector<int32_t>& ids, const tqkv::GenerateOptions& go,
-                                                  const std::function<void(int32_t)>& on_token, bool center_keys) {
+                                                  const std::function<void(int32_t)>& on_token, bool center_keys,
+                                                  int sink_tokens) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
   TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
   std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
-  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys);
+  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys, sink_tokens);
 #else
   (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token, (void)center_keys;
+  (void)sink_tokens;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -99,9 +101,7 @@ int run(const Options& o) {
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
   ko.k8_layers = o.k8_layers;
-  if (o.device == "cuda" && o.sink_tokens > 0)
-    return fail("--sink-tokens", tqkv::unsupported("attention sinks are implemented by the CPU runtime only"));
-  ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : (o.device == "cpu" ? tqkv::KvOptions::kDefaultSinkTokens : 0);
+  ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +
@@ -136,7 +136,8 @@ int run(const Options& o) {
       std::fflush(stdout);
     }
   };
-  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token, ko.center_keys)
+  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token, ko.center_keys,
+                                                 ko.sink_tokens)
                                : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
   echo();
@@ -190,7 +191,7 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--sink-tokens", o->sink_tokens,
                  "Tokens at the start kept in f16 in compressed layers (attention sinks, docs/formats.md; default 4 "
-                 "on the CPU, 0 = off; the GPU runtime has none yet)")
+                 "on the CPU and the GPU runtime, 0 = off)")
       ->check(CLI::Range(0, 16));
   sub.add_option("--ctx", o->ctx, "KV cache capacity in tokens (default: prompt + n)");
   sub.add_option("--temp", o->s.temperature, "Temperature; 0 = greedy (default 0)");

@@ -27,7 +27,7 @@ struct Options {
   bool as_json = false;
   bool no_compare = false;
   std::vector<int> f16_layers, k8_layers;
-  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens on the CPU, 0 on the GPU runtime
+  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "default";  // none, keys, values, kv, default (KvOptions' defaults)
   std::string emulate;
@@ -85,9 +85,7 @@ int run(const Options& o) {
   if (o.device != "cpu" && !o.k8_layers.empty())
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
-  if (o.device != "cpu" && o.sink_tokens > 0)
-    return fail("--sink-tokens", tqkv::unsupported("attention sinks are implemented by the CPU runtime only"));
-  po.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : (o.device == "cpu" ? tqkv::KvOptions::kDefaultSinkTokens : 0);
+  po.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
   // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
   // value centering is implemented by the CPU runtime only.
   const std::string center = o.center != "default" ? o.center : "keys";
@@ -181,7 +179,7 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_flag("--no-compare", o->no_compare, "Do not run the f16 comparison");
   sub.add_option("--sink-tokens", o->sink_tokens,
                  "Tokens at the start of each chunk kept in f16 in compressed layers (attention sinks, "
-                 "docs/formats.md; default 4 on the CPU, 0 = off; the GPU runtime has none yet)")
+                 "docs/formats.md; default 4 on the CPU and the GPU runtime, 0 = off)")
       ->check(CLI::Range(0, 16));
   sub.add_option("--center", o->center,
                  "Exact centering before quantization: keys (default), none, values, kv (values: CPU only)")

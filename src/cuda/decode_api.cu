@@ -107,15 +107,68 @@ __global__ void rotate_query_kernel(const void* q, DType q_type, const float* ro
   }
 }
 
+// Attention sinks as the merge sees them (docs/formats.md, "Attention sinks"): the fp16 sink
+// tiles of PagedKVView, in each side's space, and what it takes to find a row's sequence, length
+// and KV head. tokens == 0: no sinks.
+struct MergeSinks {
+  const __half* k = nullptr;
+  const __half* v = nullptr;
+  const int32_t* slot = nullptr;   // [sequences] sink slot
+  int tokens = 0;                  // sink_tokens (<= page size)
+  size_t tile_halves = 0;          // tile_bytes(tokens, d, 16) / 2
+  int num_kv_heads = 0, group = 1, num_q_heads = 1, window = 0;
+  float softcap = 0.f;
+  const float* q_rot = nullptr;    // [rows][d]: scale * P q (K's space), as the split kernel read it
+  const int32_t* row_seq = nullptr;  // prefill: row -> sequence, row -> visible length
+  const int32_t* row_len = nullptr;
+  const int32_t* seq_lens = nullptr;  // decode: row = sequence
+};
+
 // out[s][h] = P^T (sum_k w_k o_k) with w_k = 2^(lse_k - lse) over the splits; zeros when every
 // split is empty. Grid: num_seqs * num_q_heads. P^T = diag(signs) H / sqrt(d) for Hadamard.
+// With sinks, the row's sink positions [max(0, len - window), min(sink_tokens, len)) are one more
+// split computed here from the sink tiles (the split kernels skip positions < sink_tokens):
+// scores q_rot . k_j (soft-capped, log2 domain), weights 2^(x_j - m), accumulator sum p_j v_j.
 __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, int num_splits,
                                     size_t split_stride_rows, int d, const float* rotation,
-                                    const float* signs, void* out, DType out_type) {
+                                    const float* signs, void* out, DType out_type, const MergeSinks sk) {
   extern __shared__ float y[];  // [d] merged output, then [num_splits] split weights
   float* wts = y + d;
+  __shared__ float sink_p[detail::kPage];  // sink scores, then normalised sink probabilities
   cudaGridDependencySynchronize();  // programmatic dependent of the decode kernel
   const size_t row = blockIdx.x;
+  // ---- the sink split: log2-sum-exp2 sink_lse, probabilities sink_p[s_lo, s_hi), V rows sv ----
+  float sink_lse = -INFINITY;
+  int s_lo = 0, s_hi = 0;
+  const __half* sv = nullptr;
+  if (sk.tokens > 0) {
+    const int r = static_cast<int>(row / sk.num_q_heads), h = static_cast<int>(row % sk.num_q_heads);
+    const int pseq = sk.row_seq ? sk.row_seq[r] : r;
+    const int len = sk.row_len ? sk.row_len[r] : sk.seq_lens[r];
+    s_lo = sk.window > 0 ? max(0, len - sk.window) : 0;
+    s_hi = min(sk.tokens, len);
+    const size_t tile = (static_cast<size_t>(sk.slot[pseq]) * sk.num_kv_heads + h / sk.group) * sk.tile_halves;
+    const __half* kt = sk.k + tile;
+    sv = sk.v + tile;
+    const float* qr = sk.q_rot + row * d;
+    const int wp = threadIdx.x >> 5, ln = threadIdx.x & 31, nwp = (blockDim.x + 31) >> 5;
+    for (int j = s_lo + wp; j < s_hi; j += nwp) {
+      float dot = 0.f;
+      for (int i = ln; i < d; i += 32) dot = fmaf(qr[i], __half2float(kt[static_cast<size_t>(j) * d + i]), dot);
+      dot = detail::warp_sum(dot);
+      if (sk.softcap > 0.f) dot = sk.softcap * tanhf(dot / sk.softcap);
+      if (ln == 0) sink_p[j] = dot * 1.4426950408889634f;
+    }
+    __syncthreads();
+    float m = -INFINITY, l = 0.f;
+    for (int j = s_lo; j < s_hi; ++j) m = fmaxf(m, sink_p[j]);
+    for (int j = s_lo; j < s_hi; ++j) l += exp2f(sink_p[j] - m);
+    if (s_hi > s_lo) sink_lse = m + log2f(l);
+    __syncthreads();  // every thread has read the scores
+    if (static_cast<int>(threadIdx.x) >= s_lo && static_cast<int>(threadIdx.x) < s_hi)
+      sink_p[threadIdx.x] = exp2f(sink_p[threadIdx.x] - m) / l;
+    __syncthreads();
+  }
   // Split weights once per row (not once per coordinate): w_k = 2^(lse_k - max) / sum.
   float mx = -INFINITY;
   for (int k = threadIdx.x; k < num_splits; k += blockDim.x) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
@@ -128,7 +181,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
   if (lane == 0) red[warp] = mx;
   __syncthreads();
-  mx = -INFINITY;
+  mx = sink_lse;
   for (int w = 0; w < nw; ++w) mx = fmaxf(mx, red[w]);
   float den = 0.f;
   for (int k = threadIdx.x; k < num_splits; k += blockDim.x) {
@@ -140,7 +193,8 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   __syncthreads();  // everyone has read red[] (max) and written wts[]
   if (lane == 0) red[warp] = den;
   __syncthreads();
-  den = 0.f;
+  const float w_sink = mx == -INFINITY ? 0.f : exp2f(sink_lse - mx);  // 0 without sinks
+  den = w_sink;
   for (int w = 0; w < nw; ++w) den += red[w];
   const float inv_den = den > 0.f ? 1.f / den : 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
@@ -148,6 +202,11 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     if (den > 0.f) {
 #pragma unroll 4
       for (int k = 0; k < num_splits; ++k) num = fmaf(wts[k], part_o[(k * split_stride_rows + row) * d + i], num);
+      if (w_sink > 0.f) {
+        float o = 0.f;
+        for (int j = s_lo; j < s_hi; ++j) o = fmaf(sink_p[j], __half2float(sv[static_cast<size_t>(j) * d + i]), o);
+        num = fmaf(w_sink, o, num);
+      }
     }
     y[i] = num * inv_den;
   }
@@ -201,8 +260,12 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
   if (!view.page_table || !view.seq_lens || !view.k.pages || !view.v.pages)
     return invalid_argument("view has null page_table, seq_lens or pages");
   if (view.max_pages_per_seq <= 0) return invalid_argument("max_pages_per_seq must be positive");
-  if (view.sink_tokens != 0)  // the kernels read only the pages (docs/formats.md, "Attention sinks")
-    return unsupported("attention sinks (sink_tokens > 0) are read by the CPU attention only, not by the CUDA kernels");
+  // Attention sinks (docs/formats.md): the split kernels skip positions < sink_tokens, the merge
+  // reads them from the sink tiles.
+  if (view.sink_tokens < 0 || view.sink_tokens > view.page_size)
+    return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(view.sink_tokens) + ")");
+  if (view.sink_tokens > 0 && (!view.sink_k || !view.sink_v || !view.sink_slot))
+    return invalid_argument("attention sinks without sink tiles or sink slots");
   for (const KVSideView* side : {&view.k, &view.v}) {
     if (!is_valid_kv_bits(side->bits)) return invalid_argument("bits must be 2, 3, 4, 8 or 16");
     if (side->tile_bytes != tile_bytes(view.page_size, d, side->bits))
@@ -322,9 +385,26 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
+  MergeSinks sk;
+  if (view.sink_tokens > 0) {
+    sk.k = reinterpret_cast<const __half*>(view.sink_k);
+    sk.v = reinterpret_cast<const __half*>(view.sink_v);
+    sk.slot = view.sink_slot;
+    sk.tokens = view.sink_tokens;
+    sk.tile_halves = static_cast<size_t>(tile_bytes(view.sink_tokens, d, kF16Bits) / 2);
+    sk.num_kv_heads = view.num_kv_heads;
+    sk.group = group;
+    sk.num_q_heads = params.num_q_heads;
+    sk.window = params.window;
+    sk.softcap = params.softcap;
+    sk.q_rot = args.q_rot;
+    sk.row_seq = row_seq;
+    sk.row_len = row_len;
+    sk.seq_lens = view.seq_lens;
+  }
   TQKV_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, merge_splits_kernel, static_cast<const float*>(args.part_o),
                                                static_cast<const float*>(args.part_lse), plan.num_splits,
-                                               static_cast<size_t>(rows), d, v_rot, signs, out, out_type));
+                                               static_cast<size_t>(rows), d, v_rot, signs, out, out_type, sk));
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::ok();
 }

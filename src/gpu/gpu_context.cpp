@@ -65,7 +65,7 @@ int64_t ring_pages_for(const ModelConfig& c, int max_chunk) {
 }  // namespace
 
 int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vector<int>& f16_layers, int64_t len,
-                             int max_chunk) {
+                             int max_chunk, int sink_tokens) {
   int64_t total = 0;
   const int64_t pages = (len + kPage - 1) / kPage;
   for (int l = 0; l < c.n_layer; ++l) {
@@ -73,6 +73,9 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vect
     const int kb = f16 ? kF16Bits : fmt.k_bits, vb = f16 ? kF16Bits : fmt.v_bits;
     const int64_t p = layer_is_sliding(c, l) ? std::min(pages, ring_pages_for(c, max_chunk)) : pages;
     total += p * c.n_head_kv * (tile_bytes(kPage, c.head_dim, kb) + tile_bytes(kPage, c.head_dim, vb));
+    // Attention-sink tiles (K and V) of a compressed full-attention layer, as on the CPU.
+    if (sink_tokens > 0 && (kb != kF16Bits || vb != kF16Bits))
+      total += 2ll * c.n_head_kv * tile_bytes(sink_tokens, c.head_dim, kF16Bits);
   }
   return total;
 }
@@ -96,6 +99,11 @@ struct GpuContext::Impl {
     uint8_t *k = nullptr, *v = nullptr;
     int kb = 16, vb = 16, group = 0, window = 0;
     int64_t tk = 0, tv = 0, pages = 0;
+    // Attention sinks (opt.sink_tokens; compressed full-attention layers, as on the CPU): fp16
+    // tiles [max_seqs][n_head_kv][tile_bytes(sinks, D, 16)] per side, in each side's space.
+    int sinks = 0;
+    uint8_t *sk = nullptr, *sv = nullptr;
+    int64_t sink_tile = 0;
   };
   std::vector<LayerKv> lkv;
   float* centroids[17] = {};
@@ -140,7 +148,10 @@ struct GpuContext::Impl {
   int32_t* d_pos() const { return d_in + 2 * Tmax; }
   int32_t* d_qlens() const { return d_in + 3 * Tmax; }
   int32_t* d_last() const { return d_in + 4 * Tmax; }
-  static constexpr int kInRows = 5;
+  // Sink slot of each attention-view row: the token's sequence (decode), or each sequence of a
+  // prefill chunk (S > 0). Staged with the inputs.
+  int32_t* d_vslot() const { return d_in + 5 * Tmax; }
+  static constexpr int kInRows = 6;
 
   PagedKVView view(int l, int T) const {
     const LayerKv& L = lkv[l];
@@ -157,6 +168,12 @@ struct GpuContext::Impl {
     vw.first_page = nullptr;
     vw.rotation = (L.kb == kF16Bits && L.vb == kF16Bits) ? nullptr : rotation;
     vw.hadamard_signs = vw.rotation ? signs : nullptr;
+    if (L.sinks > 0) {
+      vw.sink_tokens = L.sinks;
+      vw.sink_k = L.sk;
+      vw.sink_v = L.sv;
+      vw.sink_slot = d_vslot();
+    }
     return vw;
   }
   cuda::DecodeParams params(int l) const {
@@ -250,6 +267,8 @@ struct GpuContext::Impl {
       TQKV_RETURN_IF_ERROR(cuda::quantize_and_store(vw, LK.kb == kF16Bits ? nullptr : boundaries[LK.kb],
                                                     LK.vb == kF16Bits ? nullptr : boundaries[LK.vb], k, v,
                                                     cuda::DType::kF32, d_slots[LK.group], T, stream));
+      if (LK.sinks > 0)  // positions < sinks also into the sink tiles (each token's own sequence)
+        TQKV_RETURN_IF_ERROR(cuda::store_sink_tokens(vw, k, v, cuda::DType::kF32, d_seq(), d_pos(), T, stream));
       TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan pl, plan(T, l, S));
       if (pl.workspace_bytes > ws_bytes) return internal_error("attention workspace too small (sizing bug)");
       if (S > 0) {
@@ -294,6 +313,9 @@ struct GpuContext::Impl {
     if (S > 0) {
       std::memcpy(h_in + 3 * Tmax, q_lens, S * sizeof(int32_t));
       std::memcpy(h_in + 4 * Tmax, last, S * sizeof(int32_t));
+      for (int s = 0; s < S; ++s) h_in[5 * Tmax + s] = seqs[last[s]];
+    } else {
+      std::memcpy(h_in + 5 * Tmax, seqs, T * sizeof(int32_t));
     }
     CK(cudaMemcpyAsync(d_in, h_in, kInRows * Tmax * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     return Status::ok();
@@ -346,6 +368,9 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
   if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
     return invalid_argument("GpuContext: bad KV format");
   if (!is_valid_head_dim(c.head_dim)) return unsupported("GPU runtime: head size " + std::to_string(c.head_dim) + " not supported by the paged cache");
+  if (opt.sink_tokens < 0 || opt.sink_tokens > kPage)
+    return invalid_argument("GpuContext: sink_tokens must be in [0, " + std::to_string(kPage) + "] (got " +
+                            std::to_string(opt.sink_tokens) + ")");
   std::unique_ptr<GpuContext> ctx(new GpuContext());
   ctx->impl_ = std::make_unique<Impl>();
   Impl& m = *ctx->impl_;
@@ -420,6 +445,15 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
     L.pages = L.group == 0 ? full_pool : slide_pool;
     TQKV_ASSIGN_OR_RETURN(L.k, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tk)));
     TQKV_ASSIGN_OR_RETURN(L.v, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tv)));
+    if (opt.sink_tokens > 0 && (L.kb != kF16Bits || L.vb != kF16Bits)) {  // f16 covers sliding layers
+      L.sinks = opt.sink_tokens;
+      L.sink_tile = tile_bytes(L.sinks, D, kF16Bits);
+      const size_t sb = static_cast<size_t>(opt.max_seqs) * c.n_head_kv * L.sink_tile;
+      TQKV_ASSIGN_OR_RETURN(L.sk, a.alloc<uint8_t>(sb));
+      TQKV_ASSIGN_OR_RETURN(L.sv, a.alloc<uint8_t>(sb));
+      CK(cudaMemset(L.sk, 0, sb));
+      CK(cudaMemset(L.sv, 0, sb));
+    }
   }
 
   // Key centering: compressed keys of layers without attention soft-capping (as on the CPU).
@@ -641,6 +675,11 @@ Status GpuContext::fill_random(int64_t len, uint64_t seed) {
     const int64_t tiles = L.pages * m.cfg.n_head_kv;
     TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.k, tiles, L.tk, L.kb, kPage, m.cfg.head_dim, seed + 2 * l, m.stream));
     TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.v, tiles, L.tv, L.vb, kPage, m.cfg.head_dim, seed + 2 * l + 1, m.stream));
+    if (L.sinks > 0) {
+      const int64_t st = static_cast<int64_t>(m.opt.max_seqs) * m.cfg.n_head_kv;
+      TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.sk, st, L.sink_tile, kF16Bits, L.sinks, m.cfg.head_dim, ~seed - 2 * l, m.stream));
+      TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.sv, st, L.sink_tile, kF16Bits, L.sinks, m.cfg.head_dim, ~seed - 2 * l - 1, m.stream));
+    }
   }
   CK(cudaStreamSynchronize(m.stream));
   std::fill(m.lens.begin(), m.lens.end(), len);
@@ -757,6 +796,7 @@ int64_t GpuContext::attention_bytes_per_step(int batch) const {
       int64_t lo = L.window > 0 ? std::max<int64_t>(0, len - L.window) : 0;
       const int64_t pages = (len + kPage - 1) / kPage - lo / kPage;
       total += pages * m.cfg.n_head_kv * (L.tk + L.tv);
+      total += std::min<int64_t>(len, L.sinks) * m.cfg.n_head_kv * 2 * m.cfg.head_dim * 2;  // sink rows (fp16 K, V)
     }
     total += static_cast<int64_t>(batch) * m.cfg.q_dim() * 4;  // fp16 q in, fp16 out
   }
@@ -766,13 +806,14 @@ int64_t GpuContext::attention_bytes_per_step(int batch) const {
 int64_t GpuContext::kv_bytes_allocated() const {
   const Impl& m = *impl_;
   int64_t total = 0;
-  for (const auto& L : m.lkv) total += L.pages * m.cfg.n_head_kv * (L.tk + L.tv);
+  for (const auto& L : m.lkv)
+    total += L.pages * m.cfg.n_head_kv * (L.tk + L.tv) + 2ll * m.opt.max_seqs * m.cfg.n_head_kv * L.sink_tile;
   return total;
 }
 
 int64_t GpuContext::kv_bytes_per_seq(int64_t len) const {
   const Impl& m = *impl_;
-  return gpu_kv_bytes_per_seq(m.cfg, m.opt.format, m.opt.f16_layers, len, m.opt.max_chunk);
+  return gpu_kv_bytes_per_seq(m.cfg, m.opt.format, m.opt.f16_layers, len, m.opt.max_chunk, m.opt.sink_tokens);
 }
 
 std::string GpuContext::describe() const {
@@ -785,6 +826,11 @@ std::string GpuContext::describe() const {
   }
   if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
   if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
+  int sink_layers = 0;
+  for (const auto& L : m.lkv) sink_layers += L.sinks > 0 ? 1 : 0;
+  if (sink_layers > 0)
+    s += ", first " + std::to_string(m.opt.sink_tokens) + " tokens kept in f16 in " + std::to_string(sink_layers) +
+         " layers (attention sinks)";
   if (m.mu_k != nullptr)
     s += ", keys centered (when the first write has >= " + std::to_string(KvOptions::kCenterMinTokens) + " tokens)";
   return s;
