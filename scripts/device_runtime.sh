@@ -16,7 +16,8 @@
 # .carry/NAME), B = build folder of `prepare` (default build-gpu), FIXTURES_FROM = a folder whose
 # fixtures (reduced models, CPU logits and references) `prepare` copies instead of computing them,
 # PREFILL = N adds `--prefill N` (prefill tokens/s, tiled kernel vs decode path) to the bench,
-# FORMATS = formats benchmarked against f16 (default k4v4).
+# XZ=1 = binaries packed with xz, not gzip; FORMATS = formats benchmarked against f16 (default k4v4), TEST_TIMEOUT / BENCH_TIMEOUT = seconds
+# for test_gpu (300) and each bench (240).
 #
 # cuBLAS is linked dynamically (libcublasLt is 540 MB, too large to carry): `run` finds the
 # device's own libcublas.so.13 (CUDA toolkit or PyTorch's wheel) and puts it on LD_LIBRARY_PATH.
@@ -36,7 +37,9 @@ if [[ $step == prepare ]]; then
   cp "$B/src/cli/tqkv" "$B/tests/test_gpu" "$D/"
   strip "$D/tqkv" "$D/test_gpu"
   # Compressed for the trip (the working tree that travels is limited to 64 MiB); `run` unpacks.
-  gzip -9 -f "$D/tqkv" "$D/test_gpu"
+  # XZ=1: xz instead (two thirds of gzip's size; `run` unpacks with Python's lzma, no xz needed there).
+  rm -f "$D/tqkv.gz" "$D/test_gpu.gz" "$D/tqkv.xz" "$D/test_gpu.xz"
+  if [[ -n ${XZ:-} ]]; then xz -9 -T2 -f "$D/tqkv" "$D/test_gpu"; else gzip -9 -f "$D/tqkv" "$D/test_gpu"; fi
   for lib in libpcre2-8.so.0 libgomp.so.1; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$D/lib/"
   done
@@ -89,13 +92,20 @@ mkdir -p "$OUT"
 libdirs="$PWD/$D/lib"
 for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
 export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
-gunzip -kf "$D/tqkv.gz" "$D/test_gpu.gz"
+for b in tqkv test_gpu; do
+  if [[ -f $D/$b.xz ]]; then
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$D/$b.xz" "$D/$b"
+    chmod +x "$D/$b"
+  else
+    gunzip -kf "$D/$b.gz"
+  fi
+done
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$OUT/nvidia-smi.txt"
 ldd "$D/tqkv" | grep -E 'not found|cublas' | tee "$OUT/ldd.txt"
 
 export TQKV_GPU_FIXTURES="$PWD/$D"
-timeout 300 "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | head -60
+timeout "${TEST_TIMEOUT:-300}" "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | head -60
 echo "== test_gpu rc=${PIPESTATUS[0]}"
 
 # The CLI paths (--device cuda) on the reduced SmolLM2 (its tokenizer kept; the prompts and the
@@ -131,7 +141,7 @@ tail -3 "$OUT/cli.err"
 args=(bench decode --backend cuda --synthetic llama3-8b --batch "${BATCH:-32}" --context "${CONTEXT:-16384}" --steps 20)
 [[ -n ${PREFILL:-} ]] && args+=(--prefill "$PREFILL" --prefill-chunk "${PREFILL_CHUNK:-2048}")
 for kv in ${FORMATS:-k4v4}; do
-  timeout 240 "$D/tqkv" "${args[@]}" --kv "$kv" --json >"$OUT/bench_decode_$kv.json" 2>"$OUT/bench_decode_$kv.err"
+  timeout "${BENCH_TIMEOUT:-240}" "$D/tqkv" "${args[@]}" --kv "$kv" --json >"$OUT/bench_decode_$kv.json" 2>"$OUT/bench_decode_$kv.err"
   echo "== bench decode $kv rc=$?"
   cat "$OUT/bench_decode_$kv.err" | tail -8
   python3 - "$OUT/bench_decode_$kv.json" <<'EOF' || cat "$OUT/bench_decode_$kv.json"

@@ -4,8 +4,8 @@
 // message) without a GPU.
 //
 // Models: tiny random-weight GGUFs (tests/common/synthetic_gguf.h): a llama-shaped one (GQA 4:2,
-// head size 64) and a gemma3-shaped one (sliding window 20 on 5 of 6 layers + 1 global, head size
-// 128, GQA 4:1). The prompt is prefilled in chunks of 32 (several chunks; Gemma's sliding ring of
+// head size 64) and a gemma3-shaped one (7 layers: 6 with sliding window 20, whose f16 ring the
+// runtime keeps, and layer 5 global, the one k4v4 compresses; head size 128, GQA 4:1). The prompt is prefilled in chunks of 32 (several chunks; Gemma's sliding ring of
 // ceil((20 + 32) / 16) + 2 = 6 pages wraps), logits of every prompt row are compared, then a few
 // decode steps.
 //
