@@ -2,8 +2,10 @@
 # Decode-kernel work on the GPU machine (helper script; scripts/device_run.sh is the full one).
 # Binaries come xz-compressed in .carry/dec (built here with build-dec, stripped). Usage:
 #   bench/cuda/decode_device_run.sh [tests] [v1tests] [sanitize] [bench] [profile] [sweep]
-# KERNELS (bench) and TESTKERNELS (v1tests) pick TQKV_CUDA_DECODE_KERNEL values; SANTIME caps each
-# sanitizer run (seconds).
+# KERNELS (bench) and TESTKERNELS (v1tests) pick TQKV_CUDA_DECODE_KERNEL values (v1, v2, ring4,
+# ringmax; a "+trig" suffix adds TQKV_CUDA_DECODE_TRIGGER=1); TESTKERNEL (tests) and SANKERNEL
+# (sanitize) one such value each (default: the built-in default). SANTIME caps each sanitizer run
+# (seconds).
 # Logs go to $OUT; a summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,22 +17,28 @@ for b in test_cuda tqkv_cuda_bench; do
 done
 B=/tmp/dec
 summary=()
-note() { summary+=("$1"); echo "== $1"; }
+note() { summary+=("[${SECONDS}s] $1"); echo "== [${SECONDS}s] $1"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1; cat "$OUT/gpu.txt"
 dec='AllFormats/DecodeFormat.*:CudaDecode.*:CudaVsCpu.DecodeAttention*'
-bench() {  # kernel version (TQKV_CUDA_DECODE_KERNEL), then bench args
+kenv() {  # kernel spec (e.g. ringmax+trig, or "" for the default) -> environment assignments
+  local k=${1%+trig} e=""
+  [[ -n $k && $k != default ]] && e="TQKV_CUDA_DECODE_KERNEL=$k"
+  [[ $1 == *+trig ]] && e="$e TQKV_CUDA_DECODE_TRIGGER=1"
+  echo "$e"
+}
+bench() {  # kernel spec, then bench args
   local k=$1; shift
-  TQKV_CUDA_DECODE_KERNEL=$k timeout 120 $B/tqkv_cuda_bench --no-quantize --no-prefill \
+  env $(kenv $k) timeout 120 $B/tqkv_cuda_bench --no-quantize --no-prefill \
     --reps 5 "$@" 2>/dev/null | grep -E '^ *(decode|copy)' | sed "s/^/$k /" >>"$OUT/bench.txt"
 }
 for what in "$@"; do
   case $what in
     tests)
-      timeout 240 $B/test_cuda --gtest_brief=1 >"$OUT/tests_v2.log" 2>&1
-      note "tests (v2): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_v2.log" | tr '\n' ' ')";;
+      env $(kenv "${TESTKERNEL:-}") timeout 240 $B/test_cuda --gtest_brief=1 >"$OUT/tests_main.log" 2>&1
+      note "tests (${TESTKERNEL:-default}): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_main.log" | tr '\n' ' ')";;
     v1tests)  # the decode tests under the other kernel versions
       for k in ${TESTKERNELS:-v1}; do
-        TQKV_CUDA_DECODE_KERNEL=$k timeout 120 $B/test_cuda --gtest_brief=1 --gtest_filter="$dec" >"$OUT/tests_$k.log" 2>&1
+        env $(kenv $k) timeout 120 $B/test_cuda --gtest_brief=1 --gtest_filter="$dec" >"$OUT/tests_$k.log" 2>&1
         note "decode tests ($k): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$k.log" | tr '\n' ' ')"
       done;;
     sanitize)
@@ -38,13 +46,15 @@ for what in "$@"; do
       r='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_kf16_vf16:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d256_k8_v4:AllFormats/DecodeFormat.*/d80_k8_v4:AllFormats/DecodeFormat.*/d128_k4_v3:AllFormats/DecodeFormat.*/d64_k2_v2:CudaDecode.SplitCounts*:CudaDecode.DenseRotation*:CudaDecode.Window*'
       for tool in memcheck racecheck; do
         f=$m; [[ $tool == racecheck ]] && f=$r
-        timeout ${SANTIME:-150} compute-sanitizer --tool $tool --error-exitcode 17 $B/test_cuda --gtest_brief=1 --gtest_filter="$f" >"$OUT/$tool.log" 2>&1
-        note "$tool (default kernel): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1) $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/$tool.log" | tr '\n' ' ')"
+        env $(kenv "${SANKERNEL:-}") timeout ${SANTIME:-150} compute-sanitizer --tool $tool --error-exitcode 17 $B/test_cuda --gtest_brief=1 --gtest_filter="$f" >"$OUT/$tool.log" 2>&1
+        note "$tool (${SANKERNEL:-default}): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1) $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/$tool.log" | tr '\n' ' ')"
       done;;
     bench)
-      for k in ${KERNELS:-v1 v2}; do
-        bench $k --head-dim 128 --formats f16,k4v4,k3v3 --batch 8,32 --context ${CONTEXTS:-8192,16384,32768}
-        bench $k --head-dim 96 --formats f16,k4v4,k3v3 --batch 8,32 --context ${CONTEXTS:-8192,16384,32768}
+      for d in ${DIMS:-128 96}; do  # kernels interleaved per head size (drift hits each alike)
+        for k in ${KERNELS:-v1 v2}; do
+          bench $k --head-dim $d --formats ${FORMATS:-f16,k4v4,k3v3} --batch 8,32 --context ${CONTEXTS:-8192,16384,32768}
+        done
+        note "bench d=$d done"
       done
       note "bench: $(wc -l <"$OUT/bench.txt") rows";;
     profile)  # Nsight Compute: per-SASS-instruction stall samples, k4v4 8 x 8K, v1 and v2

@@ -367,9 +367,17 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   const float* v_rot = view.v.bits == kF16Bits ? nullptr : view.rotation;
   // The fast transform needs a power-of-two head size (kv_layout.h: signs are set only then).
   const float* signs = (view.hadamard_signs && (d & (d - 1)) == 0) ? view.hadamard_signs : nullptr;
-  rotate_query_kernel<<<rows, threads, d * sizeof(float), stream>>>(q, q_type, k_rot, signs, d, params.scale,
-                                                                     const_cast<float*>(args.q_rot));
-  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  // TQKV_CUDA_DECODE_KERNEL=fusedq: the decode kernel rotates its own queries (Hadamard or none).
+  if (!middle && detail::decode_mode_selected() == 5 && (!k_rot || signs)) {
+    args.q_in = q;
+    args.q_f32 = q_type == DType::kF32 ? 1 : 0;
+    args.q_signs = k_rot ? signs : nullptr;
+    args.q_scale = params.scale;
+  } else {
+    rotate_query_kernel<<<rows, threads, d * sizeof(float), stream>>>(q, q_type, k_rot, signs, d, params.scale,
+                                                                       const_cast<float*>(args.q_rot));
+    TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
 
   const int kb = view.k.bits, vb = view.v.bits;
   const Status st = middle ? middle(args, middle_ctx, stream) : dispatch_decode(d, kb, vb, &args, stream, nullptr);

@@ -43,6 +43,14 @@ struct DecodeArgs {
   // row r belongs to sequence row_seq[r] and sees positions [0, row_len[r]). Null for decode.
   const int32_t* row_seq = nullptr;
   const int32_t* row_len = nullptr;
+  // MODE 5 (fused query rotation): the raw queries [rows][num_q_heads][D], rotated and scaled by
+  // the decode kernel itself (q_rot = q_scale * P q, P by the fast Walsh-Hadamard transform with
+  // q_signs; q_signs null: fp16 K, q_rot = q_scale * q); it also writes q_rot (split 0) for the
+  // merge kernel's sink split. Null: q_rot comes from rotate_query_kernel.
+  const void* q_in = nullptr;
+  int32_t q_f32 = 1;  // q_in is fp32 (else fp16)
+  const float* q_signs = nullptr;
+  float q_scale = 1.f;
 };
 
 // Shared-memory plan of one instantiation; also evaluated on the host by plan_decode.
@@ -93,12 +101,16 @@ struct DecodeConfig {
 //   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
 //   that skips the max reduction (and the rescale) when no score of the page exceeds the running
 //   max, which is most pages once the max has settled.
+// MODE 5 (TQKV_CUDA_DECODE_KERNEL=fusedq): v2 that rotates its own queries (DecodeArgs::q_in;
+//   launched without rotate_query_kernel, power-of-two head sizes or fp16 K only): one warp per
+//   query row, the transform by shuffles, rows exchanged through each warp's free ring slot.
 template <int D, int KB, int VB, int MODE>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
   constexpr bool BULK = MODE == 1;
   constexpr bool V2 = MODE >= 2;
-  constexpr bool FASTSM = MODE == 2;
+  constexpr bool FASTSM = MODE >= 2;
+  constexpr bool FUSEDQ = MODE == 5;
   // v2 merge rows: coordinate c of head h at h * kSx + c + c / (D / 8) (one pad word per lane
   // group g), so one store instruction of the 32 lanes hits 32 different banks.
   constexpr int kSx = V2 ? D + 12 : D;
@@ -147,8 +159,61 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const int cta_n = max(0, min(per_split, pg_hi - cta_begin));
 
   const size_t part_row = (static_cast<size_t>(split) * view.num_seqs + seq) * args.num_q_heads;
+  // FUSEDQ: rotates query row r (head head0 + r) into dst (shared, may be null) and, in split 0,
+  // into the workspace q_rot that the merge kernel's sink split reads. Whole warp.
+  auto rotate_row = [&](int r, float* dst) {
+    const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
+    float* gdst = split == 0 ? const_cast<float*>(args.q_rot) + qoff : nullptr;  // for the sink merge
+    auto qload = [&](int i) {
+      return args.q_f32 ? static_cast<const float*>(args.q_in)[qoff + i]
+                        : __half2float(static_cast<const __half*>(args.q_in)[qoff + i]);
+    };
+    if constexpr ((D & (D - 1)) == 0) {
+      if (args.q_signs) {  // x = signs * q, then H x (butterflies over the bits of the index) * scale / sqrt(D)
+        constexpr int E = D / 32;  // consecutive coordinates lane * E + e
+        float x[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[e] = qload(lane * E + e) * __ldg(args.q_signs + lane * E + e);
+#pragma unroll
+        for (int h = 1; h < E; h <<= 1) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            if ((e & h) == 0) {
+              const float a = x[e], b = x[e + h];
+              x[e] = a + b;
+              x[e + h] = a - b;
+            }
+          }
+        }
+#pragma unroll
+        for (int hl = 1; hl < 32; hl <<= 1) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const float y = __shfl_xor_sync(0xffffffffu, x[e], hl);
+            x[e] = (lane & hl) ? y - x[e] : x[e] + y;
+          }
+        }
+        const float f = args.q_scale * rsqrtf(static_cast<float>(D));
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          if (dst) dst[lane * E + e] = f * x[e];
+          if (gdst) gdst[lane * E + e] = f * x[e];
+        }
+        return;
+      }
+    }
+    for (int i = lane; i < D; i += 32) {  // fp16 K: no rotation
+      const float v = args.q_scale * qload(i);
+      if (dst) dst[i] = v;
+      if (gdst) gdst[i] = v;
+    }
+  };
   if (cta_n == 0) {  // nothing visible in this split: an empty partial
     cudaGridDependencySynchronize();  // the previous call's merge must not see these writes early
+    if constexpr (FUSEDQ) {
+      if (split == 0)
+        for (int r = warp; r < nheads; r += W) rotate_row(r, nullptr);
+    }
     for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) {
       args.part_o[(part_row + head0 + i / D) * D + i % D] = 0.f;
     }
@@ -224,7 +289,26 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   cudaGridDependencySynchronize();
   // Q^T fragments: b0 = coords c, c+1 and b1 = c+2, c+3 with c = t*D/4 + 4*kk, head g.
   uint32_t qf[kSteps][2];
-  {
+  if constexpr (FUSEDQ) {
+    // Row r (query head head0 + r) of this CTA: rotated by warp r % W into float slot r / W of
+    // that warp's last ring slot (no page is issued there before the loop; a slot holds
+    // >= 8 / W rows: stage bytes >= 8 D + 64 >= (8 / W) * 4 D for W >= 4).
+    auto qslot = [&](int r) {
+      return reinterpret_cast<float*>(ring + ((r % W) * Cfg::kStages + Cfg::kStages - 1) * Cfg::kStageBytes) + (r / W) * D;
+    };
+    for (int r = warp; r < nheads; r += W) rotate_row(r, qslot(r));
+    __syncthreads();  // tables and rotated rows ready
+    const bool valid = g < nheads;
+    const float* qrow = qslot(valid ? g : 0);
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      const int c = t * (D / 4) + 4 * kk;
+      const float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+      qf[kk][0] = pack_half2(v.x, v.y);
+      qf[kk][1] = pack_half2(v.z, v.w);
+    }
+    // (the __syncthreads below: no warp issues into its last slot before every warp has read it)
+  } else {
     const bool valid = g < nheads;
     const float* qrow = args.q_rot + ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + (valid ? g : 0)) * D;
 #pragma unroll

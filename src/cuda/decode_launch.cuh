@@ -2,6 +2,9 @@
 // compiles only the (head_dim, k bits, v bits) combinations it lists.
 #pragma once
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda/cuda_check.h"
 #include "cuda/decode_kernel.cuh"
 
@@ -15,12 +18,22 @@ bool decode_copy_bulk();
 // (the previous kernel, MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
 int decode_kernel_mode();
 
-template <int D, int KB, int VB>
-Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
+// The MODE that launches run: decode_kernel_mode(), or 5 for TQKV_CUDA_DECODE_KERNEL=fusedq (v2
+// rotating its own queries; launch_chain then skips rotate_query_kernel where it can). Read once.
+inline int decode_mode_selected() {
+  static const int mode = [] {
+    const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
+    const std::string s = e ? e : "";
+    if (s == "fusedq") return 5;
+    return decode_kernel_mode();
+  }();
+  return mode;
+}
+
+template <int D, int KB, int VB, int MODE>
+Status launch_decode_mode(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
   using Cfg = DecodeConfig<D, KB, VB>;
-  const int mode = decode_kernel_mode();
-  auto* kernel = mode == 2 ? &decode_split_kernel<D, KB, VB, 2>
-                           : (mode == 1 ? &decode_split_kernel<D, KB, VB, 1> : &decode_split_kernel<D, KB, VB, 0>);
+  auto* kernel = &decode_split_kernel<D, KB, VB, MODE>;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));
@@ -40,10 +53,22 @@ Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occ
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = MODE == 5 ? 0 : 1;  // MODE 5 is the chain's first kernel: it reads q at once
   TQKV_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, *args));
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::ok();
+}
+
+template <int D, int KB, int VB>
+Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
+  switch (decode_mode_selected()) {
+    case 5:  // fused query rotation only where launch_chain handed over the raw queries
+      return args && args->q_in ? launch_decode_mode<D, KB, VB, 5>(args, stream, occupancy)
+                                : launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
+    case 2: return launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
+    case 1: return launch_decode_mode<D, KB, VB, 1>(args, stream, occupancy);
+    default: return launch_decode_mode<D, KB, VB, 0>(args, stream, occupancy);
+  }
 }
 
 // Expands to one `case` per head size for a fixed (KB, VB) pair.
