@@ -45,5 +45,9 @@ Status quantize_tc_d96(const QuantArgs& a, cudaStream_t stream, bool* launched);
 // kernels, 0 = the tensor-core kernels where they apply, -1 = environment TQKV_CUDA_QUANT
 // (=old selects the previous kernels). Not thread-safe; not for library users.
 void set_quantize_kernel_old(int old);
+// Input staging of the fp16 tensor-core kernels (cp.async double buffer): 1 on (default), 0 off,
+// -1 = environment (TQKV_CUDA_QUANT=nostage turns it off). Same caveats as above.
+void set_quantize_staging(int on);
+bool quantize_stage_selected();
 
 }  // namespace tqkv::cuda::tc

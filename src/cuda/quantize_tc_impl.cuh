@@ -168,27 +168,100 @@ __device__ __forceinline__ float prescale(float n2) {
   return __uint_as_float(static_cast<uint32_t>(e + 127) << 23);
 }
 
-// Dynamic shared memory: [dense B fragments] [K table] [V table].
-template <int D, int KB, int VB, bool HAD>
+// Input staging (STAGE): each warp copies its next 8-item tile (K rows, then V rows: 2 x 8 x D
+// inputs, contiguous in k_new / v_new) into its shared buffer by cp.async while it encodes the
+// current tile (the buffer is read into registers at the top of each iteration, then refilled).
+// The copy is coalesced (lane l copies 16-byte chunks l, l + 32, ...); chunk c is stored at chunk
+// swz(c) so that the reads of lane (g, t) (chunks g * RC + t * RC/4 + i, RC = chunks per item: its
+// quarter) hit 8 distinct 16-byte bank groups in every quarter-warp (items 2p, 2p + 1 x quarters
+// 0-3): at D = 128 (RC = 16 or 32) the XOR of (c / 8) % 8 into the low bits does it; at D = 96 the
+// plain layout does it for fp16 (12 g + 3 t covers the 8 residues mod 8) and leaves 2-way
+// conflicts for fp32 (24 g + 6 t: 4 residues; the XOR would make it worse).
+template <int D, bool F32>
+struct TcStage {
+  static constexpr int kEs = F32 ? 4 : 2;
+  static constexpr int kSideBytes = 8 * D * kEs;
+  static constexpr int kChunks = kSideBytes / 16;  // per side
+  static constexpr int kRowChunks = D * kEs / 16;  // per item
+  static constexpr int kQChunks = kRowChunks / 4;  // per lane quarter
+  static constexpr int kWarpBytes = 2 * kSideBytes;
+  static_assert(kChunks % 32 == 0 && kRowChunks % 4 == 0, "whole chunks per lane");
+  static constexpr bool kSwizzle = kRowChunks % 16 == 0;
+  __device__ static __forceinline__ int swz(int c) { return kSwizzle ? c ^ ((c >> 3) & 7) : c; }
+  // Shared address of chunk i of the quarter that starts at chunk c0. With the swizzle, c0 % 4 == 0
+  // (kQChunks % 4 == 0), so swz(c0 + i) = swz(c0 + (i & ~3)) ^ (i & 3).
+  __device__ static __forceinline__ uint32_t quarter_addr(uint32_t buf, int c0, int i) {
+    if constexpr (kSwizzle) return buf + ((swz(c0 + (i & ~3)) ^ (i & 3)) * 16);
+    else return buf + (c0 + i) * 16;
+  }
+};
+
+// cp.async of 16 bytes; zero-fills the destination (reads nothing) when !valid.
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 r;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr));
+  return r;
+}
+
+// Issues the copies of tile m (items 8m .. 8m + 7; items >= total read as zeros) into the buffer
+// at shared address buf, and commits them as one group.
+template <int D, bool F32>
+__device__ __forceinline__ void stage_tile(uint32_t buf, const QuantArgs& a, long long m, long long total, int lane) {
+  using S = TcStage<D, F32>;
+  constexpr int NC = S::kChunks / 32;
+  const long long item0 = m * 8;
+  const size_t off = static_cast<size_t>(item0) * (D * S::kEs) + lane * 16;
+  const char* src[2] = {static_cast<const char*>(a.src[0]) + off, static_cast<const char*>(a.src[1]) + off};
+  if (item0 + 8 <= total) {
+#pragma unroll
+    for (int side = 0; side < 2; ++side)
+#pragma unroll
+      for (int k = 0; k < NC; ++k) cp_async16(buf + side * S::kSideBytes + S::swz(k * 32 + lane) * 16, src[side] + k * 512);
+  } else {  // the last, partial tile
+    const int vchunks = static_cast<int>(total - item0) * S::kRowChunks;
+#pragma unroll
+    for (int side = 0; side < 2; ++side)
+#pragma unroll
+      for (int k = 0; k < NC; ++k) {
+        const bool ok = k * 32 + lane < vchunks;
+        cp_async16_zfill(buf + side * S::kSideBytes + S::swz(k * 32 + lane) * 16, ok ? src[side] + k * 512 : a.src[side], ok);
+      }
+  }
+  detail::cp_async_commit();
+}
+
+// Static shared memory: [K table] [V table] (fixed addresses: table lookups are LDS [reg + imm]).
+// Dynamic: [dense B fragments] [staging buffers, STAGE].
+template <int D, int KB, int VB, bool HAD, bool STAGE = false, bool F32 = false>
 struct TcLayout {
+  static constexpr int kTabK = 0;
+  static constexpr int kTabV = Grid<KB>::kBytes;
+  static constexpr int kTabBytes = kTabV + Grid<VB>::kBytes;
   static constexpr int kFragBytes = HAD ? 0 : (D / 16) * (D / 8) * 32 * 16;
-  static constexpr int kTabK = kFragBytes;
-  static constexpr int kTabV = kTabK + Grid<KB>::kBytes;
-  static constexpr int kBytes = kTabV + Grid<VB>::kBytes;
+  static constexpr int kStage = kFragBytes;
+  static constexpr int kBytes = kStage + (STAGE ? kTcWarps * TcStage<D, F32>::kWarpBytes : 0);
 };
 
 // Loads lane t's quarter of item `it`'s vector into fp16 words `h` (hi part) and, for fp32
 // inputs, `l` (lo part), after scaling by the power of two `pw` from the fp32 norm. `f16row`
 // receives the unscaled fp16 words (for fp16 sides). Returns |x|^2 for fp32 inputs (0 otherwise).
-template <int D, bool F32>
-__device__ __forceinline__ float load_quarter(const void* src, long long it, int t, uint32_t (&h)[D / 8],
-                                              uint32_t (&l)[D / 8], uint32_t (&f16row)[D / 8], float& pw) {
+// fetch(i) returns the lane's 16-byte chunk i (from global memory or the staging buffer).
+template <int D, bool F32, typename Fetch>
+__device__ __forceinline__ float load_quarter(Fetch&& fetch, uint32_t (&h)[D / 8], uint32_t (&l)[D / 8],
+                                              uint32_t (&f16row)[D / 8], float& pw) {
   constexpr int Q = D / 4;
   if constexpr (!F32) {
-    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const __half*>(src) + it * D + t * Q);
 #pragma unroll
     for (int i = 0; i < Q / 8; ++i) {
-      const uint4 u = p[i];
+      const uint4 u = fetch(i);
       h[4 * i] = u.x; h[4 * i + 1] = u.y; h[4 * i + 2] = u.z; h[4 * i + 3] = u.w;
     }
 #pragma unroll
@@ -196,12 +269,12 @@ __device__ __forceinline__ float load_quarter(const void* src, long long it, int
     pw = 1.f;
     return 0.f;
   } else {
-    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(src) + it * D + t * Q);
     float x[Q];
 #pragma unroll
     for (int i = 0; i < Q / 4; ++i) {
-      const float4 u = p[i];
-      x[4 * i] = u.x; x[4 * i + 1] = u.y; x[4 * i + 2] = u.z; x[4 * i + 3] = u.w;
+      const uint4 u = fetch(i);
+      x[4 * i] = __uint_as_float(u.x); x[4 * i + 1] = __uint_as_float(u.y);
+      x[4 * i + 2] = __uint_as_float(u.z); x[4 * i + 3] = __uint_as_float(u.w);
     }
     float n2 = 0.f;
 #pragma unroll
@@ -220,15 +293,17 @@ __device__ __forceinline__ float load_quarter(const void* src, long long it, int
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID>
-__device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem, const uint32_t (&sm)[D / 8],
-                                        const uint32_t (&hb)[2][2]) {
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE>
+__device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem, const uint8_t* tabs, const uint32_t (&sm)[D / 8],
+                                        const uint32_t (&hb)[2][2], int64_t slot0) {
+  static_assert(!STAGE || MT == 1, "staging: one m-tile");
   constexpr int Q = D / 4, NK = D / 16, NT = D / 8, NW = D / 8;  // NW: fp16 words per quarter
   constexpr int NUK = KB == kF16Bits ? 1 : (Q * KB + 31) / 32;
   constexpr int NUV = VB == kF16Bits ? 1 : (Q * VB + 31) / 32;
-  using L = TcLayout<D, KB, VB, HAD>;
-  const uint8_t* tabK = smem + L::kTabK;
-  const uint8_t* tabV = smem + L::kTabV;
+  using L = TcLayout<D, KB, VB, HAD, STAGE, F32>;
+  using S = TcStage<D, F32>;
+  const uint8_t* tabK = tabs + L::kTabK;
+  const uint8_t* tabV = tabs + L::kTabV;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const PagedKVView& v = a.view;
   const int H = v.num_kv_heads;
@@ -238,8 +313,22 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
   // u = value * S / (rotation gain * |x| * pw): Hadamard values carry sqrt(D), dense ones 16.
   const float gain = HAD ? sqrtf(static_cast<float>(D)) : 16.f;
 
-  for (long long m = static_cast<long long>(blockIdx.x) * kTcWarps + warp; m < tiles;
-       m += static_cast<long long>(gridDim.x) * kTcWarps) {
+  const long long mstride = static_cast<long long>(gridDim.x) * kTcWarps;
+  const uint32_t sbuf = detail::smem_addr(smem + L::kStage + warp * S::kWarpBytes);
+  // Slot id of lane's item in tile m (clamped to the last item), loaded one tile ahead with the
+  // staged inputs so that the branch on it does not wait for the load.
+  auto slot_of = [&](long long m) -> int64_t {
+    const long long item = m * 8 + g;
+    const int it32 = static_cast<int>(item < total ? item : total - 1);
+    return a.slots[it32 / H];
+  };
+  int64_t slot_next = slot0;  // the first tile's copies were issued at kernel entry (stage_first)
+
+  for (long long m = static_cast<long long>(blockIdx.x) * kTcWarps + warp; m < tiles; m += mstride) {
+    if constexpr (STAGE) {  // this tile's copy (issued one iteration earlier) has landed
+      detail::cp_async_wait<0>();
+      __syncwarp();
+    }
     uint32_t xk[MT][NW], xv[MT][NW], lk[MT][NW], lv[MT][NW];
     float nk2[MT], nv2[MT], mk[MT], mv[MT];
     bool store[MT];
@@ -253,7 +342,7 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
       const long long it = valid ? item : total - 1;
       const int it32 = static_cast<int>(it);
       const int token = it32 / H, head = it32 - token * H;
-      const int64_t slot = a.slots[token];
+      const int64_t slot = STAGE ? slot_next : a.slots[token];
       store[mt] = valid && slot >= 0;
       int page = 0, r = 0;
       if (store[mt]) {
@@ -271,8 +360,31 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
       vtile[mt] = v.v_tile(page, head);
       uint32_t fk[NW], fv[NW];
       float pwk, pwv;
-      float n2k = load_quarter<D, F32>(a.src[0], it, t, xk[mt], lk[mt], fk, pwk);
-      float n2v = load_quarter<D, F32>(a.src[1], it, t, xv[mt], lv[mt], fv, pwv);
+      float n2k, n2v;
+      if constexpr (STAGE) {
+        const int c0 = g * S::kRowChunks + t * S::kQChunks;
+        n2k = load_quarter<D, F32>([&](int i) { return lds128(S::quarter_addr(sbuf, c0, i)); }, xk[mt], lk[mt], fk, pwk);
+        n2v = load_quarter<D, F32>([&](int i) { return lds128(S::quarter_addr(sbuf + S::kSideBytes, c0, i)); }, xv[mt],
+                                   lv[mt], fv, pwv);
+        __syncwarp();  // every lane has read the buffer: refill it with the next tile
+        if (m + mstride < tiles) {
+          stage_tile<D, F32>(sbuf, a, m + mstride, total, lane);
+          slot_next = slot_of(m + mstride);
+        }
+      } else {
+        const size_t off = static_cast<size_t>(it) * D + t * Q;  // elements
+        if constexpr (F32) {
+          const uint4* pk = reinterpret_cast<const uint4*>(static_cast<const float*>(a.src[0]) + off);
+          const uint4* pv = reinterpret_cast<const uint4*>(static_cast<const float*>(a.src[1]) + off);
+          n2k = load_quarter<D, F32>([&](int i) { return pk[i]; }, xk[mt], lk[mt], fk, pwk);
+          n2v = load_quarter<D, F32>([&](int i) { return pv[i]; }, xv[mt], lv[mt], fv, pwv);
+        } else {
+          const uint4* pk = reinterpret_cast<const uint4*>(static_cast<const __half*>(a.src[0]) + off);
+          const uint4* pv = reinterpret_cast<const uint4*>(static_cast<const __half*>(a.src[1]) + off);
+          n2k = load_quarter<D, F32>([&](int i) { return pk[i]; }, xk[mt], lk[mt], fk, pwk);
+          n2v = load_quarter<D, F32>([&](int i) { return pv[i]; }, xv[mt], lv[mt], fv, pwv);
+        }
+      }
       if constexpr (KB == kF16Bits) {
         if (store[mt]) store_f16_chunk<D>(ktile[mt], r, t, fk);
       }
@@ -415,16 +527,33 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT>
+// STAGE: issues the copies of the warp's first tile into its staging buffer (at kernel entry, so
+// that they overlap the table set-up) and returns the slot id of lane's item in it.
+template <int D, bool F32, uint32_t kStageOffset>
+__device__ __forceinline__ int64_t stage_first(const QuantArgs& a, const uint8_t* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int H = a.view.num_kv_heads;
+  const long long total = static_cast<long long>(a.num_tokens) * H;
+  const long long m0 = static_cast<long long>(blockIdx.x) * kTcWarps + warp;
+  if (m0 * 8 >= total) return 0;
+  stage_tile<D, F32>(detail::smem_addr(smem + kStageOffset + warp * TcStage<D, F32>::kWarpBytes), a, m0, total, lane);
+  const long long item = m0 * 8 + (lane >> 2);
+  return a.slots[static_cast<int>(item < total ? item : total - 1) / H];
+}
+
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
 __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
-  using L = TcLayout<D, KB, VB, HAD>;
+  using L = TcLayout<D, KB, VB, HAD, STAGE, F32>;
+  __shared__ __align__(16) uint8_t tabs[L::kTabBytes > 0 ? L::kTabBytes : 16];
+  int64_t slot0 = 0;
+  if constexpr (STAGE) slot0 = stage_first<D, F32, L::kStage>(a, smem);
   constexpr int Q = D / 4, NW = D / 8;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const PagedKVView& v = a.view;
   bool ok = true;
-  if constexpr (KB != kF16Bits) ok &= build_table<KB>(smem + L::kTabK, a.bnd[0], v.k.centroids);
-  if constexpr (VB != kF16Bits) ok &= build_table<VB>(smem + L::kTabV, a.bnd[1], v.v.centroids);
+  if constexpr (KB != kF16Bits) ok &= build_table<KB>(tabs + L::kTabK, a.bnd[0], v.k.centroids);
+  if constexpr (VB != kF16Bits) ok &= build_table<VB>(tabs + L::kTabV, a.bnd[1], v.v.centroids);
   uint32_t sm[NW];
   uint32_t hb[2][2];
   if constexpr (HAD) {
@@ -476,16 +605,16 @@ __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const Qua
   }
   const bool grid_ok = __syncthreads_and(ok) != 0;
   if (grid_ok) {
-    tc_loop<D, KB, VB, F32, HAD, MT, true>(a, smem, sm, hb);
+    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE>(a, smem, tabs, sm, hb, slot0);
   } else {
-    tc_loop<D, KB, VB, F32, HAD, MT, false>(a, smem, sm, hb);
+    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE>(a, smem, tabs, sm, hb, slot0);
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
 Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
-  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT>;
-  constexpr int smem = TcLayout<D, KB, VB, HAD>::kBytes;
+  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE>;
+  constexpr int smem = TcLayout<D, KB, VB, HAD, STAGE, F32>::kBytes;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int dev = 0, sms = 132, per_sm = 1;
@@ -507,10 +636,15 @@ Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const int kb = a.view.k.bits, vb = a.view.v.bits;
   const bool f32 = a.in_type == DType::kF32;
-#define TQKV_TC_PAIR(KB, VB)                                                              \
-  if (kb == KB && vb == VB) {                                                             \
-    *launched = true;                                                                     \
-    return f32 ? launch_tc<D, KB, VB, true, HAD, 1>(a, stream) : launch_tc<D, KB, VB, false, HAD, 1>(a, stream); \
+  const bool stage = quantize_stage_selected();
+#define TQKV_TC_PAIR(KB, VB)                                                                  \
+  if (kb == KB && vb == VB) {                                                                 \
+    *launched = true;                                                                         \
+    if (f32)                                                                                  \
+      return stage ? launch_tc<D, KB, VB, true, HAD, 1, true>(a, stream)                      \
+                   : launch_tc<D, KB, VB, true, HAD, 1, false>(a, stream);                    \
+    return stage ? launch_tc<D, KB, VB, false, HAD, 1, true>(a, stream)                       \
+                 : launch_tc<D, KB, VB, false, HAD, 1, false>(a, stream);                     \
   }
   TQKV_TC_PAIR(4, 4)
   TQKV_TC_PAIR(3, 3)

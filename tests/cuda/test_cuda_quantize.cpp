@@ -14,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/quantize_tc.cuh"
 #include "cuda_test_util.h"
 #include "paged_fixture.h"
 #include "tqkv/codec.h"
@@ -41,9 +42,9 @@ struct QuantCase {
 
 class QuantizeOnWrite : public ::testing::TestWithParam<QuantCase> {};
 
-TEST_P(QuantizeOnWrite, MatchesPlainLoopEncoder) {
-  TQKV_REQUIRE_GPU();
-  const QuantCase c = GetParam();
+// fp16 inputs (f32 = false) or fp32 inputs (the GPU runtime's case).
+void run_quant_case(const QuantCase& c, bool f32) {
+  SCOPED_TRACE(f32 ? "fp32 input" : "fp16 input");
   PagedFixture fx;  // only its layout, tables and rotation are used; the pool starts as 0xAB
   fx.d = c.d; fx.kb = c.kb; fx.vb = c.vb;
   fx.num_kv_heads = 3;
@@ -65,12 +66,21 @@ TEST_P(QuantizeOnWrite, MatchesPlainLoopEncoder) {
   slots.resize(n);
   slots[11] = -1;
   std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<__half> kin(static_cast<size_t>(n) * H * d), vin(kin.size());
-  for (auto& x : kin) x = __float2half_rn(nd(rng) * 3.f);
-  for (auto& x : vin) x = __float2half_rn(nd(rng));
-  DeviceBuffer dk = testing::to_device(kin), dv = testing::to_device(vin), ds = testing::to_device(slots);
+  // Input values (fp16-representable for fp16 inputs, so the reference sees what the GPU reads).
+  std::vector<float> kin(static_cast<size_t>(n) * H * d), vin(kin.size());
+  for (auto& x : kin) x = nd(rng) * 3.f;
+  for (auto& x : vin) x = nd(rng);
+  std::vector<__half> kh(kin.size()), vh(vin.size());
+  for (size_t i = 0; i < kin.size(); ++i) {
+    kh[i] = __float2half_rn(kin[i]);
+    vh[i] = __float2half_rn(vin[i]);
+    if (!f32) { kin[i] = __half2float(kh[i]); vin[i] = __half2float(vh[i]); }
+  }
+  DeviceBuffer dk = f32 ? testing::to_device(kin) : testing::to_device(kh);
+  DeviceBuffer dv = f32 ? testing::to_device(vin) : testing::to_device(vh);
+  DeviceBuffer ds = testing::to_device(slots);
   const Status st = quantize_and_store(view, dbk.get<float>(), dbv.get<float>(), dk.get(), dv.get(),
-                                       DType::kF16, ds.get<int64_t>(), n, nullptr);
+                                       f32 ? DType::kF32 : DType::kF16, ds.get<int64_t>(), n, nullptr);
   ASSERT_TRUE(st.is_ok()) << st.to_string();
   TQKV_CUDA_ASSERT(cudaDeviceSynchronize());
   const auto kp = testing::to_host<uint8_t>(fx.d_kp, fx.kp.size());
@@ -87,17 +97,18 @@ TEST_P(QuantizeOnWrite, MatchesPlainLoopEncoder) {
         const int bits = side == 0 ? fx.kb : fx.vb;
         const int64_t tb = side == 0 ? fx.tk : fx.tv;
         const uint8_t* tile = (side == 0 ? kp.data() : vp.data()) + (static_cast<size_t>(page) * H + h) * tb;
-        const __half* x = (side == 0 ? kin.data() : vin.data()) + (static_cast<size_t>(i) * H + h) * d;
+        const float* x = (side == 0 ? kin.data() : vin.data()) + (static_cast<size_t>(i) * H + h) * d;
         if (bits == kF16Bits) {
           const auto* got = reinterpret_cast<const uint16_t*>(tile) + static_cast<size_t>(row) * d;
-          for (int j = 0; j < d; ++j) ASSERT_EQ(got[j], __half_as_ushort(x[j])) << "fp16 copy, coord " << j;
+          for (int j = 0; j < d; ++j)
+            ASSERT_EQ(got[j], __half_as_ushort(__float2half_rn(x[j]))) << "fp16 copy, coord " << j;
           continue;
         }
         const std::vector<float>& cent = side == 0 ? fx.ck : fx.cv;
         const std::vector<float>& bnd = side == 0 ? bk : bv;
         std::vector<double> xd(d), y(d, 0.0);
         double n2 = 0;
-        for (int j = 0; j < d; ++j) { xd[j] = __half2float(x[j]); n2 += xd[j] * xd[j]; }
+        for (int j = 0; j < d; ++j) { xd[j] = x[j]; n2 += xd[j] * xd[j]; }
         const double norm = std::sqrt(n2);
         for (int r = 0; r < d; ++r) {
           for (int j = 0; j < d; ++j) y[r] += static_cast<double>(fx.rotation[static_cast<size_t>(r) * d + j]) * xd[j];
@@ -143,6 +154,14 @@ TEST_P(QuantizeOnWrite, MatchesPlainLoopEncoder) {
           ASSERT_EQ(pool[(static_cast<size_t>(page) * H + h) * tb + row * row_bytes + b], 0xAB)
               << "slot " << s << " was overwritten";
     }
+  }
+}
+
+TEST_P(QuantizeOnWrite, MatchesPlainLoopEncoder) {
+  TQKV_REQUIRE_GPU();
+  for (bool f32 : {false, true}) {
+    run_quant_case(GetParam(), f32);
+    if (::testing::Test::HasFatalFailure()) return;
   }
 }
 
@@ -326,6 +345,95 @@ TEST(QuantizeOnWriteTc, CrowdedBoundariesFallBackToBinarySearch) {
       for (bool f32 : {false, true}) {
         run_tc_case(d, kv.first, kv.second, f32, true);
         if (::testing::Test::HasFatalFailure()) return;
+      }
+}
+
+// The input staging of the tensor-core kernels (cp.async into a per-warp buffer, refilled with
+// the next tile while the current one is encoded) only changes where the inputs are read from:
+// the pages must be byte-identical to the unstaged kernel's (itself checked against the fp64
+// reference above). 4099 tokens x 5 heads = 2562 tiles of 8 items (the last partial) is more tiles
+// than resident warps, so warps refill their buffer; slots are a random permutation.
+TEST(QuantizeOnWriteTc, StagedInputsMatchUnstagedKernelBytes) {
+  TQKV_REQUIRE_GPU();
+  const int H = 5, n = 4099, P = 16, pages = (n + P - 1) / P + 1;
+  for (int d : {128, 96})
+    for (auto kv : {std::pair{4, 4}, {3, 3}, {8, 16}})
+      for (bool f32 : {false, true}) {
+        SCOPED_TRACE("d " + std::to_string(d) + " k" + std::to_string(kv.first) + " v" + std::to_string(kv.second) +
+                     (f32 ? " f32" : " f16"));
+        auto rot = Rotation::create(d, default_rotation(d), kDefaultRotationSeed);
+        ASSERT_TRUE(rot.is_ok());
+        std::vector<DeviceBuffer> keep;
+        auto up = [&](const auto& v) { keep.push_back(testing::to_device(v)); return keep.back().get(); };
+        PagedKVView view;
+        view.num_kv_heads = H; view.head_dim = d; view.page_size = P;
+        view.rotation = static_cast<const float*>(up(std::vector<float>(rot.value()->matrix(), rot.value()->matrix() + d * d)));
+        if (rot.value()->signs())
+          view.hadamard_signs = static_cast<const float*>(up(std::vector<float>(rot.value()->signs(), rot.value()->signs() + d)));
+        const float* bnd[2] = {nullptr, nullptr};
+        int64_t tb[2];
+        for (int side = 0; side < 2; ++side) {
+          const int bits = side == 0 ? kv.first : kv.second;
+          KVSideView& sv = side == 0 ? view.k : view.v;
+          tb[side] = tile_bytes(P, d, bits);
+          sv.bits = bits;
+          sv.tile_bytes = tb[side];
+          if (bits == kF16Bits) continue;
+          auto cb = Codebook::get(d, bits);
+          ASSERT_TRUE(cb.is_ok());
+          const std::vector<float> c(cb.value()->centroids(), cb.value()->centroids() + cb.value()->levels());
+          sv.centroids = static_cast<const float*>(up(c));
+          bnd[side] = static_cast<const float*>(up(boundaries_of(c)));
+        }
+        std::mt19937_64 rng(77 + d + kv.first + (f32 ? 1 : 0));
+        std::vector<int64_t> slots(static_cast<size_t>(pages) * P);
+        for (size_t i = 0; i < slots.size(); ++i) slots[i] = static_cast<int64_t>(i);
+        std::shuffle(slots.begin(), slots.end(), rng);
+        slots.resize(n);
+        std::normal_distribution<float> nd(0.f, 1.f);
+        const void* din[2];
+        for (int side = 0; side < 2; ++side) {
+          std::vector<float> x(static_cast<size_t>(n) * H * d);
+          for (auto& e : x) e = nd(rng) * (side == 0 ? 3.f : 1.f);
+          if (f32) {
+            din[side] = up(x);
+          } else {
+            std::vector<__half> h(x.size());
+            for (size_t i = 0; i < h.size(); ++i) h[i] = __float2half_rn(x[i]);
+            din[side] = up(h);
+          }
+        }
+        const int64_t* dslots = static_cast<const int64_t*>(up(slots));
+        std::vector<uint8_t> got[2][2];  // [unstaged, staged][side]
+        for (int staged = 0; staged < 2; ++staged) {
+          DeviceBuffer pool[2];
+          for (int side = 0; side < 2; ++side) {
+            pool[side] = testing::to_device(std::vector<uint8_t>(static_cast<size_t>(pages) * H * tb[side], 0xAB));
+            (side == 0 ? view.k : view.v).pages = pool[side].get<uint8_t>();
+          }
+          tc::set_quantize_staging(staged);
+          const Status st = quantize_and_store(view, bnd[0], bnd[1], din[0], din[1], f32 ? DType::kF32 : DType::kF16,
+                                               dslots, n, nullptr);
+          tc::set_quantize_staging(-1);
+          ASSERT_TRUE(st.is_ok()) << st.to_string();
+          TQKV_CUDA_ASSERT(cudaDeviceSynchronize());
+          for (int side = 0; side < 2; ++side)
+            got[staged][side] = testing::to_host<uint8_t>(pool[side], static_cast<size_t>(pages) * H * tb[side]);
+        }
+        for (int side = 0; side < 2; ++side) {
+          size_t differ = 0, first = 0;
+          for (size_t i = 0; i < got[0][side].size(); ++i)
+            if (got[0][side][i] != got[1][side][i] && differ++ == 0) first = i;
+          EXPECT_EQ(differ, 0u) << "side " << side << ": first differing byte " << first;
+          // And the kernels wrote: the row of the first token's first head is not the poison.
+          const int64_t rb = (side == 0 ? kv.first : kv.second) == kF16Bits ? 2LL * d
+                                                                             : index_bytes(d, side == 0 ? kv.first : kv.second);
+          const size_t row0 = static_cast<size_t>(slots[0] / P) * H * tb[side] + (slots[0] % P) * rb;
+          bool all_poison = true;
+          for (int64_t b = 0; b < rb; ++b) all_poison &= got[1][side][row0 + b] == 0xAB;
+          EXPECT_FALSE(all_poison) << "side " << side << ": row of token 0 not written";
+        }
+        if (::testing::Test::HasFailure()) return;
       }
 }
 
