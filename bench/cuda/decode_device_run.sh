@@ -2,9 +2,8 @@
 # Decode-kernel work on the GPU machine (helper script; scripts/device_run.sh is the full one).
 # Binaries come xz-compressed in .carry/dec (built here with build-dec, stripped). Usage:
 #   bench/cuda/decode_device_run.sh [tests] [v1tests] [sanitize] [bench] [profile] [sweep]
-# KERNELS (bench) and TESTKERNELS (v1tests) pick TQKV_CUDA_DECODE_KERNEL values (v1, v2, ring4,
-# ringmax; a "+trig" suffix adds TQKV_CUDA_DECODE_TRIGGER=1); TESTKERNEL (tests) and SANKERNEL
-# (sanitize) one such value each (default: the built-in default). SANTIME caps each sanitizer run
+# KERNELS (bench) and TESTKERNELS (v1tests) pick TQKV_CUDA_DECODE_KERNEL values (v1, v2, fusedq);
+# TESTKERNEL (tests) and SANKERNEL (sanitize) one such value each (default: the built-in default). SANTIME caps each sanitizer run
 # (seconds).
 # Logs go to $OUT; a summary is printed last.
 set -uo pipefail
@@ -20,11 +19,8 @@ summary=()
 note() { summary+=("[${SECONDS}s] $1"); echo "== [${SECONDS}s] $1"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1; cat "$OUT/gpu.txt"
 dec='AllFormats/DecodeFormat.*:CudaDecode.*:CudaVsCpu.DecodeAttention*'
-kenv() {  # kernel spec (e.g. ringmax+trig, or "" for the default) -> environment assignments
-  local k=${1%+trig} e=""
-  [[ -n $k && $k != default ]] && e="TQKV_CUDA_DECODE_KERNEL=$k"
-  [[ $1 == *+trig ]] && e="$e TQKV_CUDA_DECODE_TRIGGER=1"
-  echo "$e"
+kenv() {  # kernel spec (e.g. fusedq, or "" for the default) -> environment assignment
+  [[ -n $1 && $1 != default ]] && echo "TQKV_CUDA_DECODE_KERNEL=$1"
 }
 bench() {  # kernel spec, then bench args
   local k=$1; shift
