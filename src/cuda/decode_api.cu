@@ -132,15 +132,20 @@ struct MergeSinks {
 __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, int num_splits,
                                     size_t split_stride_rows, int d, const float* rotation,
                                     const float* signs, void* out, DType out_type, const MergeSinks sk) {
-  extern __shared__ float y[];  // [d] merged output, then [num_splits] split weights
+  // Dynamic: [d] merged output, [num_splits] split weights, then (sinks) the V sink rows, fp16.
+  extern __shared__ float y[];
   float* wts = y + d;
-  __shared__ float sink_p[detail::kPage];  // sink scores, then normalised sink probabilities
+  __shared__ float sink_x[detail::kPage];  // sink scores (log2 domain)
   cudaGridDependencySynchronize();  // programmatic dependent of the decode kernel
   const size_t row = blockIdx.x;
-  // ---- the sink split: log2-sum-exp2 sink_lse, probabilities sink_p[s_lo, s_hi), V rows sv ----
-  float sink_lse = -INFINITY;
+  // Split weights once per row (not once per coordinate): w_k = 2^(lse_k - max) / sum. The loads
+  // are issued first, so the sink loads below overlap them.
+  float mx = -INFINITY;
+  for (int k = threadIdx.x; k < num_splits; k += blockDim.x) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
+  // ---- the sink split: scores sink_x[s_lo, s_hi), m, 1 / l, log2-sum-exp2 sink_lse ----
+  float sink_lse = -INFINITY, sink_m = 0.f, sink_inv_l = 0.f;
   int s_lo = 0, s_hi = 0;
-  const __half* sv = nullptr;
+  __half* svs = reinterpret_cast<__half*>(wts + ((num_splits + 3) & ~3));  // 16-byte aligned (d % 8 == 0)
   if (sk.tokens > 0) {
     const int r = static_cast<int>(row / sk.num_q_heads), h = static_cast<int>(row % sk.num_q_heads);
     const int pseq = sk.row_seq ? sk.row_seq[r] : r;
@@ -148,30 +153,30 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     s_lo = sk.window > 0 ? max(0, len - sk.window) : 0;
     s_hi = min(sk.tokens, len);
     const size_t tile = (static_cast<size_t>(sk.slot[pseq]) * sk.num_kv_heads + h / sk.group) * sk.tile_halves;
+    // V rows to shared memory (16-byte loads, in flight together with the score loads below).
+    const uint4* vg = reinterpret_cast<const uint4*>(sk.v + tile);
+    uint4* vsm = reinterpret_cast<uint4*>(svs);
+    for (int i = s_lo * d / 8 + static_cast<int>(threadIdx.x); i < s_hi * d / 8; i += blockDim.x) vsm[i] = vg[i];
     const __half* kt = sk.k + tile;
-    sv = sk.v + tile;
     const float* qr = sk.q_rot + row * d;
     const int wp = threadIdx.x >> 5, ln = threadIdx.x & 31, nwp = (blockDim.x + 31) >> 5;
-    for (int j = s_lo + wp; j < s_hi; j += nwp) {
+    for (int j = s_lo + wp; j < s_hi; j += nwp) {  // one warp per sink position
       float dot = 0.f;
       for (int i = ln; i < d; i += 32) dot = fmaf(qr[i], __half2float(kt[static_cast<size_t>(j) * d + i]), dot);
       dot = detail::warp_sum(dot);
       if (sk.softcap > 0.f) dot = sk.softcap * tanhf(dot / sk.softcap);
-      if (ln == 0) sink_p[j] = dot * 1.4426950408889634f;
+      if (ln == 0) sink_x[j] = dot * 1.4426950408889634f;
     }
-    __syncthreads();
+    __syncthreads();  // scores and V rows in shared memory
     float m = -INFINITY, l = 0.f;
-    for (int j = s_lo; j < s_hi; ++j) m = fmaxf(m, sink_p[j]);
-    for (int j = s_lo; j < s_hi; ++j) l += exp2f(sink_p[j] - m);
-    if (s_hi > s_lo) sink_lse = m + log2f(l);
-    __syncthreads();  // every thread has read the scores
-    if (static_cast<int>(threadIdx.x) >= s_lo && static_cast<int>(threadIdx.x) < s_hi)
-      sink_p[threadIdx.x] = exp2f(sink_p[threadIdx.x] - m) / l;
-    __syncthreads();
+    for (int j = s_lo; j < s_hi; ++j) m = fmaxf(m, sink_x[j]);
+    for (int j = s_lo; j < s_hi; ++j) l += exp2f(sink_x[j] - m);
+    if (s_hi > s_lo) {
+      sink_lse = m + log2f(l);
+      sink_m = m;
+      sink_inv_l = 1.f / l;
+    }
   }
-  // Split weights once per row (not once per coordinate): w_k = 2^(lse_k - max) / sum.
-  float mx = -INFINITY;
-  for (int k = threadIdx.x; k < num_splits; k += blockDim.x) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
   __shared__ float red[32];
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
@@ -204,8 +209,8 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
       for (int k = 0; k < num_splits; ++k) num = fmaf(wts[k], part_o[(k * split_stride_rows + row) * d + i], num);
       if (w_sink > 0.f) {
         float o = 0.f;
-        for (int j = s_lo; j < s_hi; ++j) o = fmaf(sink_p[j], __half2float(sv[static_cast<size_t>(j) * d + i]), o);
-        num = fmaf(w_sink, o, num);
+        for (int j = s_lo; j < s_hi; ++j) o = fmaf(exp2f(sink_x[j] - sink_m), __half2float(svs[j * d + i]), o);
+        num = fmaf(w_sink * sink_inv_l, o, num);
       }
     }
     y[i] = num * inv_den;
@@ -266,6 +271,8 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
     return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(view.sink_tokens) + ")");
   if (view.sink_tokens > 0 && (!view.sink_k || !view.sink_v || !view.sink_slot))
     return invalid_argument("attention sinks without sink tiles or sink slots");
+  if (view.sink_tokens > 0 && ((reinterpret_cast<uintptr_t>(view.sink_k) | reinterpret_cast<uintptr_t>(view.sink_v)) & 15))
+    return invalid_argument("sink tiles must be 16-byte aligned");
   for (const KVSideView* side : {&view.k, &view.v}) {
     if (!is_valid_kv_bits(side->bits)) return invalid_argument("bits must be 2, 3, 4, 8 or 16");
     if (side->tile_bytes != tile_bytes(view.page_size, d, side->bits))
@@ -386,7 +393,9 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(rows);
   cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = (d + plan.num_splits) * sizeof(float);
+  // y[d], split weights (padded to 4), and with sinks the V sink rows (fp16).
+  cfg.dynamicSmemBytes = (d + ((plan.num_splits + 3) & ~3)) * sizeof(float) +
+                         (view.sink_tokens > 0 ? static_cast<size_t>(view.sink_tokens) * d * 2 : 0);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

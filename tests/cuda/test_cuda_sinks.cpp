@@ -14,7 +14,9 @@
 //      (sink_tokens = 0, pages read for every position) must NOT match it: the test detects a
 //      kernel that skips the sink tiles.
 //   3. store_sink_tokens writes the sink tiles the CPU cache writes: fp16 sides bit-identical,
-//      TurboQuant sides (rotated, summed in another order) within 1 fp16 ulp.
+//      TurboQuant sides (rotated in fp32, the sum in another order: GPU dense P, CPU fast
+//      Walsh-Hadamard or its own loop) within 1 fp16 ulp + 2e-6 * max|row| (the fp32 rounding of a
+//      d-term sum, which shows near zero: seen on the H200, 7.7e-5 against 7.7e-5 - 3e-7).
 //   4. Bad views are refused; a captured graph replays the same bytes.
 #include <gtest/gtest.h>
 
@@ -416,10 +418,14 @@ TEST(CudaSinks, StoreSinkTokensMatchesCpuCacheTiles) {
         int diffs = 0;
         for (size_t s = 0; s < c.lens.size(); ++s)
           for (int p = 0; p < std::min(c.lens[s], c.sinks); ++p)
-            for (int h = 0; h < c.H; ++h)
+            for (int h = 0; h < c.H; ++h) {
+              const size_t row0 = (static_cast<size_t>(c.host.sink_slot[s]) * c.H + h) * c.sink_tile / 2 +
+                                  static_cast<size_t>(p) * d;
+              float row_max = 0.f;
+              for (int j = 0; j < d; ++j)
+                row_max = std::max(row_max, std::fabs(fp16_to_float(reinterpret_cast<const uint16_t*>(cpu.data())[row0 + j])));
               for (int j = 0; j < d; ++j) {
-                const size_t i = (static_cast<size_t>(c.host.sink_slot[s]) * c.H + h) * c.sink_tile / 2 +
-                                 static_cast<size_t>(p) * d + j;
+                const size_t i = row0 + j;
                 const uint16_t a = reinterpret_cast<const uint16_t*>(gpu.data())[i];
                 const uint16_t b = reinterpret_cast<const uint16_t*>(cpu.data())[i];
                 if (f16) {
@@ -427,12 +433,13 @@ TEST(CudaSinks, StoreSinkTokensMatchesCpuCacheTiles) {
                 } else {
                   const float fa = fp16_to_float(a), fb = fp16_to_float(b);
                   const float ulp = std::ldexp(1.f, std::max(-24, std::ilogb(std::max(std::fabs(fb), 6.1e-5f)) - 10));
-                  ASSERT_LE(std::fabs(fa - fb), ulp * 1.01f)
+                  ASSERT_LE(std::fabs(fa - fb), ulp * 1.01f + 2e-6f * row_max)
                       << "side " << side << " seq " << s << " pos " << p << " head " << h << " coord " << j
                       << ": gpu " << fa << " cpu " << fb;
                   diffs += a != b;
                 }
               }
+            }
         EXPECT_LT(diffs, d * 4) << "too many 1-ulp differences on side " << side;
       }
     }

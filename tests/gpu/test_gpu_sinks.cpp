@@ -4,10 +4,11 @@
 // Both run k4v4 with the same sink count: a chunked prefill (several GPU chunks) and decode steps
 // (graph replays from the second on). Two checks:
 //  - rows at positions < sink_tokens see only sink positions, which both runtimes hold in fp16:
-//    there the GPU must match the CPU WITH sinks to the f16-cache tolerance of test_gpu_model.cpp
-//    (relative L2 <= 2e-2, same top-1 outside near ties), while the CPU WITHOUT sinks is far away
-//    (k4v4 moves these logits by 10-70%; checked to be > 5e-2 so the test can see a GPU that
-//    ignores its sinks);
+//    there the GPU must match the CPU WITH sinks to relative L2 <= 1e-2 (the f16-cache agreement:
+//    measured <= 2.6e-3 on the H200, 2026-11-29), while the CPU WITHOUT sinks is at least twice
+//    that far (checked, so the test can see a GPU that ignores its sinks: measured 0.21-0.29 on
+//    Llama/Phi3/Qwen2, 0.066 on Gemma 2 and 0.029 on Gemma 3, whose one global layer of 7 is the
+//    only one with sinks);
 //  - the other rows: the compressed-cache ratio test of test_gpu_model.cpp against the CPU with
 //    sinks: sqrt(sum ||gpu - cpu||^2 / sum ||cpu - cpu_f16||^2) <= 0.75, per row
 //    ||gpu - cpu|| <= max(0.1 ||cpu||, 1.5 ||cpu - cpu_f16||).
@@ -116,14 +117,14 @@ void check_sinks(const Case& cs) {
     bool nan = false;
     for (int i = 0; i < V; ++i) nan |= !std::isfinite(gpu[off + i]);
     EXPECT_FALSE(nan) << "position " << t << ": NaN in the GPU logits";
-    EXPECT_LE(e, 2e-2) << cs.spec.arch << " position " << t << " (inside the sinks): GPU vs CPU with sinks";
+    EXPECT_LE(e, 1e-2) << cs.spec.arch << " position " << t << " (inside the sinks): GPU vs CPU with sinks";
     worst_in = std::max(worst_in, e);
     plain_in = std::max(plain_in, rel_l2(cpu_plain.data() + off, cpu.data() + off, V));
     const int ag = static_cast<int>(std::max_element(gpu.begin() + off, gpu.begin() + off + V) - gpu.begin() - off);
     const int ac = static_cast<int>(std::max_element(cpu.begin() + off, cpu.begin() + off + V) - cpu.begin() - off);
     top1 += ag != ac;
   }
-  EXPECT_GT(plain_in, 5e-2) << "sinks barely move the CPU's logits here: the test could not see a GPU without sinks";
+  EXPECT_GT(plain_in, 2e-2) << "sinks barely move the CPU's logits here: the test could not see a GPU without sinks";
   // The other rows: ratio test against the CPU with sinks.
   double e2 = 0, q2 = 0, e2_plain = 0;
   for (int t = cs.sinks; t < T; ++t) {
