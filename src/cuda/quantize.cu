@@ -3,7 +3,7 @@
 // The tensor-core kernels (quantize_tc*.cu*) take head size 128 with the Hadamard rotation and
 // head size 96, for the format pairs they are built for, with 16-byte aligned inputs; everything
 // else, and every call when TQKV_CUDA_QUANT=old, goes to the earlier kernels (quantize_old.cu).
-// TQKV_CUDA_QUANT=nostage keeps the tensor-core kernels but without their fp16 input staging.
+// TQKV_CUDA_QUANT=nostage / h16 select earlier variants of the tensor-core kernels (quantize_tc.cuh).
 // Page dequantization is in dequantize.cu.
 #include <cstdint>
 #include <cstdlib>
@@ -25,7 +25,7 @@ const char* quant_env() {
 
 // Environment TQKV_CUDA_QUANT=old: the pre-tensor-core kernels for every shape (read once).
 int g_quant_override = -1;  // set_quantize_kernel_old (benchmarks): -1 = environment
-int g_stage_override = -1;  // set_quantize_staging: -1 = environment
+int g_variant_override = -1;  // set_quantize_tc_variant: -1 = environment
 bool quantize_old_selected() {
   static const bool env_old = [] {
     const char* e = quant_env();
@@ -38,14 +38,16 @@ bool quantize_old_selected() {
 
 namespace tc {
 void set_quantize_kernel_old(int old) { g_quant_override = old < 0 ? -1 : (old ? 1 : 0); }
-void set_quantize_staging(int on) { g_stage_override = on < 0 ? -1 : (on ? 1 : 0); }
-bool quantize_stage_selected() {
-  if (g_stage_override >= 0) return g_stage_override == 1;
-  static const bool env_off = [] {
+void set_quantize_tc_variant(int v) { g_variant_override = v < 0 ? -1 : (v > 2 ? 2 : v); }
+int quantize_tc_variant() {
+  if (g_variant_override >= 0) return g_variant_override;
+  static const int env_variant = [] {
     const char* e = quant_env();
-    return e != nullptr && std::strcmp(e, "nostage") == 0;
+    if (e != nullptr && std::strcmp(e, "nostage") == 0) return 0;
+    if (e != nullptr && std::strcmp(e, "h16") == 0) return 1;
+    return 2;
   }();
-  return !env_off;
+  return env_variant;
 }
 }  // namespace tc
 

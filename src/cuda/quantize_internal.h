@@ -13,6 +13,18 @@
 
 namespace tqkv::cuda {
 
+// n / d for 0 <= n < 2^31 without a division (Granlund-Montgomery): q = (umulhi(n, m) + n) >> s
+// with s = ceil(log2 d), m = floor(2^32 (2^s - d) / d) + 1 (< 2^32; t + n cannot overflow for
+// n < 2^31). Built on the host (make_fast_div), applied in the kernels.
+struct FastDiv {
+  uint32_t m = 1, s = 0;  // d = 1
+};
+inline FastDiv make_fast_div(uint32_t d) {
+  uint32_t s = 0;
+  while ((uint64_t{1} << s) < d) ++s;
+  return {static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1), s};
+}
+
 // One quantize_and_store call, checked (quantize.cu) and passed by value to the kernels.
 struct QuantArgs {
   PagedKVView view;
@@ -21,6 +33,7 @@ struct QuantArgs {
   DType in_type;
   const int64_t* slots;
   int32_t num_tokens;
+  FastDiv div_heads, div_page;  // by num_kv_heads and page_size (set by the tensor-core launcher)
 };
 
 // The view checks shared by quantize_and_store and dequantize_pages (quantize.cu).

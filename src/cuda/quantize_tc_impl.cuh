@@ -155,6 +155,8 @@ __device__ __forceinline__ void store_f16_chunk(uint8_t* tile, int row, int t, c
   for (int i = 0; i < D / 32; ++i) p[i] = make_uint4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
 }
 
+__device__ __forceinline__ uint32_t fast_div(FastDiv f, uint32_t n) { return (__umulhi(n, f.m) + n) >> f.s; }
+
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(kFull, v, 1);
   v += __shfl_xor_sync(kFull, v, 2);
@@ -293,7 +295,7 @@ __device__ __forceinline__ float load_quarter(Fetch&& fetch, uint32_t (&h)[D / 8
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE, bool H32>
 __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem, const uint8_t* tabs, const uint32_t (&sm)[D / 8],
                                         const uint32_t (&hb)[2][2], int64_t slot0) {
   static_assert(!STAGE || MT == 1, "staging: one m-tile");
@@ -320,7 +322,7 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
   auto slot_of = [&](long long m) -> int64_t {
     const long long item = m * 8 + g;
     const int it32 = static_cast<int>(item < total ? item : total - 1);
-    return a.slots[it32 / H];
+    return a.slots[fast_div(a.div_heads, static_cast<uint32_t>(it32))];
   };
   int64_t slot_next = slot0;  // the first tile's copies were issued at kernel entry (stage_first)
 
@@ -341,14 +343,14 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
       const bool valid = item < total;
       const long long it = valid ? item : total - 1;
       const int it32 = static_cast<int>(it);
-      const int token = it32 / H, head = it32 - token * H;
+      const int token = static_cast<int>(fast_div(a.div_heads, static_cast<uint32_t>(it32))), head = it32 - token * H;
       const int64_t slot = STAGE ? slot_next : a.slots[token];
       store[mt] = valid && slot >= 0;
       int page = 0, r = 0;
       if (store[mt]) {
         if (slot < 0x7fffffff) {
           const uint32_t s32 = static_cast<uint32_t>(slot), ps = static_cast<uint32_t>(v.page_size);
-          page = static_cast<int>(s32 / ps);
+          page = static_cast<int>(fast_div(a.div_page, s32));
           r = static_cast<int>(s32 - static_cast<uint32_t>(page) * ps);
         } else {
           page = static_cast<int>(slot / v.page_size);
@@ -442,18 +444,44 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
     if constexpr (HAD) {
       static_assert(MT == 1, "Hadamard path: one m-tile per iteration");
       float z[NK][2][4];
+      if constexpr (H32) {
+        // H32 = [[H16, H16], [H16, -H16]] over k-steps (kb, kb + 1) on the tensor cores (two
+        // accumulating MMAs per output; -H16 = sign-flipped B words): the first butterfly stage
+        // of the H8 below becomes MMA accumulation (64 fewer FADDs per tile, 16 more MMAs).
 #pragma unroll
-      for (int kb = 0; kb < NK; ++kb) {
+        for (int kb = 0; kb < NK; kb += 2) {
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          z[kb][nt][0] = z[kb][nt][1] = z[kb][nt][2] = z[kb][nt][3] = 0.f;
-          mma_16816(z[kb][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
-          if constexpr (F32)
-            mma_16816(z[kb][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+          for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int o = 0; o < 2; ++o) {  // o = 0: H16 x_kb + H16 x_kb+1; o = 1: H16 x_kb - H16 x_kb+1
+              const uint32_t s1 = o ? 0x80008000u : 0u;
+              float* zz = z[kb + o][nt];
+              zz[0] = zz[1] = zz[2] = zz[3] = 0.f;
+              mma_16816(z[kb + o][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+              mma_16816(z[kb + o][nt], xk[0][2 * kb + 2], xv[0][2 * kb + 2], xk[0][2 * kb + 3], xv[0][2 * kb + 3],
+                        hb[nt][0] ^ s1, hb[nt][1] ^ s1);
+              if constexpr (F32) {
+                mma_16816(z[kb + o][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+                mma_16816(z[kb + o][nt], lk[0][2 * kb + 2], lv[0][2 * kb + 2], lk[0][2 * kb + 3], lv[0][2 * kb + 3],
+                          hb[nt][0] ^ s1, hb[nt][1] ^ s1);
+              }
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int kb = 0; kb < NK; ++kb) {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            z[kb][nt][0] = z[kb][nt][1] = z[kb][nt][2] = z[kb][nt][3] = 0.f;
+            mma_16816(z[kb][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+            if constexpr (F32)
+              mma_16816(z[kb][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+          }
         }
       }
 #pragma unroll
-      for (int hs = 1; hs < NK; hs <<= 1) {  // H over the k-step bits, fp32 butterflies
+      for (int hs = H32 ? 2 : 1; hs < NK; hs <<= 1) {  // H over the (remaining) k-step bits, fp32 butterflies
 #pragma unroll
         for (int kb = 0; kb < NK; ++kb) {
           if (kb & hs) continue;
@@ -538,10 +566,10 @@ __device__ __forceinline__ int64_t stage_first(const QuantArgs& a, const uint8_t
   if (m0 * 8 >= total) return 0;
   stage_tile<D, F32>(detail::smem_addr(smem + kStageOffset + warp * TcStage<D, F32>::kWarpBytes), a, m0, total, lane);
   const long long item = m0 * 8 + (lane >> 2);
-  return a.slots[static_cast<int>(item < total ? item : total - 1) / H];
+  return a.slots[fast_div(a.div_heads, static_cast<uint32_t>(item < total ? item : total - 1))];
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE, bool H32>
 __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
   using L = TcLayout<D, KB, VB, HAD, STAGE, F32>;
@@ -605,15 +633,15 @@ __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const Qua
   }
   const bool grid_ok = __syncthreads_and(ok) != 0;
   if (grid_ok) {
-    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE>(a, smem, tabs, sm, hb, slot0);
+    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE, H32>(a, smem, tabs, sm, hb, slot0);
   } else {
-    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE>(a, smem, tabs, sm, hb, slot0);
+    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE, H32>(a, smem, tabs, sm, hb, slot0);
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE, bool H32>
 Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
-  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE>;
+  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE, H32>;
   constexpr int smem = TcLayout<D, KB, VB, HAD, STAGE, F32>::kBytes;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -624,7 +652,10 @@ Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
   const long long items = static_cast<long long>(a.num_tokens) * a.view.num_kv_heads;
   const long long blocks = (items + 8LL * MT * kTcWarps - 1) / (8LL * MT * kTcWarps);
   const int grid = static_cast<int>(std::min<long long>(blocks, static_cast<long long>(std::max(per_sm, 1)) * sms));
-  kernel<<<grid, kTcWarps * 32, smem, stream>>>(a);
+  QuantArgs b = a;
+  b.div_heads = make_fast_div(static_cast<uint32_t>(a.view.num_kv_heads));
+  b.div_page = make_fast_div(static_cast<uint32_t>(a.view.page_size));
+  kernel<<<grid, kTcWarps * 32, smem, stream>>>(b);
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::ok();
 }
@@ -636,15 +667,20 @@ Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const int kb = a.view.k.bits, vb = a.view.v.bits;
   const bool f32 = a.in_type == DType::kF32;
-  const bool stage = quantize_stage_selected();
-#define TQKV_TC_PAIR(KB, VB)                                                                  \
-  if (kb == KB && vb == VB) {                                                                 \
-    *launched = true;                                                                         \
-    if (f32)                                                                                  \
-      return stage ? launch_tc<D, KB, VB, true, HAD, 1, true>(a, stream)                      \
-                   : launch_tc<D, KB, VB, true, HAD, 1, false>(a, stream);                    \
-    return stage ? launch_tc<D, KB, VB, false, HAD, 1, true>(a, stream)                       \
-                 : launch_tc<D, KB, VB, false, HAD, 1, false>(a, stream);                     \
+  // Variant (quantize_tc.cuh): 0 unstaged, 1 staged, 2 staged + H32 on the tensor cores (Hadamard).
+  const int var = quantize_tc_variant();
+#define TQKV_TC_VARIANTS(F32)                                                                  \
+  switch (var) {                                                                               \
+    case 0: return launch_tc<D, KB, VB, F32, HAD, 1, false, false>(a, stream);                 \
+    case 1: return launch_tc<D, KB, VB, F32, HAD, 1, true, false>(a, stream);                  \
+    default: return launch_tc<D, KB, VB, F32, HAD, 1, true, HAD>(a, stream);                   \
+  }
+#define TQKV_TC_PAIR(KB_, VB_)                                                                 \
+  if (kb == KB_ && vb == VB_) {                                                                \
+    constexpr int KB = KB_, VB = VB_;                                                          \
+    *launched = true;                                                                          \
+    if (f32) { TQKV_TC_VARIANTS(true) }                                                        \
+    TQKV_TC_VARIANTS(false)                                                                    \
   }
   TQKV_TC_PAIR(4, 4)
   TQKV_TC_PAIR(3, 3)
@@ -654,6 +690,7 @@ Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   TQKV_TC_PAIR(4, 3)
   TQKV_TC_PAIR(8, 16)
 #undef TQKV_TC_PAIR
+#undef TQKV_TC_VARIANTS
   return Status::ok();
 }
 

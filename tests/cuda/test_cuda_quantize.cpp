@@ -349,9 +349,9 @@ TEST(QuantizeOnWriteTc, CrowdedBoundariesFallBackToBinarySearch) {
 }
 
 // The input staging of the tensor-core kernels (cp.async into a per-warp buffer, refilled with
-// the next tile while the current one is encoded) only changes where the inputs are read from:
-// the pages must be byte-identical to the unstaged kernel's (itself checked against the fp64
-// reference above). 4099 tokens x 5 heads = 2562 tiles of 8 items (the last partial) is more tiles
+// the next tile while the current one is encoded; variant 1) only changes where the inputs are
+// read from: the pages must be byte-identical to the unstaged kernel's (variant 0). The default
+// variant (H32 MMAs) rounds differently and is checked against the fp64 reference above. 4099 tokens x 5 heads = 2562 tiles of 8 items (the last partial) is more tiles
 // than resident warps, so warps refill their buffer; slots are a random permutation.
 TEST(QuantizeOnWriteTc, StagedInputsMatchUnstagedKernelBytes) {
   TQKV_REQUIRE_GPU();
@@ -411,10 +411,10 @@ TEST(QuantizeOnWriteTc, StagedInputsMatchUnstagedKernelBytes) {
             pool[side] = testing::to_device(std::vector<uint8_t>(static_cast<size_t>(pages) * H * tb[side], 0xAB));
             (side == 0 ? view.k : view.v).pages = pool[side].get<uint8_t>();
           }
-          tc::set_quantize_staging(staged);
+          tc::set_quantize_tc_variant(staged);
           const Status st = quantize_and_store(view, bnd[0], bnd[1], din[0], din[1], f32 ? DType::kF32 : DType::kF16,
                                                dslots, n, nullptr);
-          tc::set_quantize_staging(-1);
+          tc::set_quantize_tc_variant(-1);
           ASSERT_TRUE(st.is_ok()) << st.to_string();
           TQKV_CUDA_ASSERT(cudaDeviceSynchronize());
           for (int side = 0; side < 2; ++side)
