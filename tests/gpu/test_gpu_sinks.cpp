@@ -12,9 +12,14 @@
 //  - the other rows: the compressed-cache ratio test of test_gpu_model.cpp against the CPU with
 //    sinks: sqrt(sum ||gpu - cpu||^2 / sum ||cpu - cpu_f16||^2) <= 0.75, per row
 //    ||gpu - cpu|| <= max(0.1 ||cpu||, 1.5 ||cpu - cpu_f16||).
-// Architectures: Llama (Hadamard rotation), Phi3 at head size 80 (dense rotation), Gemma 2
-// (soft-capping; sliding layers hold no sinks), Gemma 3 (sliding ring wraps), Qwen2 with key
-// centering on both (sinks store the centered keys).
+// Architectures: Llama (Hadamard rotation; also with prefill chunks on the per-token decode
+// path), Phi3 at head size 80 (dense rotation), Gemma 2 (soft-capping; sliding layers hold no
+// sinks), Gemma 3 (sliding ring wraps), Qwen2 with key centering on both (sinks store the
+// centered keys).
+// prefill_batch with sinks: three sequences shorter than the 16 sinks (so k4v4 attention reads
+// only fp16 sink rows) through chunks of 8 that mix sequences, then a decode step at batch 3:
+// each sequence's logits against prefill() of it alone in a fresh context, relative L2 <= 1e-2
+// (a chunk row reading another sequence's sink tile would be far off).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -43,6 +48,7 @@ struct Case {
   int n_tokens = 75;
   int sinks = 16;
   bool center = false;
+  tqkv::GpuPrefillPath path = tqkv::GpuPrefillPath::kDefault;
 };
 
 double rel_l2(const float* a, const float* b, int V) {
@@ -97,6 +103,7 @@ void check_sinks(const Case& cs) {
   o.max_chunk = cs.center ? tqkv::Model::kMaxChunk : 32;  // centering: the CPU's first write is one chunk
   o.center_keys = cs.center;
   o.sink_tokens = cs.sinks;
+  o.prefill_path = cs.path;
   auto ctx = tqkv::GpuContext::create(**gm, o);
   ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
   std::vector<float> gpu(static_cast<size_t>(T) * V, NAN);
@@ -157,6 +164,8 @@ TEST(GpuSinks, Llama) {
   check_sinks(cs);
   cs.sinks = 4;  // the CLI default
   check_sinks(cs);
+  cs.path = tqkv::GpuPrefillPath::kDecode;  // prefill chunks through attention_decode, one row per token
+  check_sinks(cs);
 }
 TEST(GpuSinks, Phi3HeadDim80) {
   SKIP_WITHOUT_GPU();
@@ -189,6 +198,61 @@ TEST(GpuSinks, Qwen2CenteredKeys) {
   cs.center = true;
   cs.n_tokens = 100;
   check_sinks(cs);
+}
+
+TEST(GpuSinks, PrefillBatchReadsEachSequencesOwnSinks) {
+  SKIP_WITHOUT_GPU();
+  Case cs{{"llama", 128, 2, 4, 2, 64, 192}};
+  cs.spec.rope_freqs = true;
+  const std::vector<uint8_t> file = tqkv::testing::build_synthetic_gguf(cs.spec, 4321);
+  auto g = tqkv::parse_gguf(file.data(), file.size());
+  ASSERT_TRUE(g.is_ok());
+  auto model = tqkv::Model::from_gguf(&*g);
+  ASSERT_TRUE(model.is_ok());
+  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
+  ASSERT_TRUE(gm.is_ok());
+  const int V = (*model)->config().n_vocab;
+  const std::vector<int> lens = {5, 12, 15};
+  std::mt19937 rng(5);
+  std::vector<std::vector<int32_t>> ids(3);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j <= lens[i]; ++j) ids[i].push_back(static_cast<int32_t>(rng() % V));
+  for (tqkv::GpuPrefillPath path : {tqkv::GpuPrefillPath::kTiled, tqkv::GpuPrefillPath::kDecode}) {
+    tqkv::GpuContextOptions o;
+    o.format = {4, 4};
+    o.max_tokens = 32;
+    o.max_chunk = 8;
+    o.sink_tokens = 16;
+    o.prefill_path = path;
+    // Each sequence alone (slot 0 of a fresh context): last-row logits, then one decode step.
+    std::vector<float> alone(static_cast<size_t>(3) * V), alone_next(static_cast<size_t>(3) * V);
+    for (int i = 0; i < 3; ++i) {
+      auto ctx = tqkv::GpuContext::create(**gm, o);
+      ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+      ASSERT_TRUE((*ctx)->prefill(0, ids[i].data(), lens[i], alone.data() + static_cast<size_t>(i) * V, tqkv::LogitsMode::kLast).is_ok());
+      ASSERT_TRUE((*ctx)->decode(&ids[i][lens[i]], 1, alone_next.data() + static_cast<size_t>(i) * V, nullptr).is_ok());
+    }
+    o.max_seqs = 3;
+    auto ctx = tqkv::GpuContext::create(**gm, o);
+    ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
+    const int seqs[3] = {2, 0, 1};
+    const int32_t* toks[3] = {ids[0].data(), ids[1].data(), ids[2].data()};
+    std::vector<float> batch(static_cast<size_t>(3) * V, NAN), next(static_cast<size_t>(3) * V, NAN);
+    auto st = (*ctx)->prefill_batch(seqs, toks, lens.data(), 3, batch.data());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    const int32_t step[3] = {ids[1][lens[1]], ids[2][lens[2]], ids[0][lens[0]]};  // slots 0, 1, 2
+    ASSERT_TRUE((*ctx)->decode(step, 3, next.data(), nullptr).is_ok());
+    double worst = 0;
+    for (int i = 0; i < 3; ++i) {
+      const double r = rel_l2(batch.data() + static_cast<size_t>(i) * V, alone.data() + static_cast<size_t>(i) * V, V);
+      const double rn = rel_l2(next.data() + static_cast<size_t>(seqs[i]) * V, alone_next.data() + static_cast<size_t>(i) * V, V);
+      EXPECT_LE(r, 1e-2) << (*ctx)->prefill_path_name() << " sequence " << i << ": batched prefill vs alone";
+      EXPECT_LE(rn, 1e-2) << (*ctx)->prefill_path_name() << " sequence " << i << ": decode after batched prefill vs alone";
+      worst = std::max({worst, r, rn});
+    }
+    std::printf("[gpu sinks] prefill_batch %-6s: 3 sequences (5, 12, 15 tokens, 16 sinks, chunks of 8) vs alone, worst rel L2 %.3g\n",
+                (*ctx)->prefill_path_name(), worst);
+  }
 }
 
 TEST(GpuSinks, BadSinkCountIsAnError) {
