@@ -1,8 +1,7 @@
 // tqkv_quant_bench: quantize-on-write (tqkv::cuda::quantize_and_store) per KV format, head size
-// and input type, the tensor-core kernels (default variant) against the previous kernels
-// (TQKV_CUDA_QUANT=old) and against their earlier variants (quantize_tc.cuh: 0 = unstaged inputs,
-// 1 = staged inputs with H16 MMAs) in the same process, and the device copy bandwidth of the same
-// run.
+// and input type, the tensor-core kernels (default: staged inputs) against the previous kernels
+// (TQKV_CUDA_QUANT=old) and against themselves without input staging (variant 0,
+// TQKV_CUDA_QUANT=nostage) in the same process, and the device copy bandwidth of the same run.
 //
 //   tqkv_quant_bench [--tokens N] [--heads H] [--head-dim 128,96] [--formats k4v4,k3v3,...]
 //                    [--input f16,f32] [--reps N] [--iters N] [--old-iters N] [--old-reps N]
@@ -13,8 +12,8 @@
 // `reps` replays after 2 warm-up replays. Bytes = inputs read + tiles written (padding included) +
 // slot ids. Copy bandwidth: the larger of cudaMemcpyAsync and a 16-byte copy kernel over 1 GiB,
 // read + write counted. The last column compares the new kernel's output bytes with the old
-// kernel's (index bytes differing: near-ties of fp32 arithmetic, expected ~0), and the bytes of
-// variant 1 with variant 0's (same arithmetic, whole tiles: must be 0).
+// kernel's (index bytes differing: near-ties of fp32 arithmetic, expected ~0), and the new
+// kernel's bytes with variant 0's (same arithmetic, whole tiles: must be 0).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -150,9 +149,8 @@ int main(int argc, char** argv) {
   const double copy_gbps = 2.0 * cbytes / (std::min(us_m, us_k) * 1e3);
   std::printf("device %s, %d SMs; copy: memcpy %.1f us, kernel %.1f us for 2 x 1 GiB -> %.0f GB/s\n", prop.name,
               prop.multiProcessorCount, us_m, us_k, copy_gbps);
-  std::printf("%-5s %4s %4s %7s %8s %7s %7s %7s %8s %7s %6s %6s %7s %7s %s\n", "kv", "d", "in", "MB", "old us", "v0 us",
-              "v1 us", "new us", "new GB/s", "old %cp", "v0 %", "v1 %", "new %cp", "speedup",
-              "idx bytes differing new/old, v1/v0");
+  std::printf("%-5s %4s %4s %7s %8s %7s %7s %8s %7s %6s %7s %7s %s\n", "kv", "d", "in", "MB", "old us", "v0 us",
+              "new us", "new GB/s", "old %cp", "v0 %", "new %cp", "speedup", "idx bytes differing new/old, new/v0");
 
   for (int d : dims) {
     const int P = tqkv::kDefaultPageSize;
@@ -189,13 +187,13 @@ int main(int argc, char** argv) {
         view.rotation = d_rot; view.hadamard_signs = d_signs;
         float* d_bnd[2] = {nullptr, nullptr};
         float* d_cent[2] = {nullptr, nullptr};
-        uint8_t* pools[4][2] = {};  // [new, old, variant 0, variant 1][side]
+        uint8_t* pools[3][2] = {};  // [new, old, variant 0][side]
         for (int side = 0; side < 2; ++side) {
           const int bits = side == 0 ? kb : vb;
           tqkv::KVSideView& sv = side == 0 ? view.k : view.v;
           sv.bits = bits;
           sv.tile_bytes = tqkv::tile_bytes(P, d, bits);
-          for (int w = 0; w < 4; ++w) {
+          for (int w = 0; w < 3; ++w) {
             CK(cudaMalloc(&pools[w][side], static_cast<size_t>(pages) * heads * sv.tile_bytes));
             CK(cudaMemset(pools[w][side], 0, static_cast<size_t>(pages) * heads * sv.tile_bytes));
           }
@@ -210,10 +208,10 @@ int main(int argc, char** argv) {
             sv.centroids = d_cent[side];
           }
         }
-        double us[4] = {0, 0, 0, 0};
-        for (int w = 0; w < 4; ++w) {  // 0 = new (default variant), 1 = old, 2 = variant 0, 3 = variant 1
+        double us[3] = {0, 0, 0};
+        for (int w = 0; w < 3; ++w) {  // 0 = new (default variant), 1 = old, 2 = variant 0 (no staging)
           tqkv::cuda::tc::set_quantize_kernel_old(w == 1);
-          tqkv::cuda::tc::set_quantize_tc_variant(w == 2 ? 0 : w == 3 ? 1 : -1);
+          tqkv::cuda::tc::set_quantize_tc_variant(w == 2 ? 0 : 1);
           tqkv::PagedKVView vw = view;
           vw.k.pages = pools[w][0];
           vw.v.pages = pools[w][1];
@@ -234,12 +232,11 @@ int main(int argc, char** argv) {
           const int64_t tb = side == 0 ? view.k.tile_bytes : view.v.tile_bytes;
           const int bits = side == 0 ? kb : vb;
           const size_t n = static_cast<size_t>(pages) * heads * tb;
-          std::vector<uint8_t> a(n), b(n), c(n), e(n);
+          std::vector<uint8_t> a(n), b(n), c(n);
           CK(cudaMemcpy(a.data(), pools[0][side], n, cudaMemcpyDeviceToHost));
           CK(cudaMemcpy(b.data(), pools[1][side], n, cudaMemcpyDeviceToHost));
           CK(cudaMemcpy(c.data(), pools[2][side], n, cudaMemcpyDeviceToHost));
-          CK(cudaMemcpy(e.data(), pools[3][side], n, cudaMemcpyDeviceToHost));
-          for (size_t k = 0; k < n; ++k) differ_ns += c[k] != e[k];  // whole tiles, scales too
+          for (size_t k = 0; k < n; ++k) differ_ns += a[k] != c[k];  // whole tiles, scales too
           const int64_t rb = bits == tqkv::kF16Bits ? 2LL * d * P : tqkv::index_bytes(d, bits) * P;
           for (size_t t0 = 0; t0 < n; t0 += tb)
             for (int64_t k = 0; k < rb; ++k) { ++total_idx; differ += a[t0 + k] != b[t0 + k]; }
@@ -248,14 +245,14 @@ int main(int argc, char** argv) {
                                  (view.k.tile_bytes + view.v.tile_bytes) / P + tokens * 8.0;
         const double gbps = bytes / (us[0] * 1e3);
         auto pct = [&](double u) { return 100 * bytes / (u * 1e3) / copy_gbps; };
-        std::printf("%-5s %4d %4s %7.1f %8.1f %7.1f %7.1f %7.1f %8.0f %6.0f%% %5.0f%% %5.0f%% %6.0f%% %6.2fx %zu / %zu, %zu\n",
-                    fname.c_str(), d, in.c_str(), bytes / 1e6, us[1], us[2], us[3], us[0], gbps, pct(us[1]), pct(us[2]),
-                    pct(us[3]), pct(us[0]), us[1] / us[0], differ, total_idx, differ_ns);
+        std::printf("%-5s %4d %4s %7.1f %8.1f %7.1f %7.1f %8.0f %6.0f%% %5.0f%% %6.0f%% %6.2fx %zu / %zu, %zu\n",
+                    fname.c_str(), d, in.c_str(), bytes / 1e6, us[1], us[2], us[0], gbps, pct(us[1]), pct(us[2]),
+                    pct(us[0]), us[1] / us[0], differ, total_idx, differ_ns);
         std::fflush(stdout);
         for (int side = 0; side < 2; ++side) {
           cudaFree(d_bnd[side]);
           cudaFree(d_cent[side]);
-          for (int w = 0; w < 4; ++w) cudaFree(pools[w][side]);
+          for (int w = 0; w < 3; ++w) cudaFree(pools[w][side]);
         }
       }
       cudaFree(kin);

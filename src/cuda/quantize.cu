@@ -3,7 +3,7 @@
 // The tensor-core kernels (quantize_tc*.cu*) take head size 128 with the Hadamard rotation and
 // head size 96, for the format pairs they are built for, with 16-byte aligned inputs; everything
 // else, and every call when TQKV_CUDA_QUANT=old, goes to the earlier kernels (quantize_old.cu).
-// TQKV_CUDA_QUANT=nostage / h16 select earlier variants of the tensor-core kernels (quantize_tc.cuh).
+// TQKV_CUDA_QUANT=nostage keeps the tensor-core kernels without their input staging (quantize_tc.cuh).
 // Page dequantization is in dequantize.cu.
 #include <cstdint>
 #include <cstdlib>
@@ -38,14 +38,12 @@ bool quantize_old_selected() {
 
 namespace tc {
 void set_quantize_kernel_old(int old) { g_quant_override = old < 0 ? -1 : (old ? 1 : 0); }
-void set_quantize_tc_variant(int v) { g_variant_override = v < 0 ? -1 : (v > 2 ? 2 : v); }
+void set_quantize_tc_variant(int v) { g_variant_override = v < 0 ? -1 : (v > 1 ? 1 : v); }
 int quantize_tc_variant() {
   if (g_variant_override >= 0) return g_variant_override;
   static const int env_variant = [] {
     const char* e = quant_env();
-    if (e != nullptr && std::strcmp(e, "nostage") == 0) return 0;
-    if (e != nullptr && std::strcmp(e, "h16") == 0) return 1;
-    return 2;
+    return e != nullptr && std::strcmp(e, "nostage") == 0 ? 0 : 1;
   }();
   return env_variant;
 }

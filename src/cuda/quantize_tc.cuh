@@ -46,9 +46,8 @@ Status quantize_tc_d96(const QuantArgs& a, cudaStream_t stream, bool* launched);
 // (=old selects the previous kernels). Not thread-safe; not for library users.
 void set_quantize_kernel_old(int old);
 // Tensor-core kernel variant: 0 = inputs read from global memory by the encoding lanes, 1 = inputs
-// staged by cp.async (per-warp buffer, next tile in flight), 2 = staged + the first H8 stage on the
-// tensor cores (H32 MMAs; head size 128, = 1 at 96; the default). -1 = environment:
-// TQKV_CUDA_QUANT=nostage -> 0, =h16 -> 1. Same caveats as above.
+// staged by cp.async (per-warp buffer, next tile in flight; the default). -1 = environment
+// (TQKV_CUDA_QUANT=nostage -> 0). Same caveats as above.
 void set_quantize_tc_variant(int v);
 int quantize_tc_variant();
 

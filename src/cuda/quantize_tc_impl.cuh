@@ -295,7 +295,7 @@ __device__ __forceinline__ float load_quarter(Fetch&& fetch, uint32_t (&h)[D / 8
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE, bool H32>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE>
 __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem, const uint8_t* tabs, const uint32_t (&sm)[D / 8],
                                         const uint32_t (&hb)[2][2], int64_t slot0) {
   static_assert(!STAGE || MT == 1, "staging: one m-tile");
@@ -444,44 +444,18 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
     if constexpr (HAD) {
       static_assert(MT == 1, "Hadamard path: one m-tile per iteration");
       float z[NK][2][4];
-      if constexpr (H32) {
-        // H32 = [[H16, H16], [H16, -H16]] over k-steps (kb, kb + 1) on the tensor cores (two
-        // accumulating MMAs per output; -H16 = sign-flipped B words): the first butterfly stage
-        // of the H8 below becomes MMA accumulation (64 fewer FADDs per tile, 16 more MMAs).
 #pragma unroll
-        for (int kb = 0; kb < NK; kb += 2) {
+      for (int kb = 0; kb < NK; ++kb) {
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-            for (int o = 0; o < 2; ++o) {  // o = 0: H16 x_kb + H16 x_kb+1; o = 1: H16 x_kb - H16 x_kb+1
-              const uint32_t s1 = o ? 0x80008000u : 0u;
-              float* zz = z[kb + o][nt];
-              zz[0] = zz[1] = zz[2] = zz[3] = 0.f;
-              mma_16816(z[kb + o][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
-              mma_16816(z[kb + o][nt], xk[0][2 * kb + 2], xv[0][2 * kb + 2], xk[0][2 * kb + 3], xv[0][2 * kb + 3],
-                        hb[nt][0] ^ s1, hb[nt][1] ^ s1);
-              if constexpr (F32) {
-                mma_16816(z[kb + o][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
-                mma_16816(z[kb + o][nt], lk[0][2 * kb + 2], lv[0][2 * kb + 2], lk[0][2 * kb + 3], lv[0][2 * kb + 3],
-                          hb[nt][0] ^ s1, hb[nt][1] ^ s1);
-              }
-            }
-          }
-        }
-      } else {
-#pragma unroll
-        for (int kb = 0; kb < NK; ++kb) {
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            z[kb][nt][0] = z[kb][nt][1] = z[kb][nt][2] = z[kb][nt][3] = 0.f;
-            mma_16816(z[kb][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
-            if constexpr (F32)
-              mma_16816(z[kb][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
-          }
+        for (int nt = 0; nt < 2; ++nt) {
+          z[kb][nt][0] = z[kb][nt][1] = z[kb][nt][2] = z[kb][nt][3] = 0.f;
+          mma_16816(z[kb][nt], xk[0][2 * kb], xv[0][2 * kb], xk[0][2 * kb + 1], xv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
+          if constexpr (F32)
+            mma_16816(z[kb][nt], lk[0][2 * kb], lv[0][2 * kb], lk[0][2 * kb + 1], lv[0][2 * kb + 1], hb[nt][0], hb[nt][1]);
         }
       }
 #pragma unroll
-      for (int hs = H32 ? 2 : 1; hs < NK; hs <<= 1) {  // H over the (remaining) k-step bits, fp32 butterflies
+      for (int hs = 1; hs < NK; hs <<= 1) {  // H over the k-step bits, fp32 butterflies
 #pragma unroll
         for (int kb = 0; kb < NK; ++kb) {
           if (kb & hs) continue;
@@ -569,7 +543,7 @@ __device__ __forceinline__ int64_t stage_first(const QuantArgs& a, const uint8_t
   return a.slots[fast_div(a.div_heads, static_cast<uint32_t>(item < total ? item : total - 1))];
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE, bool H32>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
 __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
   using L = TcLayout<D, KB, VB, HAD, STAGE, F32>;
@@ -633,15 +607,15 @@ __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const Qua
   }
   const bool grid_ok = __syncthreads_and(ok) != 0;
   if (grid_ok) {
-    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE, H32>(a, smem, tabs, sm, hb, slot0);
+    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE>(a, smem, tabs, sm, hb, slot0);
   } else {
-    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE, H32>(a, smem, tabs, sm, hb, slot0);
+    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE>(a, smem, tabs, sm, hb, slot0);
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE, bool H32>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
 Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
-  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE, H32>;
+  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE>;
   constexpr int smem = TcLayout<D, KB, VB, HAD, STAGE, F32>::kBytes;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -667,20 +641,15 @@ Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const int kb = a.view.k.bits, vb = a.view.v.bits;
   const bool f32 = a.in_type == DType::kF32;
-  // Variant (quantize_tc.cuh): 0 unstaged, 1 staged, 2 staged + H32 on the tensor cores (Hadamard).
-  const int var = quantize_tc_variant();
-#define TQKV_TC_VARIANTS(F32)                                                                  \
-  switch (var) {                                                                               \
-    case 0: return launch_tc<D, KB, VB, F32, HAD, 1, false, false>(a, stream);                 \
-    case 1: return launch_tc<D, KB, VB, F32, HAD, 1, true, false>(a, stream);                  \
-    default: return launch_tc<D, KB, VB, F32, HAD, 1, true, HAD>(a, stream);                   \
-  }
-#define TQKV_TC_PAIR(KB_, VB_)                                                                 \
-  if (kb == KB_ && vb == VB_) {                                                                \
-    constexpr int KB = KB_, VB = VB_;                                                          \
-    *launched = true;                                                                          \
-    if (f32) { TQKV_TC_VARIANTS(true) }                                                        \
-    TQKV_TC_VARIANTS(false)                                                                    \
+  const bool stage = quantize_tc_variant() != 0;  // quantize_tc.cuh: 1 (staged inputs) by default
+#define TQKV_TC_PAIR(KB, VB)                                                                        \
+  if (kb == KB && vb == VB) {                                                                       \
+    *launched = true;                                                                               \
+    if (f32)                                                                                        \
+      return stage ? launch_tc<D, KB, VB, true, HAD, 1, true>(a, stream)                            \
+                   : launch_tc<D, KB, VB, true, HAD, 1, false>(a, stream);                          \
+    return stage ? launch_tc<D, KB, VB, false, HAD, 1, true>(a, stream)                             \
+                 : launch_tc<D, KB, VB, false, HAD, 1, false>(a, stream);                           \
   }
   TQKV_TC_PAIR(4, 4)
   TQKV_TC_PAIR(3, 3)
@@ -690,7 +659,6 @@ Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   TQKV_TC_PAIR(4, 3)
   TQKV_TC_PAIR(8, 16)
 #undef TQKV_TC_PAIR
-#undef TQKV_TC_VARIANTS
   return Status::ok();
 }
 

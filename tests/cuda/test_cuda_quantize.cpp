@@ -349,9 +349,8 @@ TEST(QuantizeOnWriteTc, CrowdedBoundariesFallBackToBinarySearch) {
 }
 
 // The input staging of the tensor-core kernels (cp.async into a per-warp buffer, refilled with
-// the next tile while the current one is encoded; variant 1) only changes where the inputs are
-// read from: the pages must be byte-identical to the unstaged kernel's (variant 0). The default
-// variant (H32 MMAs) rounds differently and is checked against the fp64 reference above. 4099 tokens x 5 heads = 2562 tiles of 8 items (the last partial) is more tiles
+// the next tile while the current one is encoded; variant 1, the default) only changes where the
+// inputs are read from: the pages must be byte-identical to the unstaged kernel's (variant 0). 4099 tokens x 5 heads = 2562 tiles of 8 items (the last partial) is more tiles
 // than resident warps, so warps refill their buffer; slots are a random permutation.
 TEST(QuantizeOnWriteTc, StagedInputsMatchUnstagedKernelBytes) {
   TQKV_REQUIRE_GPU();
