@@ -20,6 +20,12 @@
 // The norm |x|^2 comes from a Gram MMA of the fp16 operands with themselves (exact products, fp32
 // accumulation) or, for fp32 inputs, from fp32 FMAs.
 //
+// Inputs: by default each warp stages its next tile into a per-warp shared buffer by cp.async
+// (coalesced copy, swizzled so that the lanes' quarter reads are conflict-free at D = 128) while
+// it encodes the current one (TcStage in quantize_tc_impl.cuh); variant 0 loads the quarters from
+// global memory directly. Slot ids are loaded one tile ahead; token / head and page / row come from
+// multiply-high divisions (FastDiv, quantize_internal.h).
+//
 // Index search (cheaper than a binary search): u = t * S (S = cells/2 - 2, t = y / |x| in
 // [-1, 1]) picks a cell of a uniform grid by one float add of a magic constant (the integer part
 // lands in the low mantissa bits); the cell's table entry is 4 * (number of boundaries below the
