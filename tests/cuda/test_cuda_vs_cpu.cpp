@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_cache_fixture.h"
 #include "cuda_test_util.h"
 #include "tqkv/attention.h"
 #include "tqkv/codec.h"
@@ -53,138 +54,17 @@
 namespace tqkv::cuda {
 namespace {
 
+using testing::AttnCase;
+using testing::CpuCache;
 using testing::DeviceBuffer;
+using testing::Fmt;
+using testing::fmt_name;
+using testing::kFormats;
+using testing::kHeadDims;
+using testing::run_decode;
+using testing::run_prefill;
 
 constexpr double kTie = 2e-5;
-
-int sm_count() {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n;
-}
-
-// Random tokens with per-token norms that vary 1:6 and a few heavier channels (like real keys).
-std::vector<float> random_tokens(int n, int heads, int d, std::mt19937_64& rng, float sigma) {
-  std::normal_distribution<float> nd(0.f, 1.f);
-  std::uniform_real_distribution<float> norm(0.5f, 3.f);
-  std::vector<float> x(static_cast<size_t>(n) * heads * d);
-  for (size_t v = 0; v < x.size() / d; ++v) {
-    const float f = sigma * norm(rng);
-    for (int j = 0; j < d; ++j) x[v * d + j] = f * nd(rng) * (j % 17 == 3 ? 4.f : 1.f);
-  }
-  return x;
-}
-
-// A one-layer CPU KV cache filled by the real codec, and its byte-for-byte copy on the device.
-struct CpuCache {
-  int d = 128, kb = 4, vb = 4, H = 2, window = 0;
-  std::vector<int32_t> lens;
-  std::unique_ptr<KVCache> cache;
-  std::vector<int32_t> ids;
-  std::vector<std::vector<float>> k_tokens, v_tokens;  // [seq][pos][H][d] fp32 inputs
-  PagedKVView host{};
-  int64_t num_pages = 0;
-  std::vector<float> boundaries_k, boundaries_v;
-
-  DeviceBuffer d_kp, d_vp, d_pt, d_lens, d_first, d_ck, d_cv, d_rot, d_signs;
-
-  Status build(uint64_t seed, int chunk = 0) {
-    KVCacheConfig cfg;
-    cfg.num_layers = 1;
-    cfg.num_kv_heads = H;
-    cfg.head_dim = d;
-    cfg.max_seqs = static_cast<int32_t>(lens.size());
-    int32_t max_len = 16;
-    int64_t pages = 0;
-    for (int32_t l : lens) { max_len = std::max(max_len, l); pages += (l + 15) / 16 + 2; }
-    cfg.max_seq_len = max_len + 16;
-    cfg.default_policy = {kb, vb, window};
-    cfg.shuffle_seed = seed | 1;
-    cfg.seed = kDefaultRotationSeed ^ seed;
-    cfg.budget_bytes = (pages + 8) * H * (tile_bytes(16, d, kb) + tile_bytes(16, d, vb));
-    auto c = KVCache::create(cfg);
-    if (!c.is_ok()) return c.status();
-    cache = std::move(*c);
-    std::mt19937_64 rng(seed);
-    for (int32_t len : lens) {
-      auto id = cache->add_sequence();
-      if (!id.is_ok()) return id.status();
-      ids.push_back(*id);
-      k_tokens.push_back(random_tokens(len, H, d, rng, 1.f));
-      v_tokens.push_back(random_tokens(len, H, d, rng, 1.f));
-      const int step = chunk > 0 ? chunk : std::max(len, 1);
-      for (int p0 = 0; p0 < len; p0 += step) {
-        const int n = std::min(step, len - p0);
-        const size_t off = static_cast<size_t>(p0) * H * d;
-        TQKV_RETURN_IF_ERROR(cache->append_and_write(*id, n, k_tokens.back().data() + off, v_tokens.back().data() + off));
-      }
-    }
-    auto v = cache->view(0, ids);
-    if (!v.is_ok()) return v.status();
-    host = *v;
-    num_pages = cache->total_pages(cache->group_of_layer(0));
-    if (kb != kF16Bits) {
-      const Codebook& cb = cache->k_codec(0)->codebook();
-      boundaries_k.assign(cb.boundaries(), cb.boundaries() + cb.levels() - 1);
-    }
-    if (vb != kF16Bits) {
-      const Codebook& cb = cache->v_codec(0)->codebook();
-      boundaries_v.assign(cb.boundaries(), cb.boundaries() + cb.levels() - 1);
-    }
-    return Status::ok();
-  }
-
-  std::vector<uint8_t> pool(int side) const {
-    const KVSideView& s = side == 0 ? host.k : host.v;
-    return std::vector<uint8_t>(s.pages, s.pages + num_pages * H * s.tile_bytes);
-  }
-
-  // Device copy of everything; `k_pool` / `v_pool` replace the CPU pools when non-null.
-  PagedKVView upload(const std::vector<uint8_t>* k_pool = nullptr, const std::vector<uint8_t>* v_pool = nullptr) {
-    d_kp = testing::to_device(k_pool ? *k_pool : pool(0));
-    d_vp = testing::to_device(v_pool ? *v_pool : pool(1));
-    const int ns = host.num_seqs;
-    d_pt = testing::to_device(std::vector<int32_t>(host.page_table, host.page_table + static_cast<size_t>(ns) * host.max_pages_per_seq));
-    d_lens = testing::to_device(std::vector<int32_t>(host.seq_lens, host.seq_lens + ns));
-    d_first = testing::to_device(std::vector<int32_t>(host.first_page, host.first_page + ns));
-    if (kb != kF16Bits) d_ck = testing::to_device(std::vector<float>(host.k.centroids, host.k.centroids + (1 << kb)));
-    if (vb != kF16Bits) d_cv = testing::to_device(std::vector<float>(host.v.centroids, host.v.centroids + (1 << vb)));
-    if (host.rotation) d_rot = testing::to_device(std::vector<float>(host.rotation, host.rotation + static_cast<size_t>(d) * d));
-    if (host.hadamard_signs) d_signs = testing::to_device(std::vector<float>(host.hadamard_signs, host.hadamard_signs + d));
-    PagedKVView v = host;
-    v.k.pages = d_kp.get<uint8_t>();
-    v.v.pages = d_vp.get<uint8_t>();
-    v.k.centroids = d_ck.get<const float>();
-    v.v.centroids = d_cv.get<const float>();
-    v.page_table = d_pt.get<const int32_t>();
-    v.seq_lens = d_lens.get<const int32_t>();
-    v.first_page = d_first.get<const int32_t>();
-    v.rotation = d_rot.get<const float>();
-    v.hadamard_signs = d_signs.get<const float>();
-    return v;
-  }
-
-  // Physical pages the sequences hold, in page-table order.
-  std::vector<int32_t> held_pages() const {
-    std::vector<int32_t> p;
-    for (int s = 0; s < host.num_seqs; ++s) {
-      const int n = (host.seq_lens[s] + 15) / 16 - host.first_page[s];
-      for (int i = 0; i < n; ++i) p.push_back(host.page_table[static_cast<size_t>(s) * host.max_pages_per_seq + i]);
-    }
-    return p;
-  }
-};
-
-struct Fmt {
-  int kb, vb;
-};
-const Fmt kFormats[] = {{16, 16}, {8, 8}, {4, 4}, {3, 3}, {2, 2}, {8, 4}, {4, 3}};
-const int kHeadDims[] = {64, 80, 96, 128, 256};
-std::string fmt_name(int d, Fmt f) {
-  auto b = [](int x) { return x == 16 ? std::string("f16") : std::to_string(x); };
-  return "d" + std::to_string(d) + " k" + b(f.kb) + "v" + b(f.vb);
-}
 
 // ---- 1. CPU-encoded pages decode identically on the GPU ----
 TEST(CudaVsCpu, CpuEncodedPagesDequantizeIdenticallyOnGpu) {
@@ -390,49 +270,6 @@ TEST(CudaVsCpu, GpuQuantizeOnWriteMatchesCpuCacheBytes) {
 }
 
 // ---- 3. GPU decode attention against the CPU reference attention ----
-struct AttnCase {
-  int group;
-  float softcap;
-  int window;
-};
-
-std::string run_attention_case(CpuCache& c, const PagedKVView& dv, const AttnCase& a, uint64_t seed) {
-  const int hq = a.group * c.H, d = c.d, ns = c.host.num_seqs;
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, a.softcap > 0 ? 3.f : 1.f);
-  std::vector<float> q(static_cast<size_t>(ns) * hq * d);
-  for (auto& x : q) x = nd(rng);
-  AttentionParams ap{hq, 1.f / std::sqrt(static_cast<float>(d)), a.softcap, a.window};
-  std::vector<float> ref(q.size());
-  Status st = attention_decode_reference(c.host, ap, q.data(), ref.data());
-  if (!st.is_ok()) return "CPU reference: " + st.to_string();
-  DecodeParams p;
-  p.num_q_heads = hq;
-  p.scale = ap.scale;
-  p.softcap = a.softcap;
-  p.window = a.window;
-  auto plan = plan_decode(dv, p, sm_count());
-  if (!plan.is_ok()) return "plan: " + plan.status().to_string();
-  DeviceBuffer dq = testing::to_device(q), dout(q.size() * 4), ws(plan->workspace_bytes);
-  testing::poison(dout);
-  testing::poison(ws);
-  st = attention_decode(dv, p, *plan, dq.get(), DType::kF32, dout.get(), DType::kF32, ws.get(), ws.bytes(), nullptr);
-  if (!st.is_ok()) return "GPU: " + st.to_string();
-  if (cudaDeviceSynchronize() != cudaSuccess) return "kernel failed";
-  const std::vector<float> got = testing::to_host<float>(dout, q.size());
-  size_t nonzero = 0;
-  for (size_t r = 0; r * d < ref.size(); ++r) {
-    double mx = 0;
-    for (int j = 0; j < d; ++j) mx = std::max(mx, std::fabs(static_cast<double>(ref[r * d + j])));
-    nonzero += mx > 1e-3;
-    std::vector<double> refd(ref.begin() + r * d, ref.begin() + (r + 1) * d);
-    const std::string e = testing::compare(&got[r * d], refd.data(), d, 4e-3 * mx + 1e-30, 1e-2);
-    if (!e.empty()) return "row " + std::to_string(r) + ": " + e;
-  }
-  if (nonzero < ref.size() / d) return "reference rows are zero: the test would prove nothing";
-  return {};
-}
-
 TEST(CudaVsCpu, DecodeAttentionMatchesCpuReferenceEveryFormatHeadSizeAndGqa) {
   TQKV_REQUIRE_GPU();
   for (int d : kHeadDims) {
@@ -444,7 +281,7 @@ TEST(CudaVsCpu, DecodeAttentionMatchesCpuReferenceEveryFormatHeadSizeAndGqa) {
       ASSERT_TRUE(c.build(900 + d * 5 + f.kb * 3 + f.vb).is_ok());
       const PagedKVView dv = c.upload();
       for (int group : {1, 4, 8}) {
-        const std::string e = run_attention_case(c, dv, {group, 0.f, 0}, 40 + group);
+        const std::string e = run_decode(c.host, dv, c.H, c.d, {group, 0.f, 0}, 40 + group);
         EXPECT_TRUE(e.empty()) << "group " << group << ": " << e;
       }
     }
@@ -466,7 +303,7 @@ TEST(CudaVsCpu, DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference) {
       ASSERT_GT(evicted, 0) << "the cache evicted nothing: the window test would not test eviction";
       const PagedKVView dv = c.upload();
       for (AttnCase a : {AttnCase{4, 0.f, 100}, AttnCase{4, 5.f, 100}, AttnCase{8, 5.f, 100}}) {
-        const std::string e = run_attention_case(c, dv, a, 70 + a.group);
+        const std::string e = run_decode(c.host, dv, c.H, c.d, a, 70 + a.group);
         EXPECT_TRUE(e.empty()) << "group " << a.group << " softcap " << a.softcap << ": " << e;
       }
       // Full-attention layer with soft-capping, and a window the caller applies without eviction.
@@ -476,7 +313,7 @@ TEST(CudaVsCpu, DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference) {
       ASSERT_TRUE(full.build(4000 + d + f.kb * 3 + f.vb).is_ok());
       const PagedKVView fv = full.upload();
       for (AttnCase a : {AttnCase{1, 5.f, 0}, AttnCase{4, 5.f, 0}, AttnCase{4, 0.f, 64}}) {
-        const std::string e = run_attention_case(full, fv, a, 90 + a.group);
+        const std::string e = run_decode(full.host, fv, full.H, full.d, a, 90 + a.group);
         EXPECT_TRUE(e.empty()) << "full layer, group " << a.group << " softcap " << a.softcap << " window " << a.window << ": " << e;
       }
     }
@@ -485,45 +322,6 @@ TEST(CudaVsCpu, DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference) {
 
 
 // ---- 4. GPU prefill attention against the CPU reference prefill ----
-std::string run_prefill_case(CpuCache& c, const PagedKVView& dv, const std::vector<int32_t>& q_lens, const AttnCase& a,
-                             uint64_t seed) {
-  const int hq = a.group * c.H, d = c.d;
-  int total = 0;
-  for (int32_t x : q_lens) total += x;
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, a.softcap > 0 ? 3.f : 1.f);
-  std::vector<float> q(static_cast<size_t>(total) * hq * d);
-  for (auto& x : q) x = nd(rng);
-  AttentionParams ap{hq, 1.f / std::sqrt(static_cast<float>(d)), a.softcap, a.window};
-  std::vector<float> ref(q.size());
-  Status st = attention_prefill_reference(c.host, ap, q_lens.data(), q.data(), ref.data());
-  if (!st.is_ok()) return "CPU reference: " + st.to_string();
-  DecodeParams p;
-  p.num_q_heads = hq;
-  p.scale = ap.scale;
-  p.softcap = a.softcap;
-  p.window = a.window;
-  auto plan = plan_prefill(dv, p, total, sm_count());
-  if (!plan.is_ok()) return "plan: " + plan.status().to_string();
-  DeviceBuffer dq = testing::to_device(q), dql = testing::to_device(q_lens), dout(q.size() * 4), ws(plan->workspace_bytes);
-  testing::poison(dout);
-  testing::poison(ws);
-  st = attention_prefill(dv, p, *plan, dql.get<int32_t>(), total, dq.get(), DType::kF32, dout.get(), DType::kF32,
-                         ws.get(), ws.bytes(), nullptr);
-  if (!st.is_ok()) return "GPU: " + st.to_string();
-  if (cudaDeviceSynchronize() != cudaSuccess) return "kernel failed";
-  const std::vector<float> got = testing::to_host<float>(dout, q.size());
-  for (size_t r = 0; r * d < ref.size(); ++r) {
-    double mx = 0;
-    for (int j = 0; j < d; ++j) mx = std::max(mx, std::fabs(static_cast<double>(ref[r * d + j])));
-    if (mx < 1e-3) return "reference row " + std::to_string(r) + " is zero: the test would prove nothing";
-    std::vector<double> refd(ref.begin() + r * d, ref.begin() + (r + 1) * d);
-    const std::string e = testing::compare(&got[r * d], refd.data(), d, 4e-3 * mx + 1e-30, 1e-2);
-    if (!e.empty()) return "row " + std::to_string(r) + " (query row " + std::to_string(r / hq) + "): " + e;
-  }
-  return {};
-}
-
 TEST(CudaVsCpu, PrefillAttentionMatchesCpuReferencePrefill) {
   TQKV_REQUIRE_GPU();
   for (int d : {64, 96, 128, 256}) {
@@ -538,7 +336,7 @@ TEST(CudaVsCpu, PrefillAttentionMatchesCpuReferencePrefill) {
       const PagedKVView dv = c.upload();
       const std::vector<int32_t> q_lens = {40, 17, 64};
       for (AttnCase a : {AttnCase{1, 0.f, 0}, AttnCase{4, 0.f, 0}, AttnCase{8, 5.f, 0}, AttnCase{4, 0.f, 50}}) {
-        const std::string e = run_prefill_case(c, dv, q_lens, a, 200 + a.group);
+        const std::string e = run_prefill(c.host, dv, c.H, c.d, q_lens, a, 200 + a.group);
         EXPECT_TRUE(e.empty()) << "group " << a.group << " softcap " << a.softcap << " window " << a.window << ": " << e;
       }
       if (d != 128) continue;
@@ -549,7 +347,7 @@ TEST(CudaVsCpu, PrefillAttentionMatchesCpuReferencePrefill) {
       ASSERT_TRUE(w.build(8000 + f.kb * 3 + f.vb, 64).is_ok());
       const PagedKVView wv = w.upload();
       for (AttnCase a : {AttnCase{4, 0.f, 100}, AttnCase{4, 5.f, 100}}) {
-        const std::string e = run_prefill_case(w, wv, {36, 13, 40}, a, 300 + a.group);
+        const std::string e = run_prefill(w.host, wv, w.H, w.d, {36, 13, 40}, a, 300 + a.group);
         EXPECT_TRUE(e.empty()) << "window layer, softcap " << a.softcap << ": " << e;
       }
     }
