@@ -49,6 +49,10 @@ if [[ $step == prepare ]]; then
       [[ -f $D/$f ]] || cp "$FIXTURES_FROM/$f" "$D/"
     done
   fi
+  # XZ=1 packs the reduced models too (below); unpack them here for the CPU references.
+  for m in smollm2-4l gemma3-6l; do
+    [[ -f $D/$m.gguf || ! -f $D/$m.gguf.xz ]] || xz -dk "$D/$m.gguf.xz"
+  done
   S=$B/src/gpu/tqkv_slice_gguf
   [[ -f $D/smollm2-4l.gguf ]] || $S slice models/smollm2-135m-instruct-q4_1.gguf $D/smollm2-4l.gguf --layers 4 --vocab 8192 --keep-tokenizer
   [[ -f $D/gemma3-6l.gguf ]] || $S slice models/gemma3-270m-q4_k_m.gguf $D/gemma3-6l.gguf --layers 6 --vocab 8192
@@ -75,7 +79,8 @@ open(D + '/pp_in_vocab.txt', 'w').write(' '.join(words))
 EOF
   fi
   # --center none on both sides: these references predate key centering in the GPU runtime
-  # (tests/gpu checks centered GPU against centered CPU); --sink-tokens 0: the GPU runtime has none.
+  # (tests/gpu checks centered GPU against centered CPU); --sink-tokens 0 on both sides: these
+  # comparisons predate sinks (tests/gpu/test_gpu_sinks.cpp checks GPU sinks against CPU sinks).
   [[ -n ${FIXTURES_FROM:-} ]] || for kv in f16 k4v4; do
     for p in "The capital of France is" "Once upon a time, there was a little"; do
       $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --json 2>/dev/null
@@ -83,6 +88,11 @@ EOF
   done
   [[ -n ${FIXTURES_FROM:-} ]] ||
     $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --json >$D/ppl_cpu_k4v4.json
+  # XZ=1: the reduced models travel xz-packed as well (saves ~2.5 MB; the working tree that travels,
+  # carried folders included, is limited to 64 MiB); `run` unpacks them.
+  if [[ -n ${XZ:-} ]]; then
+    for m in smollm2-4l gemma3-6l; do xz -6 -T2 -f "$D/$m.gguf"; done
+  fi
   du -ab "$D" | sort -n | tail -12
   exit 0
 fi
@@ -92,6 +102,10 @@ mkdir -p "$OUT"
 libdirs="$PWD/$D/lib"
 for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
 export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+unxz_py() { python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$1" "$2"; }
+for m in smollm2-4l gemma3-6l; do
+  [[ -f $D/$m.gguf || ! -f $D/$m.gguf.xz ]] || unxz_py "$D/$m.gguf.xz" "$D/$m.gguf"
+done
 for b in tqkv test_gpu; do
   if [[ -f $D/$b.xz ]]; then
     python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$D/$b.xz" "$D/$b"
