@@ -89,6 +89,13 @@ class Rotation {
   std::vector<float> signs_;
 };
 
+// The rotation as a PagedKVView carries it (kv_layout.h: `rotation` = P row-major, `hadamard_signs`
+// set when P = H diag(signs) / sqrt(d)), applied without a Rotation object: y = P x, x = P^T y.
+// With signs, the fast Walsh-Hadamard transform (d log d); else the dense matrix. Float arithmetic
+// (AVX2 when the CPU has it), like Rotation::forward / inverse.
+void rotate_forward_raw(const float* P, const float* signs, int d, const float* x, float* y);
+void rotate_inverse_raw(const float* P, const float* signs, int d, const float* y, float* x);
+
 // Which implementation runs; kAuto picks the fastest the CPU supports (checked at run time).
 enum class CodePath : int { kAuto = 0, kReference = 1, kScalar = 2, kAvx2 = 3 };
 const char* code_path_name(CodePath path);

@@ -10,6 +10,7 @@
 #include "attention/attention_internal.h"
 #include "core/cpu_features.h"
 #include "tqkv/attention.h"
+#include "tqkv/codec.h"
 
 namespace tqkv {
 
@@ -25,23 +26,6 @@ int64_t chunk_tokens(int64_t items_unsplit, int64_t max_range, int32_t ps) {
   int64_t c = (max_range + want - 1) / want;
   c = std::max<int64_t>(c, 256);
   return (c + ps - 1) / ps * ps;
-}
-
-// y = P x (rows of P), x = P^T y (axpy over rows of P); P is [d][d] row-major.
-void rotate_fwd(const float* P, const float* x, float* y, int32_t d) {
-  for (int32_t i = 0; i < d; ++i) {
-    double a = 0;
-    for (int32_t j = 0; j < d; ++j) a += static_cast<double>(P[static_cast<int64_t>(i) * d + j]) * x[j];
-    y[i] = static_cast<float>(a);
-  }
-}
-void rotate_inv(const float* P, const float* y, float* x, int32_t d) {
-  std::vector<double> a(d, 0.0);
-  for (int32_t j = 0; j < d; ++j) {
-    const float* row = P + static_cast<int64_t>(j) * d;
-    for (int32_t i = 0; i < d; ++i) a[i] += static_cast<double>(row[i]) * y[j];
-  }
-  for (int32_t i = 0; i < d; ++i) x[i] = static_cast<float>(a[i]);
 }
 
 // rows: query row -> (sequence, position). q_lens null = decode.
@@ -97,7 +81,7 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
   if (rot_k) {
     qr.resize(static_cast<size_t>(nrows) * HQ * d);
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < nrows * HQ; ++i) rotate_fwd(kv.rotation, q + i * d, qr.data() + i * d, d);
+    for (int64_t i = 0; i < nrows * HQ; ++i) rotate_forward_raw(kv.rotation, kv.hadamard_signs, d, q + i * d, qr.data() + i * d);
     qk = qr.data();
   }
 
@@ -143,7 +127,7 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
         for (int32_t j = 0; j < d; ++j) tmp[j] /= L;
         float* o = out + (r * HQ + static_cast<int64_t>(h) * G + g) * d;
         if (rot_v)
-          rotate_inv(kv.rotation, tmp.data(), o, d);
+          rotate_inverse_raw(kv.rotation, kv.hadamard_signs, d, tmp.data(), o);
         else
           std::copy(tmp.begin(), tmp.end(), o);
       }

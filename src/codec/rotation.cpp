@@ -140,6 +140,41 @@ void Rotation::inverse_with(const float* y, float* x, bool use_avx2) const {
   }
 }
 
+void rotate_forward_raw(const float* P, const float* signs, int d, const float* x, float* y) {
+  const bool avx2 = cpu_has_avx2_fma_f16c() && d % 8 == 0;
+  if (signs != nullptr) {
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    for (int j = 0; j < d; ++j) y[j] = x[j] * signs[j];
+    if (avx2) fwht_avx2(y, d); else fwht_scalar(y, d);
+    for (int j = 0; j < d; ++j) y[j] = y[j] * scale;
+    return;
+  }
+  // y_i = P[i] . x, with 8 lane accumulators (the compiler vectorizes the lanes; d % 8 == 0 for
+  // TurboQuant head sizes, the tail loop covers any other d).
+  for (int i = 0; i < d; ++i) {
+    const float* r = P + static_cast<size_t>(i) * d;
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int j = 0;
+    for (; j + 8 <= d; j += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += r[j + l] * x[j + l];
+    float a = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+    for (; j < d; ++j) a += r[j] * x[j];
+    y[i] = a;
+  }
+}
+
+void rotate_inverse_raw(const float* P, const float* signs, int d, const float* y, float* x) {
+  const bool avx2 = cpu_has_avx2_fma_f16c() && d % 8 == 0;
+  if (signs != nullptr) {
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    for (int j = 0; j < d; ++j) x[j] = y[j];
+    if (avx2) fwht_avx2(x, d); else fwht_scalar(x, d);
+    for (int j = 0; j < d; ++j) x[j] = x[j] * scale * signs[j];
+    return;
+  }
+  if (avx2) axpy_rows_avx2(P, y, x, d); else axpy_rows_scalar(P, y, x, d);  // x = sum_j y_j P[j]
+}
+
 void Rotation::forward(const float* x, float* y) const { forward_with(x, y, cpu_has_avx2_fma_f16c()); }
 void Rotation::inverse(const float* y, float* x) const { inverse_with(y, x, cpu_has_avx2_fma_f16c()); }
 
