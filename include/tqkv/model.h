@@ -148,6 +148,15 @@ struct KvOptions {
   // GpuContextOptions::center_keys).
   bool center_keys = false;
   bool center_values = false;
+  // Exact key smoothing (src/model/kv_transform.cpp; docs/formats.md, "Key smoothing"): per layer,
+  // KV head and channel c, keys are divided by s_c before they are quantized and the queries of
+  // that KV head multiplied by s_c, so q.k is unchanged. s_c = sqrt(rms_k,c / rms_q,c) over the
+  // first write (after centering when that is on), scaled to geometric mean 1 and clamped to
+  // [1/64, 64]: channels where keys are large and queries small (the usual key outliers) get
+  // their quantization error shrunk where the queries would amplify it. Same first-write rule and
+  // layers as centering (compressed keys), also on soft-capped layers (the scores are unchanged).
+  // Off here; the CPU CLI turns it on by default. Not implemented by the GPU runtime.
+  bool smooth_keys = false;
   // Attention sinks (paged cache only; KVCacheConfig::sink_tokens): the first sink_tokens positions
   // keep fp16 K and V in every compressed full-attention layer. The first tokens draw a large share
   // of the attention in most heads, so their quantization error reaches every later query. Off here

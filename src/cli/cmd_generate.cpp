@@ -32,6 +32,7 @@ struct Options {
   std::string center = "keys";  // keys (the CPU default) or none
   std::vector<int> k8_layers;
   int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
+  std::string smooth_keys = "default";  // on (the CPU default), off (the GPU runtime's only choice)
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -100,6 +101,9 @@ int run(const Options& o) {
   tqkv::KvOptions ko;
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
+  if (o.device != "cpu" && o.smooth_keys == "on")
+    return fail("--smooth-keys", tqkv::unsupported("key smoothing is implemented by the CPU runtime only"));
+  ko.smooth_keys = o.device == "cpu" && o.smooth_keys != "off";
   ko.k8_layers = o.k8_layers;
   ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
@@ -188,6 +192,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "keys (default): exact key centering before quantization (docs/formats.md); none: the plain codec "
                  "(CPU and GPU runtimes)")
       ->check(CLI::IsMember({"keys", "none"}));
+  sub.add_option("--smooth-keys", o->smooth_keys,
+                 "on (default on the CPU): exact per-channel key smoothing before quantization (docs/formats.md); "
+                 "off: without (the GPU runtime has only off)")
+      ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--sink-tokens", o->sink_tokens,
                  "Tokens at the start kept in f16 in compressed layers (attention sinks, docs/formats.md; default 4 "

@@ -32,6 +32,7 @@ struct Options {
   int chunks = 4;
   std::vector<int> f16_layers, k8_layers;
   int sink_tokens = tqkv::KvOptions::kDefaultSinkTokens;  // attention sinks (docs/formats.md)
+  std::string smooth_keys = "on";  // exact per-channel key smoothing (docs/formats.md)
   std::string center = "keys";       // exact key centering, as tqkv generate / perplexity default to
   double max_kld = 0.05;             // mean KL(P_f16 || P_format), nats
   double min_top1 = 0.85;            // fraction of positions with the same argmax
@@ -88,6 +89,7 @@ int run(const Options& o) {
   po.center_keys = o.center == "keys" || o.center == "kv";
   po.center_values = o.center == "values" || o.center == "kv";
   po.sink_tokens = o.sink_tokens;
+  po.smooth_keys = o.smooth_keys == "on";
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
@@ -125,6 +127,7 @@ int run(const Options& o) {
     j["verdict"] = pass ? "PASS" : "FAIL";
     j["center"] = o.center;
     j["sink_tokens"] = o.sink_tokens;
+    j["smooth_keys"] = po.smooth_keys;
     j["ppl"] = r->ppl;
     j["f16_ppl"] = r->f16_ppl;
     j["ppl_increase"] = ppl_increase;
@@ -187,6 +190,9 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--center", o->center,
                  "Exact mean subtraction before quantizing: none, keys (default), values, kv (docs/formats.md)")
       ->check(CLI::IsMember({"none", "keys", "values", "kv"}));
+  sub.add_option("--smooth-keys", o->smooth_keys,
+                 "Exact per-channel key smoothing before quantizing: on (default), off (docs/formats.md)")
+      ->check(CLI::IsMember({"on", "off"}));
   sub.add_option("--sink-tokens", o->sink_tokens,
                  "Tokens at the start of each chunk kept in f16 in compressed layers (attention sinks, "
                  "docs/formats.md; default 4, 0 = off)")

@@ -28,7 +28,7 @@ Result<std::unique_ptr<KvBackend>> make_kv_backend(const ModelConfig& cfg, const
     TQKV_ASSIGN_OR_RETURN(kv, make_contiguous_kv(cfg, opt));
   }
   const bool compressed = opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits;
-  if (opt.dense_fp32 || ((!compressed || (!opt.center_keys && !opt.center_values)) && opt.emulate.empty()))
+  if (opt.dense_fp32 || ((!compressed || (!opt.center_keys && !opt.center_values && !opt.smooth_keys)) && opt.emulate.empty()))
     return kv;
   return wrap_kv_transform(cfg, opt, std::move(kv));
 }

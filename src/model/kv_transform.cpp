@@ -4,9 +4,15 @@
 //    softmax (without soft-capping) is unchanged; for values mu is added back to the output
 //    (sum_i p_i (v_i - mu) + mu = sum_i p_i v_i). Only the quantization error changes: the codec
 //    spends its bits on the part of the vectors that differs from token to token.
+//  - key smoothing: per layer, KV head and channel a factor s; keys are divided by s before the
+//    backend quantizes them and the queries of that KV head multiplied by s (q.k unchanged, so the
+//    softmax, soft-capped or not, is too). The codec's error is spread evenly over the rotated
+//    coordinates with a size set by |k|; smoothing moves key energy out of channels the queries
+//    barely use (the usual key outlier channels) so less error lands where it counts.
 //  - emulate "q4_0h" (evaluation only): llama.cpp's rotated q4_0 KV cache, emulated by rounding
 //    K and V through a randomized Hadamard rotation and q4_0 (32-element blocks, one fp16 absmax
 //    scale each: 4.5 bits per element), rotating back, and storing the result in an f16 cache.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -55,6 +61,7 @@ class TransformKv final : public KvBackend {
     mu_k_.assign(L, std::vector<float>(hd, 0.0f));
     mu_v_.assign(L, std::vector<float>(hd, 0.0f));
     state_.assign(L, kUnset);
+    s_k_.assign(L, {});
   }
 
   Status attend(const LayerAttention& la, int64_t pos0, int n, const float* q, const float* k,
@@ -65,7 +72,8 @@ class TransformKv final : public KvBackend {
     const bool emu = comp && !opt_.emulate.empty();
     const bool ck = comp && opt_.center_keys && (opt_.format.k_bits != kF16Bits || emu) && la.softcap <= 0.0f;
     const bool cv = comp && opt_.center_values && (opt_.format.v_bits != kF16Bits || emu);
-    if (!ck && !cv && !emu) return inner_->attend(la, pos0, n, q, k, v, out);
+    const bool sk = comp && opt_.smooth_keys && (opt_.format.k_bits != kF16Bits || emu);
+    if (!ck && !cv && !sk && !emu) return inner_->attend(la, pos0, n, q, k, v, out);
     const int H = cfg_.n_head_kv, D = cfg_.head_dim;
     const int64_t cnt = static_cast<int64_t>(n) * H * D;
     kb_.assign(k, k + cnt);
@@ -82,11 +90,26 @@ class TransformKv final : public KvBackend {
       for (int64_t i = 0; i < cnt; ++i) kb_[i] -= mu_k_[l][i % (H * D)];
     if (cv && on)
       for (int64_t i = 0; i < cnt; ++i) vb_[i] -= mu_v_[l][i % (H * D)];
+    const float* qin = q;
+    if (sk && on) {
+      if (s_k_[l].empty()) smoothing_of(kb_.data(), q, n, s_k_[l]);  // the first write
+      const std::vector<float>& sl = s_k_[l];
+      for (int64_t i = 0; i < cnt; ++i) kb_[i] /= sl[i % (H * D)];
+      const int HQ = cfg_.n_head, G = HQ / H;
+      qb_.assign(q, q + static_cast<int64_t>(n) * HQ * D);
+      for (int64_t t = 0; t < n; ++t)
+        for (int hq = 0; hq < HQ; ++hq) {
+          float* qr = qb_.data() + (t * HQ + hq) * D;
+          const float* f = sl.data() + static_cast<int64_t>(hq / G) * D;
+          for (int j = 0; j < D; ++j) qr[j] *= f[j];
+        }
+      qin = qb_.data();
+    }
     if (emu) {
       round_q4_0h(kb_);
       round_q4_0h(vb_);
     }
-    TQKV_RETURN_IF_ERROR(inner_->attend(la, pos0, n, q, kb_.data(), vb_.data(), out));
+    TQKV_RETURN_IF_ERROR(inner_->attend(la, pos0, n, qin, kb_.data(), vb_.data(), out));
     if (cv && on) {
       const int HQ = cfg_.n_head, G = HQ / H;
       for (int64_t t = 0; t < n; ++t)
@@ -108,7 +131,9 @@ class TransformKv final : public KvBackend {
     const bool emu = !opt_.emulate.empty();
     const bool ck = opt_.center_keys && (opt_.format.k_bits != kF16Bits || emu) && cfg_.attn_softcap <= 0.0f;
     const bool cv = opt_.center_values && (opt_.format.v_bits != kF16Bits || emu);
+    const bool sk = !s_k_[layer].empty();
     for (int64_t i = 0; i < static_cast<int64_t>(n) * HD; ++i) {
+      if (sk) k[i] *= s_k_[layer][i % HD];
       if (ck) k[i] += mu_k_[layer][i % HD];
       if (cv) v[i] += mu_v_[layer][i % HD];
     }
@@ -117,6 +142,7 @@ class TransformKv final : public KvBackend {
 
   Status reset() override {
     state_.assign(cfg_.n_layer, kUnset);
+    for (auto& f : s_k_) f.clear();
     return inner_->reset();
   }
   int64_t tokens() const override { return inner_->tokens(); }
@@ -129,6 +155,7 @@ class TransformKv final : public KvBackend {
     if (opt_.center_keys && (opt_.format.k_bits != kF16Bits || emu))
       s += ", keys centered (when the first write has >= " + std::to_string(KvOptions::kCenterMinTokens) + " tokens)";
     if (opt_.center_values && (opt_.format.v_bits != kF16Bits || emu)) s += ", values centered";
+    if (opt_.smooth_keys && (opt_.format.k_bits != kF16Bits || emu)) s += ", keys smoothed";
     return s;
   }
 
@@ -140,6 +167,34 @@ class TransformKv final : public KvBackend {
     for (int64_t t = 0; t < n; ++t)
       for (int i = 0; i < HD; ++i) acc[i] += x[t * HD + i];
     for (int i = 0; i < HD; ++i) mu[i] = static_cast<float>(acc[i] / n);
+  }
+  // Key smoothing factors from the first write: k [n][H][D] (already centered when that is on),
+  // q [n][HQ][D]. s = sqrt(rms_k / rms_q) per KV head and channel (the queries of the G heads
+  // sharing a KV head pooled), which makes the two rms equal after k / s and q * s; scaled to a
+  // geometric mean of 1 per head (only ratios matter) and clamped to [1/64, 64].
+  void smoothing_of(const float* k, const float* q, int n, std::vector<float>& s) const {
+    const int H = cfg_.n_head_kv, D = cfg_.head_dim, HQ = cfg_.n_head, G = HQ / H;
+    std::vector<double> ek(static_cast<size_t>(H) * D, 0.0), eq(static_cast<size_t>(H) * D, 0.0);
+    for (int64_t t = 0; t < n; ++t) {
+      for (int i = 0; i < H * D; ++i) ek[i] += static_cast<double>(k[t * H * D + i]) * k[t * H * D + i];
+      for (int hq = 0; hq < HQ; ++hq)
+        for (int j = 0; j < D; ++j) {
+          const double x = q[(t * HQ + hq) * D + j];
+          eq[static_cast<size_t>(hq / G) * D + j] += x * x;
+        }
+    }
+    s.assign(static_cast<size_t>(H) * D, 1.0f);
+    for (int h = 0; h < H; ++h) {
+      std::vector<double> f(D);
+      double log_sum = 0;
+      for (int j = 0; j < D; ++j) {
+        const double rk = std::sqrt(ek[h * D + j] / n) + 1e-6, rq = std::sqrt(eq[h * D + j] / (static_cast<double>(n) * G)) + 1e-6;
+        f[j] = std::sqrt(rk / rq);
+        log_sum += std::log(f[j]);
+      }
+      const double g = std::exp(log_sum / D);
+      for (int j = 0; j < D; ++j) s[h * D + j] = static_cast<float>(std::clamp(f[j] / g, 1.0 / 64, 64.0));
+    }
   }
   // Hadamard-rotate each head vector, q4_0 round trip per 32 elements, rotate back.
   void round_q4_0h(std::vector<float>& x) const {
@@ -159,7 +214,8 @@ class TransformKv final : public KvBackend {
   std::vector<uint8_t> compressed_;
   std::vector<std::vector<float>> mu_k_, mu_v_;
   std::vector<State> state_;
-  std::vector<float> kb_, vb_;
+  std::vector<std::vector<float>> s_k_;  // key smoothing factors per layer ([H][D]; empty = none yet)
+  std::vector<float> kb_, vb_, qb_;
 };
 
 }  // namespace

@@ -234,6 +234,7 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
   ko.center_keys = opt.center_keys;
   ko.sink_tokens = opt.sink_tokens;
   ko.center_values = opt.center_values;
+  ko.smooth_keys = opt.smooth_keys;
   ko.emulate = opt.emulate;
   TQKV_ASSIGN_OR_RETURN(auto kv, make_kv_backend(model.config(), ko));
   ProbeKv* probe = nullptr;
