@@ -57,7 +57,7 @@ struct PerplexityOptions {
   // KvOptions' exact centering and evaluation-only emulation (include/tqkv/model.h).
   bool center_keys = KvOptions{}.center_keys;
   bool center_values = KvOptions{}.center_values;
-  bool smooth_keys = KvOptions{}.smooth_keys;  // KvOptions::smooth_keys (CPU runtime)
+  bool smooth_keys = KvOptions{}.smooth_keys;  // KvOptions::smooth_keys (CPU and GPU runtimes)
   int32_t sink_tokens = KvOptions{}.sink_tokens;  // KvOptions::sink_tokens (CPU runtime)
   std::string emulate;
   // Also measure, per layer, the reconstruction error of what the cache holds and the error of

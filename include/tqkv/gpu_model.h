@@ -102,6 +102,11 @@ struct GpuContextOptions {
   // subtracted from every key of the sequence before quantize_and_store, on compressed layers
   // without attention soft-capping. Matches the CPU's mu when max_chunk >= Model::kMaxChunk.
   bool center_keys = false;
+  // Exact key smoothing as KvOptions::smooth_keys on the CPU (docs/formats.md, "Key smoothing"):
+  // per sequence, layer, KV head and channel a factor s from the same first write as centering
+  // (after it); keys divided by s before quantize_and_store, queries multiplied by s. Compressed
+  // keys, soft-capped layers included.
+  bool smooth_keys = false;
   // Attention of prefill chunks: kDefault = the tiled prefill kernel unless the environment says
   // TQKV_GPU_PREFILL=decode (read at create); kTiled / kDecode force either path (tests, benches).
   GpuPrefillPath prefill_path = GpuPrefillPath::kDefault;
@@ -173,7 +178,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token, bool center_keys = false,
-                                   int sink_tokens = 0);
+                                   int sink_tokens = 0, bool smooth_keys = false);
 Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
                                                  const PerplexityOptions& opt,
                                                  const std::function<void(int done, int total)>& progress);

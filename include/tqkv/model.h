@@ -155,7 +155,8 @@ struct KvOptions {
   // [1/64, 64]: channels where keys are large and queries small (the usual key outliers) get
   // their quantization error shrunk where the queries would amplify it. Same first-write rule and
   // layers as centering (compressed keys), also on soft-capped layers (the scores are unchanged).
-  // Off here; the CPU CLI turns it on by default. Not implemented by the GPU runtime.
+  // Off here; the CLI turns it on by default (the GPU runtime smooths the same way:
+  // GpuContextOptions::smooth_keys).
   bool smooth_keys = false;
   // Attention sinks (paged cache only; KVCacheConfig::sink_tokens): the first sink_tokens positions
   // keep fp16 K and V in every compressed full-attention layer. The first tokens draw a large share

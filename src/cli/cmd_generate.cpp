@@ -32,7 +32,7 @@ struct Options {
   std::string center = "keys";  // keys (the CPU default) or none
   std::vector<int> k8_layers;
   int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
-  std::string smooth_keys = "default";  // on (the CPU default), off (the GPU runtime's only choice)
+  std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -49,15 +49,15 @@ tqkv::Result<tqkv::GenerateStats> generate_on_gpu(const tqkv::Model& model, cons
                                                   tqkv::KvFormat fmt, int64_t max_tokens,
                                                   const std::vector<int32_t>& ids, const tqkv::GenerateOptions& go,
                                                   const std::function<void(int32_t)>& on_token, bool center_keys,
-                                                  int sink_tokens) {
+                                                  int sink_tokens, bool smooth_keys) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
   TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
   std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
-  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys, sink_tokens);
+  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys, sink_tokens, smooth_keys);
 #else
   (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token, (void)center_keys;
-  (void)sink_tokens;
+  (void)sink_tokens, (void)smooth_keys;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -101,9 +101,7 @@ int run(const Options& o) {
   tqkv::KvOptions ko;
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
-  if (o.device != "cpu" && o.smooth_keys == "on")
-    return fail("--smooth-keys", tqkv::unsupported("key smoothing is implemented by the CPU runtime only"));
-  ko.smooth_keys = o.device == "cpu" && o.smooth_keys != "off";
+  ko.smooth_keys = o.smooth_keys != "off";
   ko.k8_layers = o.k8_layers;
   ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
@@ -141,7 +139,7 @@ int run(const Options& o) {
     }
   };
   auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token, ko.center_keys,
-                                                 ko.sink_tokens)
+                                                 ko.sink_tokens, ko.smooth_keys)
                                : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
   echo();
@@ -193,8 +191,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "(CPU and GPU runtimes)")
       ->check(CLI::IsMember({"keys", "none"}));
   sub.add_option("--smooth-keys", o->smooth_keys,
-                 "on (default on the CPU): exact per-channel key smoothing before quantization (docs/formats.md); "
-                 "off: without (the GPU runtime has only off)")
+                 "on (default): exact per-channel key smoothing before quantization (docs/formats.md); off: "
+                 "without (CPU and GPU runtimes)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--sink-tokens", o->sink_tokens,

@@ -28,7 +28,7 @@ struct Options {
   bool no_compare = false;
   std::vector<int> f16_layers, k8_layers;
   int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
-  std::string smooth_keys = "default";  // on (the CPU default), off (the GPU runtime's only choice)
+  std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "default";  // none, keys, values, kv, default (KvOptions' defaults)
   std::string emulate;
@@ -94,9 +94,7 @@ int run(const Options& o) {
     return fail("--center", tqkv::unsupported("value centering is implemented by the CPU runtime only"));
   po.center_keys = center == "keys" || center == "kv";
   po.center_values = center == "values" || center == "kv";
-  if (o.device != "cpu" && o.smooth_keys == "on")
-    return fail("--smooth-keys", tqkv::unsupported("key smoothing is implemented by the CPU runtime only"));
-  po.smooth_keys = o.device == "cpu" && o.smooth_keys != "off";
+  po.smooth_keys = o.smooth_keys != "off";
   if (o.device != "cpu" && (!o.emulate.empty() || o.per_layer))
     return fail("--emulate/--per-layer", tqkv::unsupported("these evaluations run on the CPU runtime only"));
   po.emulate = o.emulate;
@@ -190,8 +188,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "Exact centering before quantization: keys (default), none, values, kv (values: CPU only)")
       ->check(CLI::IsMember({"default", "none", "keys", "values", "kv"}));
   sub.add_option("--smooth-keys", o->smooth_keys,
-                 "on (default on the CPU): exact per-channel key smoothing before quantization (docs/formats.md); "
-                 "off: without (the GPU runtime has only off)")
+                 "on (default): exact per-channel key smoothing before quantization (docs/formats.md); off: "
+                 "without (CPU and GPU runtimes)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--emulate", o->emulate,
                  "Evaluation only: q4_0h = llama.cpp's Hadamard-rotated q4_0 KV cache (4.5 bits), emulated in an f16 cache")

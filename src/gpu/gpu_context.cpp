@@ -116,6 +116,10 @@ struct GpuContext::Impl {
   // the first forward pass of a sequence (the tokens whose mean becomes mu), 0 otherwise.
   float* mu_k = nullptr;
   std::vector<uint8_t> center_layer;
+  // Key smoothing (opt.smooth_keys): s_k [max_seqs][n_layer][kv_dim], 1 where a sequence is not
+  // smoothed (yet); smooth_layer[l]: keys of layer l are smoothed (compressed keys, as on the CPU).
+  float* s_k = nullptr;
+  std::vector<uint8_t> smooth_layer;
   int first_write = 0, first_seq = 0;
 
   float *x = nullptr, *qkv = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *gu = nullptr,
@@ -260,6 +264,15 @@ struct GpuContext::Impl {
           TQKV_RETURN_IF_ERROR(gpu::key_mean(k, first_write, KV, mu_k + first_seq * stride + static_cast<int64_t>(l) * KV, stream));
         TQKV_RETURN_IF_ERROR(gpu::subtract_key_mean(k, d_seq(), T, KV, mu_k + static_cast<int64_t>(l) * KV, stride, stream));
       }
+      if (s_k != nullptr && smooth_layer[l]) {  // after centering, as src/model/kv_transform.cpp
+        const int64_t stride = static_cast<int64_t>(c.n_layer) * KV;
+        const int Hk = c.n_head_kv, G = c.n_head / c.n_head_kv;
+        if (first_write > 0)
+          TQKV_RETURN_IF_ERROR(gpu::key_smoothing(k, q, first_write, Hk, G, c.head_dim,
+                                                  s_k + first_seq * stride + static_cast<int64_t>(l) * KV, stream));
+        TQKV_RETURN_IF_ERROR(gpu::apply_key_smoothing(k, q, d_seq(), T, Hk, G, c.head_dim,
+                                                      s_k + static_cast<int64_t>(l) * KV, stride, stream));
+      }
       // Quantize-on-write uses only the view's pools and codec (slots are per token); the
       // attention view has S rows (prefill) or T (decode).
       const PagedKVView vw = view(l, S > 0 ? S : T);
@@ -323,9 +336,9 @@ struct GpuContext::Impl {
 
   // A sequence starting over: no centering until its first write says otherwise.
   Status clear_mu(int seq) {
-    if (mu_k == nullptr) return Status::ok();
     const int64_t stride = static_cast<int64_t>(cfg.n_layer) * cfg.kv_dim();
-    CK(cudaMemsetAsync(mu_k + seq * stride, 0, static_cast<size_t>(stride) * sizeof(float), stream));
+    if (mu_k != nullptr) CK(cudaMemsetAsync(mu_k + seq * stride, 0, static_cast<size_t>(stride) * sizeof(float), stream));
+    if (s_k != nullptr) TQKV_RETURN_IF_ERROR(gpu::fill_f32(s_k + seq * stride, stride, 1.0f, stream));
     return Status::ok();
   }
 
@@ -468,6 +481,19 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
     TQKV_ASSIGN_OR_RETURN(m.mu_k, a.alloc<float>(cnt));
     CK(cudaMemset(m.mu_k, 0, cnt * sizeof(float)));
   }
+  // Key smoothing: compressed keys, soft-capped layers included (the scores are unchanged).
+  m.smooth_layer.assign(static_cast<size_t>(c.n_layer), 0);
+  bool any_smooth = false;
+  for (int l = 0; l < c.n_layer; ++l) {
+    m.smooth_layer[l] = opt.smooth_keys && m.lkv[l].kb != kF16Bits ? 1 : 0;
+    any_smooth |= m.smooth_layer[l] != 0;
+  }
+  if (any_smooth) {
+    if (c.head_dim > 256) return unsupported("key smoothing: head size above 256");
+    const int64_t cnt = static_cast<int64_t>(opt.max_seqs) * c.n_layer * c.kv_dim();
+    TQKV_ASSIGN_OR_RETURN(m.s_k, a.alloc<float>(cnt));
+    TQKV_RETURN_IF_ERROR(gpu::fill_f32(m.s_k, cnt, 1.0f, nullptr));
+  }
 
   // Activations and per-step arrays.
   const int64_t T = m.Tmax, E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
@@ -546,7 +572,7 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
     // The sequence's first write fixes mu: the CPU's first write is its first forward chunk
     // (Model::kMaxChunk tokens at most), so the mean is over that many tokens of this chunk.
     m.first_write = 0;
-    if (m.lens[seq] == 0 && m.mu_k != nullptr) {
+    if (m.lens[seq] == 0 && (m.mu_k != nullptr || m.s_k != nullptr)) {
       TQKV_RETURN_IF_ERROR(m.clear_mu(seq));
       const int w = std::min(cnt, Model::kMaxChunk);
       m.first_write = w >= KvOptions::kCenterMinTokens ? w : 0;
@@ -571,7 +597,8 @@ Status GpuContext::prefill_batch(const int* seqs, const int32_t* const* tokens, 
   Impl& m = *impl_;
   if (count < 1 || seqs == nullptr || tokens == nullptr || n == nullptr)
     return invalid_argument("prefill_batch: no sequences");
-  if (m.mu_k != nullptr) return unsupported("prefill_batch: key centering needs prefill() one sequence at a time");
+  if (m.mu_k != nullptr || m.s_k != nullptr)
+    return unsupported("prefill_batch: key centering and smoothing need prefill() one sequence at a time");
   std::vector<uint8_t> seen(static_cast<size_t>(m.opt.max_seqs), 0);
   for (int i = 0; i < count; ++i) {
     if (seqs[i] < 0 || seqs[i] >= m.opt.max_seqs) return out_of_range("prefill_batch: bad sequence slot");
@@ -833,6 +860,7 @@ std::string GpuContext::describe() const {
          " layers (attention sinks)";
   if (m.mu_k != nullptr)
     s += ", keys centered (when the first write has >= " + std::to_string(KvOptions::kCenterMinTokens) + " tokens)";
+  if (m.s_k != nullptr) s += ", keys smoothed";
   return s;
 }
 

@@ -13,7 +13,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token, bool center_keys,
-                                   int sink_tokens) {
+                                   int sink_tokens, bool smooth_keys) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
   GpuContextOptions co;
   co.format = format;
@@ -21,6 +21,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
   co.max_seqs = 1;
   co.max_tokens = max_tokens;
   co.center_keys = center_keys;
+  co.smooth_keys = smooth_keys;
   co.sink_tokens = sink_tokens;
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
   auto prefill = [&](float* logits) {
@@ -57,6 +58,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   co.max_tokens = opt.ctx;
   co.max_chunk = kChunk;
   co.center_keys = opt.center_keys;
+  co.smooth_keys = opt.smooth_keys;
   co.sink_tokens = opt.sink_tokens;
   TQKV_ASSIGN_OR_RETURN(auto kv, GpuContext::create(model, co));
   std::unique_ptr<GpuContext> kv_ref;

@@ -311,7 +311,65 @@ __global__ void subtract_key_mean_kernel(float* __restrict__ k, const int32_t* _
   const int t = static_cast<int>(i / kv), j = static_cast<int>(i % kv);
   k[i] -= mu[seq[t] * seq_stride + j];
 }
+// One block per KV head, one thread per channel (blockDim.x = D <= 256), fp64 sums as on the CPU.
+__global__ void key_smoothing_kernel(const float* __restrict__ k, const float* __restrict__ q, int n, int H, int G,
+                                     int D, float* __restrict__ s) {
+  __shared__ double logs[256];
+  const int h = blockIdx.x, j = threadIdx.x;
+  double f = 1.0;
+  if (j < D) {
+    const int64_t kv = static_cast<int64_t>(H) * D, qd = kv * G;
+    double ek = 0.0, eq = 0.0;
+    for (int t = 0; t < n; ++t) {
+      const double x = k[t * kv + static_cast<int64_t>(h) * D + j];
+      ek += x * x;
+      for (int g = 0; g < G; ++g) {
+        const double y = q[t * qd + (static_cast<int64_t>(h) * G + g) * D + j];
+        eq += y * y;
+      }
+    }
+    f = sqrt((sqrt(ek / n) + 1e-6) / (sqrt(eq / (static_cast<double>(n) * G)) + 1e-6));
+  }
+  logs[j] = j < D ? log(f) : 0.0;
+  __syncthreads();
+  for (int w = 128; w > 0; w >>= 1) {
+    if (j < w && j + w < 256) logs[j] += logs[j + w];
+    __syncthreads();
+  }
+  const double g = exp(logs[0] / D);
+  if (j < D) s[static_cast<int64_t>(h) * D + j] = static_cast<float>(fmin(fmax(f / g, 1.0 / 64), 64.0));
+}
+__global__ void apply_key_smoothing_kernel(float* __restrict__ k, float* __restrict__ q, const int32_t* __restrict__ seq,
+                                           int T, int H, int G, int D, const float* __restrict__ s, int64_t seq_stride) {
+  const int64_t kv = static_cast<int64_t>(H) * D, qd = kv * G;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < T * kv) {
+    const int64_t t = i / kv, c = i % kv;
+    k[i] /= s[seq[t] * seq_stride + c];
+  }
+  if (i < T * qd) {
+    const int64_t t = i / qd, c = i % qd;  // c = (h * G + g) * D + j
+    const int64_t h = c / (static_cast<int64_t>(G) * D), j = c % D;
+    q[i] *= s[seq[t] * seq_stride + h * D + j];
+  }
+}
 }  // namespace
+
+Status key_smoothing(const float* k, const float* q, int n, int H, int G, int D, float* s, cudaStream_t st) {
+  if (D > 256) return invalid_argument("key_smoothing: head size above 256");
+  key_smoothing_kernel<<<H, 256, 0, st>>>(k, q, n, H, G, D, s);
+  LAUNCH_CHECK();
+  return Status::ok();
+}
+
+Status apply_key_smoothing(float* k, float* q, const int32_t* seq, int T, int H, int G, int D, const float* s_base,
+                           int64_t seq_stride, cudaStream_t st) {
+  const int64_t n = static_cast<int64_t>(T) * H * G * D;  // q is the larger of the two (G >= 1)
+  apply_key_smoothing_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, st>>>(k, q, seq, T, H, G, D, s_base,
+                                                                                      seq_stride);
+  LAUNCH_CHECK();
+  return Status::ok();
+}
 
 Status key_mean(const float* k, int n, int kv, float* mu, cudaStream_t s) {
   key_mean_kernel<<<(kv + 127) / 128, 128, 0, s>>>(k, n, kv, mu);

@@ -79,6 +79,13 @@ Status subtract_key_mean(float* k, const int32_t* seq, int T, int kv, const floa
 // Random fills (benchmarks, synthetic models). Deterministic from seed.
 Status fill_uniform_f16(uint16_t* w, int64_t n, float amplitude, uint64_t seed, cudaStream_t s);
 Status fill_f32(float* w, int64_t n, float value, cudaStream_t s);
+// Key smoothing (KvOptions::smooth_keys, src/model/kv_transform.cpp): the factors of one
+// sequence's first write, s[h][j] = sqrt(rms_k / rms_q) (k [n][H*D] after centering, q [n][H*G*D],
+// the G query heads of KV head h pooled), geometric mean 1 per head, clamped to [1/64, 64]; then,
+// per token t of sequence seq[t], k /= s and q *= s (s at s_base + seq[t] * seq_stride).
+Status key_smoothing(const float* k, const float* q, int n, int H, int G, int D, float* s, cudaStream_t st);
+Status apply_key_smoothing(float* k, float* q, const int32_t* seq, int T, int H, int G, int D, const float* s_base,
+                           int64_t seq_stride, cudaStream_t st);
 // Every tile of a pool [n_tiles][tile_bytes] of `bits` (16 = fp16) for head size d: random
 // indices and finite scales (~ sqrt(d)), or fp16 values in [-2, 2).
 Status fill_random_tiles(uint8_t* pages, int64_t n_tiles, int64_t tile_bytes, int bits, int page_size,

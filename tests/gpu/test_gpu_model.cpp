@@ -117,6 +117,11 @@ struct RowCheck {
 struct Spec : tqkv::testing::SyntheticSpec {
   int n_tokens = 75;
   bool must_differ = false;  // centered test: GPU centered must be clearly closer to CPU centered than CPU plain
+  // Centered test with key smoothing on both runtimes too (KvOptions / GpuContextOptions::smooth_keys).
+  // Where the layers are soft-capped (not centered), smoothing is the only transform: when it moves
+  // the CPU's logits by more than half the compression's effect, the GPU must also be closer to the
+  // CPU's smoothed k4v4 than to its plain k4v4 (a GPU that did not smooth would not be).
+  bool smooth = false;
 };
 
 std::vector<uint8_t> build(const Spec& s) { return tqkv::testing::build_synthetic_gguf(s, 4321); }
@@ -193,6 +198,7 @@ void check_synthetic(const Spec& s) {
   ko.format = {4, 4};
   ko.max_tokens = T;
   ko.center_keys = true;
+  ko.smooth_keys = s.smooth;
   auto kv = tqkv::make_kv_backend(c, ko);
   ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
   std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN);
@@ -204,6 +210,7 @@ void check_synthetic(const Spec& s) {
   o.max_tokens = T;
   o.max_chunk = tqkv::Model::kMaxChunk;  // > 1 chunk still for T - 5 > 64
   o.center_keys = true;
+  o.smooth_keys = s.smooth;
   auto ctx = tqkv::GpuContext::create(**gm, o);
   ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
   auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
@@ -214,6 +221,7 @@ void check_synthetic(const Spec& s) {
   }
   const bool centers = s.attn_softcap <= 0.0f;
   EXPECT_EQ((*ctx)->describe().find("keys centered") != std::string::npos, centers) << (*ctx)->describe();
+  EXPECT_EQ((*ctx)->describe().find("keys smoothed") != std::string::npos, s.smooth) << (*ctx)->describe();
   RowCheck rc, rc_plain;
   double move2 = 0;  // how far centering moved the CPU's logits
   for (int t = 0; t < T; ++t) {
@@ -228,12 +236,14 @@ void check_synthetic(const Spec& s) {
   }
   rc_plain.sum_q2 = rc.sum_q2;
   EXPECT_LE(rc.ratio(), 0.75) << s.arch << ": GPU centered k4v4 is not much closer to the CPU's centered k4v4 than compression moves it";
-  if (s.must_differ) {
-    EXPECT_LT(rc.ratio(), 0.75 * rc_plain.ratio()) << s.arch << ": GPU centered k4v4 is not closer to the CPU's centered k4v4 than to its plain k4v4";
+  const double moved = std::sqrt(move2 / std::max(rc.sum_q2, 1e-30));
+  if (s.must_differ || (s.smooth && !centers && moved > 0.5)) {
+    EXPECT_LT(rc.ratio(), 0.75 * rc_plain.ratio()) << s.arch << ": GPU centered/smoothed k4v4 is not closer to the CPU's "
+                                                   << "centered/smoothed k4v4 than to its plain k4v4";
   }
-  std::printf("[gpu synthetic] %-6s k4v4 centered: %d rows, worst relative L2 %.3g, |gpu-cpu centered| / |cpu k4v4 - cpu f16| = %.3f, "
+  std::printf("[gpu synthetic] %-6s k4v4 centered%s: %d rows, worst relative L2 %.3g, |gpu-cpu centered| / |cpu k4v4 - cpu f16| = %.3f, "
               "|gpu centered - cpu plain k4v4| / same = %.3f, centering moved the CPU by %.3f of that, top-1 differences %d%s\n",
-              s.arch.c_str(), rc.rows, rc.worst_rel, rc.ratio(), rc_plain.ratio(), std::sqrt(move2 / std::max(rc.sum_q2, 1e-30)),
+              s.arch.c_str(), s.smooth ? " + smoothed" : "", rc.rows, rc.worst_rel, rc.ratio(), rc_plain.ratio(), moved,
               rc.top1_mismatch, centers ? "" : " (soft-capped: not centered)");
 }
 
@@ -278,6 +288,33 @@ TEST(GpuSynthetic, Gemma3) {
   s.window = 20;
   s.wtype = GgmlType::kQ8_0;
   s.n_tokens = 130;  // the sliding ring (ceil((20 + 32) / 16) + 2 = 6 pages = 96 tokens) wraps
+  check_synthetic(s);
+}
+
+// Key smoothing on both runtimes (with centering on Llama; alone on the soft-capped Gemma 2; GQA 2
+// and 4; Phi-3 at head size 96: dense rotation).
+TEST(GpuSynthetic, LlamaSmoothedKeys) {
+  SKIP_WITHOUT_GPU();
+  Spec s{{"llama", 128, 2, 4, 2, 64, 192}};
+  s.rope_freqs = true;
+  s.wtype = GgmlType::kQ8_0;
+  s.smooth = true;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Gemma2SmoothedKeys) {
+  SKIP_WITHOUT_GPU();
+  Spec s{{"gemma2", 128, 3, 4, 1, 64, 192}};
+  s.window = 20;
+  s.attn_softcap = 2.0f;
+  s.final_softcap = 3.0f;
+  s.smooth = true;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Phi3SmoothedKeys) {
+  SKIP_WITHOUT_GPU();
+  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
+  s.tied = false;
+  s.smooth = true;
   check_synthetic(s);
 }
 
