@@ -102,7 +102,7 @@ TEST(GreedyVsF16, Gemma3K4V4NotCentered) { run("gemma3-270m-q4_k_m", "k4v4", fal
 // With the CLI's default of 4 attention-sink tokens kept in f16 (docs/formats.md, "Attention sinks").
 TEST(GreedyVsF16, SmolLM2K4V4Sinks) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 1, 240, {}, 4); }
 TEST(GreedyVsF16, Gemma3K4V4Sinks) { run("gemma3-270m-q4_k_m", "k4v4", true, 4, 280, {}, 4); }
-// The CLI's defaults since 2026-11-29 11:30: keys centered and smoothed, 4 sinks (docs/formats.md,
+// The CLI's defaults since 2026-11-29 ~11:00: keys centered and smoothed, 4 sinks (docs/formats.md,
 // "Key smoothing"). Measured: SmolLM2 6/20 (333 tokens), Gemma 3 11/20 (458): "most" met on Gemma 3
 // only. Bounds = measured minus a margin.
 TEST(GreedyVsF16, SmolLM2K4V4SinksSmoothed) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 3, 260, {}, 4, true); }
