@@ -116,13 +116,27 @@ Result<std::shared_ptr<const Rotation>> Rotation::create(int head_dim, RotationK
       std::make_shared<Rotation>(d, kind, seed, std::move(matrix), std::move(signs)));
 }
 
+namespace {
+// P = H diag(signs) / sqrt(d): forward = sign flip, FWHT, scale; inverse = FWHT, scale, sign flip.
+// Shared by Rotation and the raw-array entry points, so both give the same bits.
+void hadamard_forward(const float* signs, int d, const float* x, float* y, bool use_avx2) {
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  for (int j = 0; j < d; ++j) y[j] = x[j] * signs[j];
+  if (use_avx2) fwht_avx2(y, d); else fwht_scalar(y, d);
+  for (int j = 0; j < d; ++j) y[j] = y[j] * scale;
+}
+void hadamard_inverse(const float* signs, int d, const float* y, float* x, bool use_avx2) {
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  for (int j = 0; j < d; ++j) x[j] = y[j];
+  if (use_avx2) fwht_avx2(x, d); else fwht_scalar(x, d);
+  for (int j = 0; j < d; ++j) x[j] = x[j] * scale * signs[j];
+}
+}  // namespace
+
 void Rotation::forward_with(const float* x, float* y, bool use_avx2) const {
   const int d = head_dim_;
   if (kind_ == RotationKind::kHadamard) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    for (int j = 0; j < d; ++j) y[j] = x[j] * signs_[j];
-    if (use_avx2) fwht_avx2(y, d); else fwht_scalar(y, d);
-    for (int j = 0; j < d; ++j) y[j] = y[j] * scale;
+    hadamard_forward(signs_.data(), d, x, y, use_avx2);
   } else {
     if (use_avx2) axpy_rows_avx2(matrix_t_.data(), x, y, d); else axpy_rows_scalar(matrix_t_.data(), x, y, d);
   }
@@ -131,10 +145,7 @@ void Rotation::forward_with(const float* x, float* y, bool use_avx2) const {
 void Rotation::inverse_with(const float* y, float* x, bool use_avx2) const {
   const int d = head_dim_;
   if (kind_ == RotationKind::kHadamard) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    for (int j = 0; j < d; ++j) x[j] = y[j];
-    if (use_avx2) fwht_avx2(x, d); else fwht_scalar(x, d);
-    for (int j = 0; j < d; ++j) x[j] = x[j] * scale * signs_[j];
+    hadamard_inverse(signs_.data(), d, y, x, use_avx2);
   } else {
     if (use_avx2) axpy_rows_avx2(matrix_.data(), y, x, d); else axpy_rows_scalar(matrix_.data(), y, x, d);
   }
@@ -143,10 +154,7 @@ void Rotation::inverse_with(const float* y, float* x, bool use_avx2) const {
 void rotate_forward_raw(const float* P, const float* signs, int d, const float* x, float* y) {
   const bool avx2 = cpu_has_avx2_fma_f16c() && d % 8 == 0;
   if (signs != nullptr) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    for (int j = 0; j < d; ++j) y[j] = x[j] * signs[j];
-    if (avx2) fwht_avx2(y, d); else fwht_scalar(y, d);
-    for (int j = 0; j < d; ++j) y[j] = y[j] * scale;
+    hadamard_forward(signs, d, x, y, avx2);
     return;
   }
   // y_i = P[i] . x, with 8 lane accumulators (the compiler vectorizes the lanes; d % 8 == 0 for
@@ -166,10 +174,7 @@ void rotate_forward_raw(const float* P, const float* signs, int d, const float* 
 void rotate_inverse_raw(const float* P, const float* signs, int d, const float* y, float* x) {
   const bool avx2 = cpu_has_avx2_fma_f16c() && d % 8 == 0;
   if (signs != nullptr) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    for (int j = 0; j < d; ++j) x[j] = y[j];
-    if (avx2) fwht_avx2(x, d); else fwht_scalar(x, d);
-    for (int j = 0; j < d; ++j) x[j] = x[j] * scale * signs[j];
+    hadamard_inverse(signs, d, y, x, avx2);
     return;
   }
   if (avx2) axpy_rows_avx2(P, y, x, d); else axpy_rows_scalar(P, y, x, d);  // x = sum_j y_j P[j]
