@@ -153,6 +153,25 @@ TEST(KvBackends, CenteredAttentionMatchesDecodedVectors) {
   check(64, 4, 4, 32, true, 2);
 }
 
+// One attend() of all T tokens of q, k, v ([T][heads][head_dim]) through a fresh backend with
+// options `o`, and the relative squared error of an output against a reference output.
+std::vector<float> attend_once(const tqkv::ModelConfig& c, tqkv::KvOptions o, int T, const std::vector<float>& q,
+                               const std::vector<float>& k, const std::vector<float>& v) {
+  o.max_tokens = T;
+  tqkv::LayerAttention la;
+  la.scale = 0.125f;
+  auto kv = tqkv::make_kv_backend(c, o);
+  EXPECT_TRUE(kv.is_ok());
+  std::vector<float> out(q.size());
+  EXPECT_TRUE((*kv)->attend(la, 0, T, q.data(), k.data(), v.data(), out.data()).is_ok());
+  return out;
+}
+double rel_err2(const std::vector<float>& o, const std::vector<float>& ref) {
+  double e = 0, n = 0;
+  for (size_t i = 0; i < o.size(); ++i) e += (o[i] - ref[i]) * (o[i] - ref[i]), n += ref[i] * ref[i];
+  return e / n;
+}
+
 // Key smoothing is exact: attention with smoothed keys (k / s quantized, queries times s) equals
 // dense attention over s * decode(k / s), with and without centering, paged and contiguous,
 // grouped-query heads (the factors are per KV head), a window, a soft-cap-free 3-bit case.
@@ -184,26 +203,15 @@ TEST(KvBackends, SmoothingCutsTheErrorOfOutlierKeyChannels) {
   for (int t = 0; t < T; ++t)
     for (int i = 0; i < HQ * D; ++i) q[t * HQ * D + i] = nd(rng) * ((i % D) % 8 == 5 ? 0.125f : 1.0f) * 0.5f;
   for (float& x : v) x = nd(rng);
-  tqkv::LayerAttention la;
-  la.scale = 0.125f;
   auto run = [&](bool dense, bool smooth, int bits) {
     tqkv::KvOptions o;
-    o.max_tokens = T;
     o.dense_fp32 = dense;
     o.smooth_keys = smooth;
     o.format = {bits, bits};
-    auto kv = tqkv::make_kv_backend(c, o);
-    EXPECT_TRUE(kv.is_ok());
-    std::vector<float> out(q.size());
-    EXPECT_TRUE((*kv)->attend(la, 0, T, q.data(), k.data(), v.data(), out.data()).is_ok());
-    return out;
+    return attend_once(c, o, T, q, k, v);
   };
   const auto ref = run(true, false, 16);
-  auto rel = [&](const std::vector<float>& o) {
-    double e = 0, n = 0;
-    for (size_t i = 0; i < o.size(); ++i) e += (o[i] - ref[i]) * (o[i] - ref[i]), n += ref[i] * ref[i];
-    return e / n;
-  };
+  auto rel = [&](const std::vector<float>& o) { return rel_err2(o, ref); };
   EXPECT_LT(rel(run(false, true, 8)), 1e-4);
   const double plain4 = rel(run(false, false, 4)), smooth4 = rel(run(false, true, 4));
   EXPECT_LT(smooth4, 0.5 * plain4) << "4-bit output error: smoothed " << smooth4 << ", plain " << plain4;
@@ -227,26 +235,15 @@ TEST(KvBackends, CenteringKeepsTheAttentionOutput) {
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < D; ++j) k[t * D + j] = 0.3f * nd(rng) + (j % 3 == 0 ? 2.0f : -0.5f);
   for (float& x : v) x = nd(rng);
-  tqkv::LayerAttention la;
-  la.scale = 0.125f;
   auto run = [&](bool dense, bool center, int bits) {
     tqkv::KvOptions o;
-    o.max_tokens = T;
     o.dense_fp32 = dense;
     o.center_keys = o.center_values = center;
     o.format = {bits, bits};
-    auto kv = tqkv::make_kv_backend(c, o);
-    EXPECT_TRUE(kv.is_ok());
-    std::vector<float> out(q.size());
-    EXPECT_TRUE((*kv)->attend(la, 0, T, q.data(), k.data(), v.data(), out.data()).is_ok());
-    return out;
+    return attend_once(c, o, T, q, k, v);
   };
   const auto ref = run(true, false, 16);
-  auto rel = [&](const std::vector<float>& o) {
-    double e = 0, n = 0;
-    for (size_t i = 0; i < o.size(); ++i) e += (o[i] - ref[i]) * (o[i] - ref[i]), n += ref[i] * ref[i];
-    return e / n;
-  };
+  auto rel = [&](const std::vector<float>& o) { return rel_err2(o, ref); };
   EXPECT_LT(rel(run(false, true, 8)), 1e-4);
   EXPECT_LT(rel(run(false, false, 8)), 1e-4);
   // At 4 bits centering the offset keys cuts the output error (the codec's error scales with |k|).
