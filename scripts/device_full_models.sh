@@ -108,20 +108,7 @@ X=$K/x
       timeout 60 "$X/tqkv" generate --model $M --chat "$p" -n 32 --kv $kv --greedy --json --device cuda 2>>"$OUT/gen_gpu.err"
     done >"$OUT/gen_gpu_$kv.jsonl"
     echo "== generate --chat --greedy -n 32 --device cuda --kv $kv, full SmolLM2 (GPU ids, then CPU)"
-    python3 - "$OUT/gen_gpu_$kv.jsonl" "$X/gen_cpu_$kv.jsonl" <<'EOF'
-import json, sys
-def load(p):
-    t, d, i, out = open(p).read(), json.JSONDecoder(), 0, []
-    while t[i:].strip():
-        i += len(t[i:]) - len(t[i:].lstrip())
-        o, i = d.raw_decode(t, i)
-        out.append(o)
-    return out
-for g, c in zip(load(sys.argv[1]), load(sys.argv[2])):
-    same = next((k for k, (a, b) in enumerate(zip(g['ids'], c['ids'])) if a != b), min(len(g['ids']), len(c['ids'])))
-    print(' gpu', g['ids'], f"decode {g['decode_tok_s']:.0f} tok/s")
-    print(' cpu', c['ids'], 'identical' if g['ids'] == c['ids'] else f'DIFFERENT from token {same}')
-EOF
+    python3 scripts/compare_generate_ids.py "$OUT/gen_gpu_$kv.jsonl" "$X/gen_cpu_$kv.jsonl"
   done
   tail -3 "$OUT/gen_gpu.err"
 } 2>&1 | tee "$L"

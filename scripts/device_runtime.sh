@@ -131,19 +131,7 @@ for kv in f16 k4v4; do
     timeout 60 "$D/tqkv" generate --model $M --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --json --device cuda 2>>"$OUT/cli.err"
   done >"$OUT/gen_gpu_$kv.jsonl"
   echo "== generate --device cuda --kv $kv (ids: GPU, then CPU)"
-  python3 - "$OUT/gen_gpu_$kv.jsonl" "$D/gen_cpu_$kv.jsonl" <<'EOF'
-import json, sys
-def load(p):
-    t, d, i, out = open(p).read(), json.JSONDecoder(), 0, []
-    while t[i:].strip():
-        i += len(t[i:]) - len(t[i:].lstrip())
-        o, i = d.raw_decode(t, i)
-        out.append(o)
-    return out
-for g, c in zip(load(sys.argv[1]), load(sys.argv[2])):
-    print(' gpu', g['ids'], f"decode {g['decode_tok_s']:.0f} tok/s")
-    print(' cpu', c['ids'], 'identical' if g['ids'] == c['ids'] else 'DIFFERENT')
-EOF
+  python3 scripts/compare_generate_ids.py "$OUT/gen_gpu_$kv.jsonl" "$D/gen_cpu_$kv.jsonl"
 done
 timeout 120 "$D/tqkv" perplexity --model $M --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --json --device cuda \
   >"$OUT/ppl_gpu_k4v4.json" 2>>"$OUT/cli.err"
