@@ -23,54 +23,18 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.cuh"
 #include "cuda/prefill_internal.h"
 #include "tqkv/cuda_attention.h"
 #include "tqkv/kv_layout.h"
 
 using namespace tqkv;
 using namespace tqkv::cuda;
+using tqkv::bench::DeviceBuffer;
+using tqkv::bench::fill_tiles;
+using tqkv::bench::split_list;
 
 namespace {
-
-#define CK(x)                                                                                        \
-  do {                                                                                               \
-    const cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                         \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));        \
-      std::exit(2);                                                                                  \
-    }                                                                                                \
-  } while (0)
-
-__device__ uint32_t hash32(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return static_cast<uint32_t>(x);
-}
-
-// Random valid tiles: fp16 values in [-2, 2) for bits 16; else random index bytes and fp16 scales
-// in [0.5, 2) * sqrt(d).
-__global__ void fill_tiles(uint8_t* pool, int64_t tiles, int64_t tile_bytes, int bits, int d, uint64_t seed) {
-  const int64_t n = tiles * tile_bytes;
-  const int64_t scales_off = bits == 16 ? tile_bytes : tile_scales_offset(16, d, bits);
-  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 2; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x * 2) {
-    const int64_t off = i % tile_bytes;
-    const uint32_t h = hash32(seed * 0x9E3779B97F4A7C15ULL + i);
-    uint16_t v;
-    if (bits == 16) {
-      v = __half_as_ushort(__float2half_rn((h & 0xffff) / 16384.f - 2.f));
-    } else if (off >= scales_off) {
-      v = off < scales_off + 32 ? __half_as_ushort(__float2half_rn((0.5f + 1.5f * (h & 0xffff) / 65536.f) * sqrtf(d)))
-                                : 0;
-    } else {
-      v = static_cast<uint16_t>(h);
-    }
-    *reinterpret_cast<uint16_t*>(pool + i) = v;  // tile bytes and offsets are even
-  }
-}
 
 struct Fmt {
   std::string name;
@@ -85,22 +49,6 @@ Fmt parse_fmt(const std::string& s) {
   }
   return {s, k, v};
 }
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) out.push_back(x);
-  return out;
-}
-
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(size_t n) { CK(cudaMalloc(&p, std::max<size_t>(n, 256))); }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -115,9 +63,9 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--context") context = std::stoi(next());
-    else if (a == "--chunks") { chunks.clear(); for (auto& c : split(next())) chunks.push_back(std::stoi(c)); }
+    else if (a == "--chunks") { chunks.clear(); for (auto& c : split_list(next())) chunks.push_back(std::stoi(c)); }
     else if (a == "--seqs") seqs = std::stoi(next());
-    else if (a == "--formats") formats = split(next());
+    else if (a == "--formats") formats = split_list(next());
     else if (a == "--heads") { const std::string h = next(); std::sscanf(h.c_str(), "%d:%d", &hq, &hkv); }
     else if (a == "--head-dim") d = std::stoi(next());
     else if (a == "--iters") iters = std::stoi(next());
@@ -126,12 +74,12 @@ int main(int argc, char** argv) {
     else { std::fprintf(stderr, "unknown flag %s (see the header of bench/cuda/bench_prefill.cu)\n", a.c_str()); return 1; }
   }
   int dev = 0, sms = 0;
-  CK(cudaGetDevice(&dev));
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  TQKV_BENCH_CHECK(cudaGetDevice(&dev));
+  TQKV_BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, dev));
+  TQKV_BENCH_CHECK(cudaGetDeviceProperties(&prop, dev));
   cudaStream_t stream;
-  CK(cudaStreamCreate(&stream));
+  TQKV_BENCH_CHECK(cudaStreamCreate(&stream));
   std::mt19937_64 rng(1);
 
   std::string rows_json;
@@ -144,18 +92,18 @@ int main(int argc, char** argv) {
     std::vector<int32_t> perm(pool_pages);
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), rng);
-    Dev d_pt(perm.size() * 4), d_lens(seqs * 4), d_qlens(seqs * 4);
-    CK(cudaMemcpy(d_pt.p, perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+    DeviceBuffer d_pt(perm.size() * 4), d_lens(seqs * 4), d_qlens(seqs * 4);
+    TQKV_BENCH_CHECK(cudaMemcpy(d_pt.p, perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
     std::vector<int32_t> lens(seqs, len), qlens(seqs, chunk);
-    CK(cudaMemcpy(d_lens.p, lens.data(), seqs * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(d_qlens.p, qlens.data(), seqs * 4, cudaMemcpyHostToDevice));
+    TQKV_BENCH_CHECK(cudaMemcpy(d_lens.p, lens.data(), seqs * 4, cudaMemcpyHostToDevice));
+    TQKV_BENCH_CHECK(cudaMemcpy(d_qlens.p, qlens.data(), seqs * 4, cudaMemcpyHostToDevice));
     const int total_q = seqs * chunk;
     const size_t qn = static_cast<size_t>(total_q) * hq * d;
     std::vector<float> qh(qn);
     std::normal_distribution<float> nd(0.f, 1.f);
     for (auto& x : qh) x = nd(rng);
-    Dev d_q(qn * 4), d_out(qn * 2);
-    CK(cudaMemcpy(d_q.p, qh.data(), qn * 4, cudaMemcpyHostToDevice));
+    DeviceBuffer d_q(qn * 4), d_out(qn * 2);
+    TQKV_BENCH_CHECK(cudaMemcpy(d_q.p, qh.data(), qn * 4, cudaMemcpyHostToDevice));
     // Visible keys summed over rows: row i of the chunk sees context + i + 1 keys.
     const double keys = static_cast<double>(seqs) * (static_cast<double>(chunk) * context + 0.5 * chunk * (chunk + 1.0));
     const double flops = 4.0 * hq * d * keys;
@@ -163,10 +111,10 @@ int main(int argc, char** argv) {
     for (const std::string& fs : formats) {
       const Fmt f = parse_fmt(fs);
       const int64_t tk = tile_bytes(16, d, f.kb), tv = tile_bytes(16, d, f.vb);
-      Dev kp(pool_pages * hkv * tk), vp(pool_pages * hkv * tv);
-      fill_tiles<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(kp.p), pool_pages * hkv, tk, f.kb, d, 11);
-      fill_tiles<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(vp.p), pool_pages * hkv, tv, f.vb, d, 12);
-      CK(cudaGetLastError());
+      DeviceBuffer kp(pool_pages * hkv * tk), vp(pool_pages * hkv * tv);
+      fill_tiles<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(kp.p), pool_pages * hkv, tk, f.kb, 16, d, 11);
+      fill_tiles<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(vp.p), pool_pages * hkv, tv, f.vb, 16, d, 12);
+      TQKV_BENCH_CHECK(cudaGetLastError());
       std::vector<float> cent(256), rot(static_cast<size_t>(d) * d), signs(d);
       for (int i = 0; i < 256; ++i) cent[i] = (2.f * (i + 0.5f) / 256.f - 1.f) * 2.5f / std::sqrt(static_cast<float>(d));
       for (auto& x : rot) x = nd(rng) / std::sqrt(static_cast<float>(d));
@@ -174,11 +122,11 @@ int main(int argc, char** argv) {
       std::vector<float> ck(1 << std::min(f.kb, 8)), cv(1 << std::min(f.vb, 8));
       for (size_t i = 0; i < ck.size(); ++i) ck[i] = (2.f * (i + 0.5f) / ck.size() - 1.f) * 2.5f / std::sqrt(static_cast<float>(d));
       for (size_t i = 0; i < cv.size(); ++i) cv[i] = (2.f * (i + 0.5f) / cv.size() - 1.f) * 2.5f / std::sqrt(static_cast<float>(d));
-      Dev d_ck(ck.size() * 4), d_cv(cv.size() * 4), d_rot(rot.size() * 4), d_signs(d * 4);
-      CK(cudaMemcpy(d_ck.p, ck.data(), ck.size() * 4, cudaMemcpyHostToDevice));
-      CK(cudaMemcpy(d_cv.p, cv.data(), cv.size() * 4, cudaMemcpyHostToDevice));
-      CK(cudaMemcpy(d_rot.p, rot.data(), rot.size() * 4, cudaMemcpyHostToDevice));
-      CK(cudaMemcpy(d_signs.p, signs.data(), d * 4, cudaMemcpyHostToDevice));
+      DeviceBuffer d_ck(ck.size() * 4), d_cv(cv.size() * 4), d_rot(rot.size() * 4), d_signs(d * 4);
+      TQKV_BENCH_CHECK(cudaMemcpy(d_ck.p, ck.data(), ck.size() * 4, cudaMemcpyHostToDevice));
+      TQKV_BENCH_CHECK(cudaMemcpy(d_cv.p, cv.data(), cv.size() * 4, cudaMemcpyHostToDevice));
+      TQKV_BENCH_CHECK(cudaMemcpy(d_rot.p, rot.data(), rot.size() * 4, cudaMemcpyHostToDevice));
+      TQKV_BENCH_CHECK(cudaMemcpy(d_signs.p, signs.data(), d * 4, cudaMemcpyHostToDevice));
       PagedKVView view;
       view.k = {static_cast<uint8_t*>(kp.p), f.kb, tk, f.kb == 16 ? nullptr : static_cast<const float*>(d_ck.p)};
       view.v = {static_cast<uint8_t*>(vp.p), f.vb, tv, f.vb == 16 ? nullptr : static_cast<const float*>(d_cv.p)};
@@ -203,32 +151,32 @@ int main(int argc, char** argv) {
         auto plan = plan_prefill(view, p, total_q, sms);
         if (!plan.is_ok()) { std::fprintf(stderr, "%s: %s\n", fs.c_str(), plan.status().to_string().c_str()); return 1; }
         splits[path] = plan->num_splits;
-        Dev ws(plan->workspace_bytes);
+        DeviceBuffer ws(plan->workspace_bytes);
         auto call = [&] {
           const Status st = attention_prefill(view, p, *plan, static_cast<const int32_t*>(d_qlens.p), total_q, d_q.p,
                                               DType::kF32, d_out.p, DType::kF16, ws.p, plan->workspace_bytes, stream);
           if (!st.is_ok()) { std::fprintf(stderr, "%s: %s\n", fs.c_str(), st.to_string().c_str()); std::exit(1); }
         };
         call();  // warm-up
-        CK(cudaStreamSynchronize(stream));
+        TQKV_BENCH_CHECK(cudaStreamSynchronize(stream));
         cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
+        TQKV_BENCH_CHECK(cudaEventCreate(&e0));
+        TQKV_BENCH_CHECK(cudaEventCreate(&e1));
         std::vector<double> t;
         const int n_it = path == 0 ? iters : std::max(2, iters / 4);  // the per-row path is slow
         for (int r = 0; r < reps; ++r) {
-          CK(cudaEventRecord(e0, stream));
+          TQKV_BENCH_CHECK(cudaEventRecord(e0, stream));
           for (int it = 0; it < n_it; ++it) call();
-          CK(cudaEventRecord(e1, stream));
-          CK(cudaEventSynchronize(e1));
+          TQKV_BENCH_CHECK(cudaEventRecord(e1, stream));
+          TQKV_BENCH_CHECK(cudaEventSynchronize(e1));
           float ms = 0;
-          CK(cudaEventElapsedTime(&ms, e0, e1));
+          TQKV_BENCH_CHECK(cudaEventElapsedTime(&ms, e0, e1));
           t.push_back(1000.0 * ms / n_it);
         }
         std::sort(t.begin(), t.end());
         us[path] = t[t.size() / 2];
-        CK(cudaEventDestroy(e0));
-        CK(cudaEventDestroy(e1));
+        TQKV_BENCH_CHECK(cudaEventDestroy(e0));
+        TQKV_BENCH_CHECK(cudaEventDestroy(e1));
       }
       detail::set_prefill_path(detail::PrefillPath::kTiles);
       if (f.kb == 16 && f.vb == 16) f16_tiles_us = us[0];

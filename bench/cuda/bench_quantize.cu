@@ -26,21 +26,16 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.cuh"
 #include "cuda/quantize_tc.cuh"
 #include "tqkv/codec.h"
 #include "tqkv/cuda_attention.h"
 #include "tqkv/kv_layout.h"
 
-namespace {
+using tqkv::bench::split_list;
+using tqkv::bench::time_graph;
 
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                             \
-    }                                                                                           \
-  } while (0)
+namespace {
 
 __global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
@@ -60,45 +55,6 @@ __global__ void fill_kernel(void* p, size_t n, bool f32, uint32_t seed, float sd
     const float v = hash_normal(i, seed) * sd;
     if (f32) static_cast<float*>(p)[i] = v; else static_cast<__half*>(p)[i] = __float2half_rn(v);
   }
-}
-
-template <typename F>
-double time_graph(F&& call, int iters, int reps, cudaStream_t s) {
-  cudaGraph_t graph;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < iters; ++i) call();
-  CK(cudaStreamEndCapture(s, &graph));
-  cudaGraphExec_t exec;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaGraphLaunch(exec, s));
-  CK(cudaGraphLaunch(exec, s));
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    CK(cudaEventRecord(a, s));
-    CK(cudaGraphLaunch(exec, s));
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.0 / iters);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) if (!x.empty()) out.push_back(x);
-  return out;
 }
 
 bool parse_format(const std::string& f, int& kb, int& vb) {
@@ -121,31 +77,31 @@ int main(int argc, char** argv) {
     else if (a == "--iters") { iters = std::atoi(v); ++i; }
     else if (a == "--old-iters") { old_iters = std::atoi(v); ++i; }  // the old d = 96 kernel takes ~20 ms a call
     else if (a == "--old-reps") { old_reps = std::atoi(v); ++i; }
-    else if (a == "--formats") { formats = split(v); ++i; }
-    else if (a == "--input") { inputs = split(v); ++i; }
-    else if (a == "--head-dim") { dims.clear(); for (auto& x : split(v)) dims.push_back(std::atoi(x.c_str())); ++i; }
+    else if (a == "--formats") { formats = split_list(v); ++i; }
+    else if (a == "--input") { inputs = split_list(v); ++i; }
+    else if (a == "--head-dim") { dims.clear(); for (auto& x : split_list(v)) dims.push_back(std::atoi(x.c_str())); ++i; }
     else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 1; }
   }
   if (old_iters <= 0) old_iters = iters;
   if (old_reps <= 0) old_reps = reps;
   if (tokens <= 0 || heads <= 0 || reps <= 0 || iters <= 0) { std::fprintf(stderr, "bad sizes\n"); return 1; }
   cudaStream_t s;
-  CK(cudaStreamCreate(&s));
+  TQKV_BENCH_CHECK(cudaStreamCreate(&s));
   cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, 0));
+  TQKV_BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
 
   // Copy bandwidth of this run.
   const size_t cbytes = size_t{1} << 30;
   void *csrc, *cdst;
-  CK(cudaMalloc(&csrc, cbytes));
-  CK(cudaMalloc(&cdst, cbytes));
-  CK(cudaMemsetAsync(csrc, 1, cbytes, s));
-  const double us_m = time_graph([&] { CK(cudaMemcpyAsync(cdst, csrc, cbytes, cudaMemcpyDeviceToDevice, s)); }, 5, 5, s);
+  TQKV_BENCH_CHECK(cudaMalloc(&csrc, cbytes));
+  TQKV_BENCH_CHECK(cudaMalloc(&cdst, cbytes));
+  TQKV_BENCH_CHECK(cudaMemsetAsync(csrc, 1, cbytes, s));
+  const double us_m = time_graph([&] { TQKV_BENCH_CHECK(cudaMemcpyAsync(cdst, csrc, cbytes, cudaMemcpyDeviceToDevice, s)); }, 5, 5, s);
   const double us_k = time_graph([&] {
     copy_kernel<<<prop.multiProcessorCount * 8, 256, 0, s>>>(static_cast<const uint4*>(csrc), static_cast<uint4*>(cdst), cbytes / 16);
   }, 5, 5, s);
-  CK(cudaFree(csrc));
-  CK(cudaFree(cdst));
+  TQKV_BENCH_CHECK(cudaFree(csrc));
+  TQKV_BENCH_CHECK(cudaFree(cdst));
   const double copy_gbps = 2.0 * cbytes / (std::min(us_m, us_k) * 1e3);
   std::printf("device %s, %d SMs; copy: memcpy %.1f us, kernel %.1f us for 2 x 1 GiB -> %.0f GB/s\n", prop.name,
               prop.multiProcessorCount, us_m, us_k, copy_gbps);
@@ -159,25 +115,25 @@ int main(int argc, char** argv) {
     if (!rot_r.is_ok()) { std::fprintf(stderr, "rotation: %s\n", rot_r.status().to_string().c_str()); return 1; }
     const auto& rot = rot_r.value();
     float *d_rot = nullptr, *d_signs = nullptr;
-    CK(cudaMalloc(&d_rot, sizeof(float) * d * d));
-    CK(cudaMemcpy(d_rot, rot->matrix(), sizeof(float) * d * d, cudaMemcpyHostToDevice));
+    TQKV_BENCH_CHECK(cudaMalloc(&d_rot, sizeof(float) * d * d));
+    TQKV_BENCH_CHECK(cudaMemcpy(d_rot, rot->matrix(), sizeof(float) * d * d, cudaMemcpyHostToDevice));
     if (rot->signs()) {
-      CK(cudaMalloc(&d_signs, sizeof(float) * d));
-      CK(cudaMemcpy(d_signs, rot->signs(), sizeof(float) * d, cudaMemcpyHostToDevice));
+      TQKV_BENCH_CHECK(cudaMalloc(&d_signs, sizeof(float) * d));
+      TQKV_BENCH_CHECK(cudaMemcpy(d_signs, rot->signs(), sizeof(float) * d, cudaMemcpyHostToDevice));
     }
     for (const auto& in : inputs) {
       const bool f32 = in == "f32";
       const size_t xn = static_cast<size_t>(tokens) * heads * d, es = f32 ? 4 : 2;
       void *kin, *vin;
-      CK(cudaMalloc(&kin, xn * es));
-      CK(cudaMalloc(&vin, xn * es));
+      TQKV_BENCH_CHECK(cudaMalloc(&kin, xn * es));
+      TQKV_BENCH_CHECK(cudaMalloc(&vin, xn * es));
       fill_kernel<<<1024, 256, 0, s>>>(kin, xn, f32, 11, 2.f);
       fill_kernel<<<1024, 256, 0, s>>>(vin, xn, f32, 12, 1.f);
       std::vector<int64_t> slots(tokens);
       for (int i = 0; i < tokens; ++i) slots[i] = i;
       int64_t* d_slots;
-      CK(cudaMalloc(&d_slots, 8 * slots.size()));
-      CK(cudaMemcpy(d_slots, slots.data(), 8 * slots.size(), cudaMemcpyHostToDevice));
+      TQKV_BENCH_CHECK(cudaMalloc(&d_slots, 8 * slots.size()));
+      TQKV_BENCH_CHECK(cudaMemcpy(d_slots, slots.data(), 8 * slots.size(), cudaMemcpyHostToDevice));
       for (const auto& fname : formats) {
         int kb = 0, vb = 0;
         if (!parse_format(fname, kb, vb)) { std::fprintf(stderr, "bad format %s\n", fname.c_str()); return 1; }
@@ -194,17 +150,17 @@ int main(int argc, char** argv) {
           sv.bits = bits;
           sv.tile_bytes = tqkv::tile_bytes(P, d, bits);
           for (int w = 0; w < 3; ++w) {
-            CK(cudaMalloc(&pools[w][side], static_cast<size_t>(pages) * heads * sv.tile_bytes));
-            CK(cudaMemset(pools[w][side], 0, static_cast<size_t>(pages) * heads * sv.tile_bytes));
+            TQKV_BENCH_CHECK(cudaMalloc(&pools[w][side], static_cast<size_t>(pages) * heads * sv.tile_bytes));
+            TQKV_BENCH_CHECK(cudaMemset(pools[w][side], 0, static_cast<size_t>(pages) * heads * sv.tile_bytes));
           }
           if (bits != tqkv::kF16Bits) {
             auto cb = tqkv::Codebook::get(d, bits);
             if (!cb.is_ok()) { std::fprintf(stderr, "codebook: %s\n", cb.status().to_string().c_str()); return 1; }
             const int L = cb.value()->levels();
-            CK(cudaMalloc(&d_bnd[side], 4 * (L - 1)));
-            CK(cudaMalloc(&d_cent[side], 4 * L));
-            CK(cudaMemcpy(d_bnd[side], cb.value()->boundaries(), 4 * (L - 1), cudaMemcpyHostToDevice));
-            CK(cudaMemcpy(d_cent[side], cb.value()->centroids(), 4 * L, cudaMemcpyHostToDevice));
+            TQKV_BENCH_CHECK(cudaMalloc(&d_bnd[side], 4 * (L - 1)));
+            TQKV_BENCH_CHECK(cudaMalloc(&d_cent[side], 4 * L));
+            TQKV_BENCH_CHECK(cudaMemcpy(d_bnd[side], cb.value()->boundaries(), 4 * (L - 1), cudaMemcpyHostToDevice));
+            TQKV_BENCH_CHECK(cudaMemcpy(d_cent[side], cb.value()->centroids(), 4 * L, cudaMemcpyHostToDevice));
             sv.centroids = d_cent[side];
           }
         }
@@ -225,7 +181,7 @@ int main(int argc, char** argv) {
         }
         tqkv::cuda::tc::set_quantize_kernel_old(-1);
         tqkv::cuda::tc::set_quantize_tc_variant(-1);
-        CK(cudaStreamSynchronize(s));
+        TQKV_BENCH_CHECK(cudaStreamSynchronize(s));
         // Compare index bytes (rows), new vs old.
         size_t differ = 0, differ_ns = 0, total_idx = 0;
         for (int side = 0; side < 2; ++side) {
@@ -233,9 +189,9 @@ int main(int argc, char** argv) {
           const int bits = side == 0 ? kb : vb;
           const size_t n = static_cast<size_t>(pages) * heads * tb;
           std::vector<uint8_t> a(n), b(n), c(n);
-          CK(cudaMemcpy(a.data(), pools[0][side], n, cudaMemcpyDeviceToHost));
-          CK(cudaMemcpy(b.data(), pools[1][side], n, cudaMemcpyDeviceToHost));
-          CK(cudaMemcpy(c.data(), pools[2][side], n, cudaMemcpyDeviceToHost));
+          TQKV_BENCH_CHECK(cudaMemcpy(a.data(), pools[0][side], n, cudaMemcpyDeviceToHost));
+          TQKV_BENCH_CHECK(cudaMemcpy(b.data(), pools[1][side], n, cudaMemcpyDeviceToHost));
+          TQKV_BENCH_CHECK(cudaMemcpy(c.data(), pools[2][side], n, cudaMemcpyDeviceToHost));
           for (size_t k = 0; k < n; ++k) differ_ns += a[k] != c[k];  // whole tiles, scales too
           const int64_t rb = bits == tqkv::kF16Bits ? 2LL * d * P : tqkv::index_bytes(d, bits) * P;
           for (size_t t0 = 0; t0 < n; t0 += tb)

@@ -19,71 +19,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.cuh"
 #include "tqkv/cuda_attention.h"
 
-namespace {
-
-#define CHECK_CUDA(x)                                                                        \
-  do {                                                                                       \
-    cudaError_t e_ = (x);                                                                    \
-    if (e_ != cudaSuccess) {                                                                 \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
-
-__device__ uint32_t hash32(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ull;
-  x ^= x >> 33;
-  return static_cast<uint32_t>(x);
-}
-
-// Random tiles: indices uniform, fp16 scales in [0.5, 2) * sqrt(d); fp16 tiles values in [-2, 2).
-__global__ void fill_tiles(uint8_t* p, int64_t n_tiles, int64_t tb, int bits, int rows, int d, uint64_t seed) {
-  const int64_t n = n_tiles * tb;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<int64_t>(blockDim.x)) {
-    const int64_t t = i / tb, o = i % tb;
-    const uint32_t h = hash32(seed * 0x9e3779b97f4a7c15ull + i);
-    if (bits == 16) {
-      if (o % 2 == 0 && o / 2 < static_cast<int64_t>(rows) * d) {
-        const __half v = __float2half_rn((h % 4096) / 1024.f - 2.f);
-        reinterpret_cast<__half*>(p + t * tb)[o / 2] = v;
-      }
-      continue;
-    }
-    const int64_t sc = tqkv::tile_scales_offset(rows, d, bits);
-    if (o < sc) {
-      p[i] = static_cast<uint8_t>(h);
-    } else if (o < sc + 2 * rows && (o - sc) % 2 == 0) {
-      reinterpret_cast<__half*>(p + t * tb + sc)[(o - sc) / 2] =
-          __float2half_rn((0.5f + 1.5f * (h % 1000) / 1000.f) * sqrtf(static_cast<float>(d)));
-    }
-  }
-}
-
-struct Buf {
-  void* p = nullptr;
-  explicit Buf(size_t n) { CHECK_CUDA(cudaMalloc(&p, std::max<size_t>(n, 256))); }
-  ~Buf() { cudaFree(p); }
-  template <typename T>
-  T* get() const { return static_cast<T*>(p); }
-};
-
-std::vector<int> parse_ints(const char* s) {
-  std::vector<int> v;
-  for (const char* c = s; *c;) {
-    v.push_back(std::atoi(c));
-    const char* comma = std::strchr(c, ',');
-    if (!comma) break;
-    c = comma + 1;
-  }
-  return v;
-}
-
-}  // namespace
+using tqkv::bench::DeviceBuffer;
+using tqkv::bench::fill_tiles;
+using tqkv::bench::parse_ints;
+using tqkv::bench::split_list;
 
 int main(int argc, char** argv) {
   std::vector<std::string> formats = {"k4v4"};
@@ -92,14 +34,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--formats") {
-      formats.clear();
-      std::string s = argv[i + 1];
-      for (size_t p = 0; p <= s.size();) {
-        const size_t c = s.find(',', p);
-        formats.push_back(s.substr(p, c == std::string::npos ? std::string::npos : c - p));
-        if (c == std::string::npos) break;
-        p = c + 1;
-      }
+      formats = split_list(argv[i + 1]);
     } else if (a == "--batch") batches = parse_ints(argv[i + 1]);
     else if (a == "--context") contexts = parse_ints(argv[i + 1]);
     else if (a == "--sinks") sinks = std::atoi(argv[i + 1]);
@@ -108,7 +43,7 @@ int main(int argc, char** argv) {
     else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
   }
   cudaDeviceProp prop{};
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  TQKV_BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs; head size 128, 32 query heads, 8 KV heads; %d sink tokens vs none; "
               "median of %d replays of %d calls\n", prop.name, prop.multiProcessorCount, sinks, reps, iters);
   std::printf("%-6s %5s %7s %6s %12s %12s %8s\n", "kv", "batch", "context", "splits", "no sinks us", "sinks us", "delta");
@@ -120,39 +55,39 @@ int main(int argc, char** argv) {
   for (int i = 0; i < d; ++i)
     for (int j = 0; j < d; ++j)
       rot[static_cast<size_t>(i) * d + j] = ((__builtin_popcount(i & j) & 1) ? -1.f : 1.f) * signs[j] / std::sqrt(128.f);
-  Buf d_rot(rot.size() * 4), d_signs(d * 4), d_cent(16 * 4);
-  CHECK_CUDA(cudaMemcpy(d_rot.p, rot.data(), rot.size() * 4, cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(d_signs.p, signs.data(), d * 4, cudaMemcpyHostToDevice));
+  DeviceBuffer d_rot(rot.size() * 4), d_signs(d * 4), d_cent(16 * 4);
+  TQKV_BENCH_CHECK(cudaMemcpy(d_rot.p, rot.data(), rot.size() * 4, cudaMemcpyHostToDevice));
+  TQKV_BENCH_CHECK(cudaMemcpy(d_signs.p, signs.data(), d * 4, cudaMemcpyHostToDevice));
   cudaStream_t stream;
-  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  TQKV_BENCH_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   int sm = prop.multiProcessorCount;
   for (const std::string& f : formats) {
     const int bits = f == "f16" ? 16 : (f == "k8v8" ? 8 : (f == "k3v3" ? 3 : (f == "k2v2" ? 2 : 4)));
     if (bits != 16) {
       std::vector<float> c(1 << bits);
       for (int i = 0; i < (1 << bits); ++i) c[i] = (2.f * (i + 0.5f) / (1 << bits) - 1.f) * 2.5f / std::sqrt(128.f);
-      CHECK_CUDA(cudaMemcpy(d_cent.p, c.data(), c.size() * 4, cudaMemcpyHostToDevice));
+      TQKV_BENCH_CHECK(cudaMemcpy(d_cent.p, c.data(), c.size() * 4, cudaMemcpyHostToDevice));
     }
     for (int B : batches)
       for (int L : contexts) {
         const int mp = (L + 15) / 16;
         const int64_t pages = static_cast<int64_t>(B) * mp;
         const int64_t tb = tqkv::tile_bytes(16, d, bits);
-        Buf kp(pages * H * tb), vp(pages * H * tb);
+        DeviceBuffer kp(pages * H * tb), vp(pages * H * tb);
         fill_tiles<<<1024, 256, 0, stream>>>(kp.get<uint8_t>(), pages * H, tb, bits, 16, d, 11);
         fill_tiles<<<1024, 256, 0, stream>>>(vp.get<uint8_t>(), pages * H, tb, bits, 16, d, 12);
         const int64_t stb = tqkv::tile_bytes(std::max(sinks, 1), d, 16);
-        Buf sk(B * H * stb), sv(B * H * stb);
+        DeviceBuffer sk(B * H * stb), sv(B * H * stb);
         fill_tiles<<<64, 256, 0, stream>>>(sk.get<uint8_t>(), B * H, stb, 16, std::max(sinks, 1), d, 13);
         fill_tiles<<<64, 256, 0, stream>>>(sv.get<uint8_t>(), B * H, stb, 16, std::max(sinks, 1), d, 14);
         std::vector<int32_t> perm(static_cast<size_t>(pages)), lens(B, L), slot(B);
         std::iota(perm.begin(), perm.end(), 0);
         std::shuffle(perm.begin(), perm.end(), rng);
         std::iota(slot.begin(), slot.end(), 0);
-        Buf d_pt(pages * 4), d_lens(B * 4), d_slot(B * 4);
-        CHECK_CUDA(cudaMemcpy(d_pt.p, perm.data(), pages * 4, cudaMemcpyHostToDevice));
-        CHECK_CUDA(cudaMemcpy(d_lens.p, lens.data(), B * 4, cudaMemcpyHostToDevice));
-        CHECK_CUDA(cudaMemcpy(d_slot.p, slot.data(), B * 4, cudaMemcpyHostToDevice));
+        DeviceBuffer d_pt(pages * 4), d_lens(B * 4), d_slot(B * 4);
+        TQKV_BENCH_CHECK(cudaMemcpy(d_pt.p, perm.data(), pages * 4, cudaMemcpyHostToDevice));
+        TQKV_BENCH_CHECK(cudaMemcpy(d_lens.p, lens.data(), B * 4, cudaMemcpyHostToDevice));
+        TQKV_BENCH_CHECK(cudaMemcpy(d_slot.p, slot.data(), B * 4, cudaMemcpyHostToDevice));
         tqkv::PagedKVView v;
         const float* cent = bits == 16 ? nullptr : d_cent.get<const float>();
         v.k = {kp.get<uint8_t>(), bits, tb, cent};
@@ -179,7 +114,7 @@ int main(int argc, char** argv) {
           std::fprintf(stderr, "plan failed: %s\n", (plan.is_ok() ? plan_s.status() : plan.status()).to_string().c_str());
           return 1;
         }
-        Buf q(static_cast<size_t>(B) * HQ * d * 2), out(static_cast<size_t>(B) * HQ * d * 2),
+        DeviceBuffer q(static_cast<size_t>(B) * HQ * d * 2), out(static_cast<size_t>(B) * HQ * d * 2),
             ws(std::max(plan->workspace_bytes, plan_s->workspace_bytes));
         fill_tiles<<<64, 256, 0, stream>>>(q.get<uint8_t>(), 1, static_cast<int64_t>(B) * HQ * d * 2, 16, B * HQ, d, 15);
         cudaGraphExec_t ge[2];
@@ -190,29 +125,29 @@ int main(int argc, char** argv) {
           tqkv::Status st = tqkv::cuda::attention_decode(vv, p, pl, q.p, tqkv::cuda::DType::kF16, out.p,
                                                          tqkv::cuda::DType::kF16, ws.p, std::max(plan->workspace_bytes, plan_s->workspace_bytes), stream);
           if (!st.is_ok()) { std::fprintf(stderr, "decode: %s\n", st.to_string().c_str()); return 1; }
-          CHECK_CUDA(cudaStreamSynchronize(stream));
+          TQKV_BENCH_CHECK(cudaStreamSynchronize(stream));
           cudaGraph_t graph;
-          CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+          TQKV_BENCH_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
           for (int i = 0; i < iters; ++i)
             (void)tqkv::cuda::attention_decode(vv, p, pl, q.p, tqkv::cuda::DType::kF16, out.p, tqkv::cuda::DType::kF16,
                                                ws.p, std::max(plan->workspace_bytes, plan_s->workspace_bytes), stream);
-          CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
-          CHECK_CUDA(cudaGraphInstantiate(&ge[g], graph, 0));
+          TQKV_BENCH_CHECK(cudaStreamEndCapture(stream, &graph));
+          TQKV_BENCH_CHECK(cudaGraphInstantiate(&ge[g], graph, 0));
           cudaGraphDestroy(graph);
-          CHECK_CUDA(cudaGraphLaunch(ge[g], stream));  // upload + warm
+          TQKV_BENCH_CHECK(cudaGraphLaunch(ge[g], stream));  // upload + warm
         }
         cudaEvent_t e0, e1;
-        CHECK_CUDA(cudaEventCreate(&e0));
-        CHECK_CUDA(cudaEventCreate(&e1));
+        TQKV_BENCH_CHECK(cudaEventCreate(&e0));
+        TQKV_BENCH_CHECK(cudaEventCreate(&e1));
         std::vector<float> ms[2];
         for (int r = 0; r < reps; ++r)
           for (int g = 0; g < 2; ++g) {
-            CHECK_CUDA(cudaEventRecord(e0, stream));
-            CHECK_CUDA(cudaGraphLaunch(ge[g], stream));
-            CHECK_CUDA(cudaEventRecord(e1, stream));
-            CHECK_CUDA(cudaEventSynchronize(e1));
+            TQKV_BENCH_CHECK(cudaEventRecord(e0, stream));
+            TQKV_BENCH_CHECK(cudaGraphLaunch(ge[g], stream));
+            TQKV_BENCH_CHECK(cudaEventRecord(e1, stream));
+            TQKV_BENCH_CHECK(cudaEventSynchronize(e1));
             float t = 0;
-            CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+            TQKV_BENCH_CHECK(cudaEventElapsedTime(&t, e0, e1));
             ms[g].push_back(t);
           }
         double med[2];

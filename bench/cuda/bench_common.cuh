@@ -1,0 +1,123 @@
+// Pieces the standalone CUDA benchmarks share (tqkv_prefill_bench, tqkv_sink_bench,
+// tqkv_quant_bench): an abort-on-error CUDA check (a benchmark has nothing to recover), random but
+// valid KV tiles, a device buffer, comma-separated options, and the graph timer (a CUDA graph of
+// `iters` calls, replayed `reps` times after two warm-up replays, median per call).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tqkv/kv_layout.h"
+
+#define TQKV_BENCH_CHECK(x)                                                                    \
+  do {                                                                                         \
+    const cudaError_t e_ = (x);                                                                \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                            \
+    }                                                                                          \
+  } while (0)
+
+namespace tqkv::bench {
+
+__device__ inline uint32_t hash32(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return static_cast<uint32_t>(x);
+}
+
+// Random valid tiles of `rows` tokens: TurboQuant tiles get uniform index bytes and fp16 scales in
+// [0.5, 2) * sqrt(d); fp16 tiles (bits 16) values in [-2, 2). Never zeros (see METHOD.md).
+__global__ inline void fill_tiles(uint8_t* p, int64_t n_tiles, int64_t tile_bytes, int bits, int rows, int d,
+                                  uint64_t seed) {
+  const int64_t n = n_tiles * tile_bytes;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += gridDim.x * static_cast<int64_t>(blockDim.x)) {
+    const int64_t t = i / tile_bytes, o = i % tile_bytes;
+    const uint32_t h = hash32(seed * 0x9e3779b97f4a7c15ull + i);
+    if (bits == 16) {
+      if (o % 2 == 0 && o / 2 < static_cast<int64_t>(rows) * d)
+        reinterpret_cast<__half*>(p + t * tile_bytes)[o / 2] = __float2half_rn((h % 4096) / 1024.f - 2.f);
+      continue;
+    }
+    const int64_t sc = tile_scales_offset(rows, d, bits);
+    if (o < sc) {
+      p[i] = static_cast<uint8_t>(h);
+    } else if (o < sc + 2 * rows && (o - sc) % 2 == 0) {
+      reinterpret_cast<__half*>(p + t * tile_bytes + sc)[(o - sc) / 2] =
+          __float2half_rn((0.5f + 1.5f * (h % 1000) / 1000.f) * sqrtf(static_cast<float>(d)));
+    }
+  }
+}
+
+// Owns one cudaMalloc'd block (at least 256 bytes, so empty buffers still have an address).
+struct DeviceBuffer {
+  void* p = nullptr;
+  explicit DeviceBuffer(size_t n) { TQKV_BENCH_CHECK(cudaMalloc(&p, std::max<size_t>(n, 256))); }
+  ~DeviceBuffer() { cudaFree(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T>
+  T* get() const { return static_cast<T*>(p); }
+};
+
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ','))
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+inline std::vector<int> parse_ints(const std::string& s) {
+  std::vector<int> out;
+  for (const std::string& x : split_list(s)) out.push_back(std::atoi(x.c_str()));
+  return out;
+}
+
+// Microseconds per call: `call` (which enqueues on stream s) captured `iters` times into one graph,
+// two warm-up replays, then the median of `reps` timed replays, divided by iters.
+template <typename F>
+double time_graph(F&& call, int iters, int reps, cudaStream_t s) {
+  cudaGraph_t graph;
+  TQKV_BENCH_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < iters; ++i) call();
+  TQKV_BENCH_CHECK(cudaStreamEndCapture(s, &graph));
+  cudaGraphExec_t exec;
+  TQKV_BENCH_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  TQKV_BENCH_CHECK(cudaEventCreate(&a));
+  TQKV_BENCH_CHECK(cudaEventCreate(&b));
+  TQKV_BENCH_CHECK(cudaGraphLaunch(exec, s));
+  TQKV_BENCH_CHECK(cudaGraphLaunch(exec, s));
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    TQKV_BENCH_CHECK(cudaEventRecord(a, s));
+    TQKV_BENCH_CHECK(cudaGraphLaunch(exec, s));
+    TQKV_BENCH_CHECK(cudaEventRecord(b, s));
+    TQKV_BENCH_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    TQKV_BENCH_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1000.0 / iters);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace tqkv::bench
