@@ -6,7 +6,8 @@
 #   scripts/device_all.sh prepare     here (nvcc, no GPU needed): builds both sets of binaries
 #       (scripts/device_run.sh prepare, scripts/device_runtime.sh prepare) and packs what the device
 #       needs, xz-compressed, into two git-ignored folders:
-#         .device-gpu/kernels   test_cuda, tqkv_cuda_bench                        (~18 MB)
+#         .device-gpu/kernels   test_cuda, tqkv_cuda_bench and the standalone quantize / prefill /
+#                               sink benchmarks                                   (~35 MB)
 #         .device-gpu/runtime   tqkv, test_gpu, two libraries, reduced models, CPU fixtures (~60 MB)
 #   scripts/device_all.sh run         on the device, from the repository root. Runs the kernel steps
 #       when .device-gpu/kernels travelled and the runtime steps when .device-gpu/runtime did.
@@ -18,7 +19,8 @@
 #   carry [".device-gpu/runtime"]  command: scripts/device_all.sh run
 # (back to back, the second finds the machine warm).
 #
-# Environment: WHAT="tests sanitize bench runtime" (default: all four), SDPA=0 skips PyTorch SDPA,
+# Environment: WHAT="tests sanitize bench runtime" (the default; add "smoke" for a short run of the
+# standalone benchmarks), SDPA=0 skips PyTorch SDPA,
 # FORMATS for the runtime bench (default "k4v4 k3v3").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ if [[ $step == prepare ]]; then
   set -e
   scripts/device_run.sh prepare
   mkdir -p "$K"
-  for b in test_cuda tqkv_cuda_bench; do
+  for b in test_cuda tqkv_cuda_bench tqkv_quant_bench tqkv_prefill_bench tqkv_sink_bench; do
     rm -f "$K/$b.gz" "$K/$b.xz"
     strip -o "$K/$b" ".device/$b"
     xz -9 -T2 -f "$K/$b"
@@ -52,10 +54,10 @@ unxz_py() { python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(s
 
 if [[ -d $K ]]; then
   mkdir -p .device
-  for b in test_cuda tqkv_cuda_bench; do
+  for b in test_cuda tqkv_cuda_bench tqkv_quant_bench tqkv_prefill_bench tqkv_sink_bench; do
     [[ -f $K/$b.xz ]] && unxz_py "$K/$b.xz" ".device/$b" && chmod +x ".device/$b"
   done
-  for w in tests sanitize bench; do
+  for w in tests sanitize bench smoke; do
     [[ " $WHAT " == *" $w "* ]] || continue
     echo "== kernels: $w" | tee -a "$OUT/summary.txt"
     OUT="$LOGS/kernels" SDPA=${SDPA:-0} scripts/device_run.sh run "$w" 2>&1 | tail -40 | tee -a "$OUT/summary.txt"

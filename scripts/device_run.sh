@@ -5,7 +5,8 @@
 #       builds test_cuda and tqkv_cuda_bench in build-cuda (TQKV_CUDA=ON, arch 90) and copies
 #       them into .device/ (git-ignored) so they can travel with the device tool's `carry`.
 #   scripts/device_run.sh run [what]   (on the GPU machine, from the repository root)
-#       what = all (default) | tests | sanitize | bench | ncu (Nsight Compute on a few cases)
+#       what = all (default) | tests | sanitize | bench | ncu (Nsight Compute on a few cases) |
+#       smoke (the standalone quantize / prefill / sink benchmarks on small shapes; not in all)
 #       runs the CUDA tests, compute-sanitizer memcheck + racecheck on the kernel tests, the
 #       kernel benchmark and PyTorch SDPA on the same shape; logs go to $OUT (default
 #       ./device-out): nvidia-smi.txt, tests.log, memcheck.log, racecheck.log, bench.txt,
@@ -21,9 +22,10 @@ if [[ $step == prepare ]]; then
   set -e
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
     -DTQKV_BUILD_BENCH=OFF >/dev/null
-  cmake --build build-cuda -j "${JOBS:-2}" --target test_cuda tqkv_cuda_bench
+  cmake --build build-cuda -j "${JOBS:-2}" --target test_cuda tqkv_cuda_bench tqkv_quant_bench tqkv_prefill_bench tqkv_sink_bench
   mkdir -p .device
-  cp build-cuda/tests/test_cuda build-cuda/src/cuda/tqkv_cuda_bench .device/
+  cp build-cuda/tests/test_cuda build-cuda/src/cuda/tqkv_cuda_bench build-cuda/src/cuda/tqkv_quant_bench \
+    build-cuda/src/cuda/tqkv_prefill_bench build-cuda/src/cuda/tqkv_sink_bench .device/
   ls -la .device
   exit 0
 fi
@@ -95,6 +97,22 @@ if [[ $what == all || $what == bench ]]; then
     note "sdpa: skipped (SDPA=0 or no torch with CUDA)"
   fi
   cat "$OUT/bench.txt" "$OUT/sdpa.txt" 2>/dev/null | grep -v '^ *[{}\[]' | head -120
+fi
+
+# The standalone benchmarks (bench/cuda: quantize-on-write, tiled prefill, sinks), each on a small
+# shape: do they run and print rows (their full runs are in docs/benchmarks.md).
+if [[ $what == smoke ]]; then
+  for b in tqkv_quant_bench tqkv_prefill_bench tqkv_sink_bench; do
+    [[ -x $BIN/$b ]] || { note "$b: not packed"; continue; }
+    case $b in
+      tqkv_quant_bench) args=(--tokens 4096 --head-dim 128 --formats k4v4 --input f32 --reps 3 --iters 5) ;;
+      tqkv_prefill_bench) args=(--context 2048 --chunks 512 --formats f16,k4v4 --reps 3 --iters 4) ;;
+      tqkv_sink_bench) args=(--formats k4v4 --batch 8 --context 4096 --reps 3 --iters 5) ;;
+    esac
+    timeout 120 "$BIN/$b" "${args[@]}" >"$OUT/smoke_$b.txt" 2>&1
+    note "$b ${args[*]}: rc=$?"
+    tail -4 "$OUT/smoke_$b.txt"
+  done
 fi
 
 echo
