@@ -154,6 +154,25 @@ class GpuContext {
   // KV bytes the attention of one decode step reads at the current lengths (tiles, all layers).
   int64_t attention_bytes_per_step(int batch) const;
 
+  // --- diagnostics ----------------------------------------------------------------------------
+  // Attention probe (`tqkv verify --device cuda`): per-layer attention fidelity measured from the
+  // GPU run itself. While on (seq >= 0), every prefill() chunk of sequence `seq` copies each
+  // layer's q, k, v (as the projection, norms and RoPE leave them: before key centering and
+  // smoothing, which leave attention unchanged) and the layer's attention output (fp16, what the
+  // output projection reads) to the host, and compares that output with dense fp32 attention on the
+  // host over the same q, k, v and every earlier position of the sequence (the layer's window and
+  // soft-cap). Sums over every measured row of every chunk, as PerplexityOptions::per_layer on the
+  // CPU. Measurement starts at a prefill of the sequence from position 0 (after reset) and stops
+  // at a decode step of it (decode steps are not measured). Slower: host copies and host attention
+  // per chunk. seq = -1: off (the default). prefill_batch is kUnsupported while the probe is on.
+  Status set_attention_probe(int seq);
+  // Per layer: layer, compressed (kept in the format under test, not f16), att_rel_err = sum
+  // |o_gpu - o_ref|^2 / sum |o_ref|^2 over the measured rows (0 when none); k_rel_mse, v_rel_mse and
+  // the other fields of LayerKvError are NaN (not measured on the GPU). Empty when the probe is off.
+  std::vector<LayerKvError> attention_probe_result() const;
+  // Query rows the probe has measured since it was switched on (each row once, all layers).
+  int64_t attention_probe_rows() const;
+
   int64_t kv_bytes_allocated() const;
   // Bytes one sequence of `len` tokens needs under this context's per-layer policy (whole pages).
   int64_t kv_bytes_per_seq(int64_t len) const;
@@ -173,7 +192,10 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::ve
                              int64_t len, int max_chunk = 128, int sink_tokens = 0);
 
 // Generation and perplexity on the GPU: the same loops and outputs as generate() and
-// evaluate_perplexity() in include/tqkv/generate.h (sampling on the host).
+// evaluate_perplexity() in include/tqkv/generate.h (sampling on the host). Perplexity with
+// PerplexityOptions::per_layer: r.layers from GpuContext::set_attention_probe (the attention
+// error measured from the GPU run; K/V reconstruction errors and the codec figures NaN: not
+// measured on the GPU); k8_layers and emulate are kUnsupported (CPU runtime only).
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,

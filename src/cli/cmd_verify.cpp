@@ -5,6 +5,13 @@
 // distribution against f16, top-1 agreement, and the perplexity increase. Prints a table and
 // PASS/FAIL; exit status 0 = PASS, 1 = FAIL, 2 = could not run.
 //
+// --device cuda: the same gates on the GPU runtime (include/tqkv/gpu_model.h), the format under
+// test and the f16 reference both as GPU caches in the same run, with the same defaults (keys
+// centered and smoothed, 4 sinks). The per-layer attention error is measured from the GPU run
+// itself (GpuContext::set_attention_probe: each layer's GPU attention output against dense fp32
+// attention on the host over the same q, k, v); the K/V reconstruction columns are CPU-only
+// (n/a on the GPU). --k8-layers and value centering are CPU-only (exit 2 with --device cuda).
+//
 // The default thresholds are not universal truths; tune them for your model and task. Measured
 // with the defaults (4 chunks of 512 tokens, keys centered and smoothed, 4 sink tokens;
 // docs/benchmarks.md): k4v4 passes on SmolLM2-135M and Gemma-3-270M (Gemma 3's global layer 11,
@@ -13,14 +20,19 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "cli/command_registry.h"
 #include "tqkv/generate.h"
 #include "tqkv/tokenizer.h"
+#ifdef TQKV_HAVE_GPU_RUNTIME
+#include "tqkv/gpu_model.h"
+#endif
 
 namespace {
 
@@ -39,6 +51,7 @@ struct Options {
   double max_ppl_increase = 0.05;    // relative
   double max_layer_error = 0.30;     // relative L2 error of one layer's attention output
   bool as_json = false;
+  std::string device = "cpu";  // cpu or cuda (the GPU runtime)
 };
 
 int fail(const std::string& what, const tqkv::Status& st) {
@@ -53,7 +66,37 @@ struct Gate {
   bool pass() const { return std::isfinite(value) && (upper ? value <= limit : value >= limit); }
 };
 
+// --device cuda: OK when this build has the GPU runtime and a device is usable.
+tqkv::Status gpu_ready() {
+#ifdef TQKV_HAVE_GPU_RUNTIME
+  return tqkv::gpu_available();
+#else
+  return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
+#endif
+}
+
+// --device cuda: the evaluation with the forward passes (format under test and f16) on the GPU.
+tqkv::Result<tqkv::PerplexityResult> evaluate_on_gpu(const tqkv::Model& model, const std::vector<int32_t>& ids,
+                                                     const tqkv::PerplexityOptions& po,
+                                                     const std::function<void(int, int)>& progress) {
+#ifdef TQKV_HAVE_GPU_RUNTIME
+  TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
+  return tqkv::gpu_evaluate_perplexity(*gm, ids, po, progress);
+#else
+  (void)model, (void)ids, (void)po, (void)progress;
+  return gpu_ready();
+#endif
+}
+
 int run(const Options& o) {
+  const bool gpu = o.device == "cuda";
+  if (gpu) {
+    if (!o.k8_layers.empty())
+      return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
+    if (o.center == "values" || o.center == "kv")
+      return fail("--center", tqkv::unsupported("value centering is implemented by the CPU runtime only"));
+    if (auto st = gpu_ready(); !st.is_ok()) return fail("--device cuda", st);
+  }
   auto fmt = tqkv::parse_kv_format(o.kv);
   if (!fmt.is_ok()) return fail("--kv", fmt.status());
   if (fmt->k_bits == 16 && fmt->v_bits == 16)
@@ -97,7 +140,7 @@ int run(const Options& o) {
                  done, total);
     if (done == total) std::fprintf(stderr, "\n");
   };
-  auto r = tqkv::evaluate_perplexity(**model, *ids, po, progress);
+  auto r = gpu ? evaluate_on_gpu(**model, *ids, po, progress) : tqkv::evaluate_perplexity(**model, *ids, po, progress);
   if (!r.is_ok()) return fail("evaluation", r.status());
 
   // Per-layer attention fidelity: relative L2 error of the attention output.
@@ -107,7 +150,12 @@ int run(const Options& o) {
     const double e = std::sqrt(l.att_rel_err);
     if (l.compressed && e > worst_err) worst_err = e, worst_layer = l.layer;
   }
+  if (r->layers.empty()) return fail("evaluation", tqkv::internal_error("no per-layer attention errors measured"));
   const double ppl_increase = r->f16_ppl > 0 ? r->ppl / r->f16_ppl - 1 : NAN;
+  // Where the attention error comes from (both: the run's attention output vs dense fp32 attention
+  // over the same q, k, v; every token of every chunk).
+  const char* layer_source = gpu ? "gpu run (GPU attention output vs dense fp32 attention on the host)"
+                                 : "cpu run (attention output vs dense fp32 attention)";
   const Gate gates[] = {
       {"worst layer attention error", worst_err, o.max_layer_error, true},
       {"KL divergence (mean, nats)", r->kld_mean, o.max_kld, true},
@@ -121,9 +169,11 @@ int run(const Options& o) {
     json j;
     j["model"] = o.model;
     j["kv"] = o.kv;
+    j["device"] = o.device;
     j["ctx"] = o.ctx;
     j["chunks"] = r->chunks;
     j["scored_tokens"] = r->scored;
+    j["layer_error_source"] = layer_source;
     j["verdict"] = pass ? "PASS" : "FAIL";
     j["center"] = o.center;
     j["sink_tokens"] = o.sink_tokens;
@@ -153,17 +203,28 @@ int run(const Options& o) {
     j["layers"] = ls;
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("tqkv verify: %s on %s, %d chunks of %d tokens (%lld predictions scored)\n\n", o.kv.c_str(),
-                o.model.c_str(), r->chunks, o.ctx, static_cast<long long>(r->scored));
+    std::printf("tqkv verify: %s on %s, %d chunks of %d tokens (%lld predictions scored), %s runtime\n", o.kv.c_str(),
+                o.model.c_str(), r->chunks, o.ctx, static_cast<long long>(r->scored), gpu ? "GPU" : "CPU");
+    std::printf("attention error measured by the %s\n\n", layer_source);
     std::printf("layer  cache  K rel MSE  V rel MSE  attention error\n");
+    auto cell = [](double x) {  // NaN: not measured (the GPU runtime measures only the attention error)
+      char b[32];
+      if (std::isnan(x)) std::snprintf(b, sizeof b, "%9s", "n/a");
+      else std::snprintf(b, sizeof b, "%9.5f", x);
+      return std::string(b);
+    };
     for (const auto& l : r->layers) {
       const double e = std::sqrt(l.att_rel_err);
-      std::printf("%5d  %-5s  %9.5f  %9.5f  %15.4f%s\n", l.layer, l.compressed ? o.kv.c_str() : "f16", l.k_rel_mse,
-                  l.v_rel_mse, e, l.compressed && e > o.max_layer_error ? "  <- over the limit" : "");
+      std::printf("%5d  %-5s  %s  %s  %15.4f%s\n", l.layer, l.compressed ? o.kv.c_str() : "f16",
+                  cell(l.k_rel_mse).c_str(), cell(l.v_rel_mse).c_str(), e,
+                  l.compressed && e > o.max_layer_error ? "  <- over the limit" : "");
     }
-    std::printf("\n(codec on Gaussian vectors: K rel MSE %.5f, V rel MSE %.5f; a layer far above it has keys\n"
-                " or values the rotation does not make Gaussian-like)\n\n",
-                r->codec_k_rel_mse, r->codec_v_rel_mse);
+    if (std::isnan(r->codec_k_rel_mse))
+      std::printf("\n(K/V reconstruction errors: CPU runtime only; `tqkv verify` without --device measures them)\n\n");
+    else
+      std::printf("\n(codec on Gaussian vectors: K rel MSE %.5f, V rel MSE %.5f; a layer far above it has keys\n"
+                  " or values the rotation does not make Gaussian-like)\n\n",
+                  r->codec_k_rel_mse, r->codec_v_rel_mse);
     for (const Gate& g : gates)
       std::printf("  %-30s %10.5f  %s %-8.4g %s\n", g.name.c_str(), g.value, g.upper ? "<=" : ">=", g.limit,
                   g.pass() ? "ok" : "FAIL");
@@ -204,6 +265,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--max-layer-error", o->max_layer_error,
                  "PASS needs every compressed layer's attention output within this relative L2 error (default 0.30)");
   sub.add_flag("--json", o->as_json, "Print machine-readable JSON");
+  sub.add_option("--device", o->device,
+                 "cpu (default) or cuda: run the model-level gates and measure the per-layer attention error on the "
+                 "GPU runtime (needs a CUDA build and a GPU; --k8-layers and value centering are CPU-only)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return [o] { return run(*o); };
 }
 

@@ -233,12 +233,17 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
     }
     const bool want = logits != nullptr && (mode == LogitsMode::kAll || last);
     const int first = mode == LogitsMode::kAll ? 0 : cnt - 1;
+    if (seq == m.probe.seq && m.lens[seq] == 0) m.probe.valid = true;  // the probe measures from position 0
+    m.probe.armed = seq == m.probe.seq && m.probe.valid;
     const Status fs = m.enqueue_forward(cnt, want, first, S);
     m.first_write = 0;
+    const bool measure = m.probe.armed;
+    m.probe.armed = false;
     TQKV_RETURN_IF_ERROR(fs);
     float* dst = nullptr;
     if (want) dst = mode == LogitsMode::kAll ? logits + static_cast<int64_t>(done) * m.cfg.n_vocab : logits;
     TQKV_RETURN_IF_ERROR(m.fetch(want ? cnt - first : 0, dst, nullptr));
+    if (measure) TQKV_RETURN_IF_ERROR(m.probe_measure(m.lens[seq], cnt));
     m.lens[seq] += cnt;
     done += cnt;
   }
@@ -252,6 +257,7 @@ Status GpuContext::prefill_batch(const int* seqs, const int32_t* const* tokens, 
     return invalid_argument("prefill_batch: no sequences");
   if (m.mu_k != nullptr || m.s_k != nullptr)
     return unsupported("prefill_batch: key centering and smoothing need prefill() one sequence at a time");
+  if (m.probe.seq >= 0) return unsupported("prefill_batch: the attention probe needs prefill() one sequence at a time");
   std::vector<uint8_t> seen(static_cast<size_t>(m.opt.max_seqs), 0);
   for (int i = 0; i < count; ++i) {
     if (seqs[i] < 0 || seqs[i] >= m.opt.max_seqs) return out_of_range("prefill_batch: bad sequence slot");
@@ -315,6 +321,7 @@ Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32
     if (m.lens[b] + 1 > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
     seqs[b] = b;
     pos[b] = static_cast<int32_t>(m.lens[b]);
+    if (b == m.probe.seq) m.probe.valid = false;  // decode steps are not measured: the probe stops
     if (m.lens[b] == 0) TQKV_RETURN_IF_ERROR(m.clear_mu(b));  // a first write of one token: not centered
   }
   TQKV_RETURN_IF_ERROR(m.stage(batch, tokens, seqs.data(), pos.data()));

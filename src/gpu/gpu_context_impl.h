@@ -121,6 +121,22 @@ struct GpuContext::Impl {
   std::map<int, cudaGraphExec_t> graphs;  // decode steps by batch size
   std::map<int, int> graph_uses;
 
+  // Attention probe (GpuContext::set_attention_probe; gpu_context_probe.cpp). armed: set by
+  // prefill() around the forward passes it measures (never during a graph capture); q/k/v/out:
+  // this chunk's rows per layer; k_hist/v_hist: the sequence's keys and values so far per layer
+  // ([position][kv_dim], as qkv_post leaves them); eo/no: error and reference energy sums.
+  struct Probe {
+    int seq = -1;
+    bool valid = false, armed = false;
+    int64_t rows = 0;
+    std::vector<std::vector<float>> q, k, v, k_hist, v_hist;
+    std::vector<std::vector<uint16_t>> out;
+    std::vector<double> eo, no;
+  } probe;
+  Status probe_copy_qkv(int l, int T);                // after qkv_post (enqueued on the stream)
+  Status probe_copy_out(int l, int T);                // after the layer's attention
+  Status probe_measure(int64_t pos0, int n);          // after the chunk's fetch (stream synchronised)
+
   ~Impl() {
     for (auto& g : graphs) cudaGraphExecDestroy(g.second);
     if (blas) cublasDestroy(blas);
@@ -239,6 +255,7 @@ struct GpuContext::Impl {
       qa.k = k;
       qa.v = v;
       TQKV_RETURN_IF_ERROR(gpu::qkv_post(qa, stream));
+      if (probe.armed) TQKV_RETURN_IF_ERROR(probe_copy_qkv(l, T));
       if (mu_k != nullptr && center_layer[l]) {
         const int64_t stride = static_cast<int64_t>(c.n_layer) * KV;
         if (first_write > 0)
@@ -276,6 +293,7 @@ struct GpuContext::Impl {
                                                     cuda::DType::kF16, ws, ws_bytes, stream));
       }
       (void)sliding;
+      if (probe.armed) TQKV_RETURN_IF_ERROR(probe_copy_out(l, T));
       TQKV_RETURN_IF_ERROR(gemm(L.wo, att16, T, o));
       TQKV_RETURN_IF_ERROR(gpu::residual_add(x, o, c.post_norms ? L.post_attn_norm : nullptr, T, E, c.rms_eps, stream));
       TQKV_RETURN_IF_ERROR(gpu::rms_norm(x, L.ffn_norm, T, E, c.rms_eps, h16, true, stream));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "tqkv/gpu_model.h"
@@ -42,6 +43,8 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
                                                  const std::function<void(int, int)>& progress) {
   if (opt.ctx < 16) return invalid_argument("perplexity: --ctx must be at least 16");
   if (opt.center_values) return unsupported("perplexity: value centering is implemented by the CPU runtime only");
+  if (!opt.k8_layers.empty()) return unsupported("perplexity: per-layer 8-bit keys are implemented by the CPU runtime only");
+  if (!opt.emulate.empty()) return unsupported("perplexity: --emulate is implemented by the CPU runtime only");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
   if (avail < 1)
     return invalid_argument("perplexity: the text has " + std::to_string(tokens.size()) +
@@ -61,6 +64,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   co.smooth_keys = opt.smooth_keys;
   co.sink_tokens = opt.sink_tokens;
   TQKV_ASSIGN_OR_RETURN(auto kv, GpuContext::create(model, co));
+  if (opt.per_layer) TQKV_RETURN_IF_ERROR(kv->set_attention_probe(0));  // measured from this run
   std::unique_ptr<GpuContext> kv_ref;
   if (compare) {
     GpuContextOptions cr = co;
@@ -96,6 +100,10 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   }
   r.chunks = chunks;
   scorer.finish(r);
+  if (opt.per_layer) {
+    r.layers = kv->attention_probe_result();
+    r.codec_k_rel_mse = r.codec_v_rel_mse = std::numeric_limits<double>::quiet_NaN();  // not measured here
+  }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
