@@ -71,7 +71,7 @@ tqkv::Status gpu_ready() {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   return tqkv::gpu_available();
 #else
-  return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
+  return tqkv::unsupported("this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
 
