@@ -105,9 +105,10 @@ class TransformKv final : public KvBackend {
         }
       qin = qb_.data();
     }
-    if (emu) {
-      round_q4_0h(kb_);
-      round_q4_0h(vb_);
+    if (emu) {  // attention-sink positions stay exact, as the real cache keeps them in f16
+      const int64_t skip = std::clamp<int64_t>(opt_.sink_tokens - pos0, 0, n) * H * D;
+      round_q4_0h(kb_, skip);
+      round_q4_0h(vb_, skip);
     }
     TQKV_RETURN_IF_ERROR(inner_->attend(la, pos0, n, qin, kb_.data(), vb_.data(), out));
     if (cv && on) {
@@ -196,11 +197,12 @@ class TransformKv final : public KvBackend {
       for (int j = 0; j < D; ++j) s[h * D + j] = static_cast<float>(std::clamp(f[j] / g, 1.0 / 64, 64.0));
     }
   }
-  // Hadamard-rotate each head vector, q4_0 round trip per 32 elements, rotate back.
-  void round_q4_0h(std::vector<float>& x) const {
+  // Hadamard-rotate each head vector, q4_0 round trip per 32 elements, rotate back; the first
+  // `skip` floats (the attention-sink tokens of this write) are left as they are.
+  void round_q4_0h(std::vector<float>& x, int64_t skip) const {
     const int D = cfg_.head_dim;
     std::vector<float> y(D), z(D);
-    for (size_t off = 0; off + D <= x.size(); off += D) {
+    for (size_t off = static_cast<size_t>(skip); off + D <= x.size(); off += D) {
       rot_->forward(x.data() + off, y.data());
       for (int b = 0; b + 32 <= D; b += 32) q4_0_round_trip(y.data() + b, z.data() + b);
       rot_->inverse(z.data(), x.data() + off);

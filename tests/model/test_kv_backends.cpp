@@ -315,6 +315,47 @@ TEST(KvBackends, K8LayersRaiseOneLayersKeyBits) {
   EXPECT_EQ(bytes({0, 2}) - bytes({}), 2 * grow);
 }
 
+// The q4_0h emulation keeps the attention-sink positions exact, as the real cache keeps them in
+// f16: with sink_tokens = 4, read_back returns positions 0-3 bit for bit (the f16 cache's own
+// rounding aside) and rounds the later ones; without sinks position 0-3 are rounded too. Written
+// in two calls (2 tokens, then 30) so the sink bound crosses a write.
+TEST(KvBackends, EmulatedQ4_0KeepsSinkTokensExact) {
+  tqkv::ModelConfig c;
+  c.n_layer = 1;
+  c.n_head = 2;
+  c.n_head_kv = 1;
+  c.head_dim = 64;
+  c.layer_sliding = {0};
+  const int T = 32, D = 64;
+  std::vector<float> q(T * 2 * D), kv(T * D), out(q.size());
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  for (float& e : q) e = nd(rng);
+  for (float& e : kv) e = nd(rng);
+  auto max_err = [&](int sinks, int t0, int t1) {
+    tqkv::KvOptions o;
+    o.max_tokens = T;
+    o.format = {16, 16};
+    o.emulate = "q4_0h";
+    o.center_keys = false;
+    o.sink_tokens = sinks;
+    auto b = tqkv::make_kv_backend(c, o);
+    EXPECT_TRUE(b.is_ok());
+    tqkv::LayerAttention la;
+    la.scale = 0.125f;
+    EXPECT_TRUE((*b)->attend(la, 0, 2, q.data(), kv.data(), kv.data(), out.data()).is_ok());
+    EXPECT_TRUE((*b)->attend(la, 2, T - 2, q.data() + 2 * 2 * D, kv.data() + 2 * D, kv.data() + 2 * D, out.data()).is_ok());
+    std::vector<float> k(T * D), v(T * D);
+    EXPECT_TRUE((*b)->read_back(0, 0, T, k.data(), v.data()).is_ok());
+    float e = 0;
+    for (int i = t0 * D; i < t1 * D; ++i) e = std::max({e, std::fabs(k[i] - kv[i]), std::fabs(v[i] - kv[i])});
+    return e;
+  };
+  EXPECT_LT(max_err(4, 0, 4), 2e-3f);   // f16 rounding of values ~N(0, 1)
+  EXPECT_GT(max_err(4, 4, T), 0.05f);   // q4_0: steps of amax / 8
+  EXPECT_GT(max_err(0, 0, 4), 0.05f);   // no sinks: rounded like the rest
+}
+
 TEST(KvBackends, RejectsBadArguments) {
   tqkv::ModelConfig c;
   c.n_layer = 1;
