@@ -1,29 +1,30 @@
 // `tqkv verify --device cuda` underneath: gpu_evaluate_perplexity with per_layer (the attention
 // probe of GpuContext, include/tqkv/gpu_model.h) against evaluate_perplexity with per_layer on the
 // CPU, on tiny random-weight models (tests/common/synthetic_gguf.h), with verify's defaults (keys
-// centered and smoothed, 4 sink tokens). Skipped (with a message) without a GPU.
+// centered and smoothed, 4 sink tokens). Skipped (with a message) without a GPU. Run on an H200
+// (2026-11-29, docs/benchmarks.md "tqkv verify --device cuda"): all four pass, 1 s in all.
 //
 // What verify gates on, GPU against CPU, same model and tokens (3 chunks of 64 tokens, 93 scored
-// positions):
+// positions); "measured" = the H200 run:
 //  - f16 perplexity within 1% (the GPU keeps weights and GEMM inputs in fp16), the format's
-//    perplexity within 5%, as tests/gpu/test_gpu_model.cpp;
-//  - KLD against f16: |gpu - cpu| <= 0.35 cpu + 2e-4. The GPU's K/V differ from the CPU's by fp16
-//    rounding, so a few coordinates near a codebook boundary land on the neighbouring centroid:
-//    the same noise level, a different draw (tests/gpu/test_gpu_model.cpp measures ~0.3 of the
-//    compression's own effect on the logits);
-//  - top-1 agreement within 0.12 (11 of 93 positions; these random models have flat next-token
-//    distributions, the CPU's own k4v4 top-1 is 0.82, k2v2 0.38);
+//    perplexity within 5%, as tests/gpu/test_gpu_model.cpp (measured <= 0.03% and <= 1.1%);
+//  - KLD against f16: |gpu - cpu| <= 0.1 cpu + 2e-4 (measured <= 0.9% of the CPU's). The GPU's K/V
+//    differ from the CPU's by fp16 rounding, so a few coordinates near a codebook boundary land on
+//    the neighbouring centroid: the same noise level, a slightly different draw;
+//  - top-1 agreement within 0.05 (4 of 93 positions; these random models have flat next-token
+//    distributions, the CPU's own k4v4 top-1 is 0.82, k2v2 0.38; measured identical);
 //  - per layer, the attention error sqrt(att_rel_err) (GPU: its attention output against dense
 //    fp32 attention on the host over the same q, k, v; CPU: the same against its dense fp32
-//    backend): compressed layers within 20% of the CPU's (the error of a 2-4 bit cache is the
+//    backend): compressed layers within 5% of the CPU's (the error of a 2-4 bit cache is the
 //    average over ~2400 head rows of the same quantizer's noise; the CPU measures 0.035-0.082 at
-//    k4v4, 0.14-0.30 at k2v2); f16 layers (sliding-window layers of Gemma 2, f16_layers) below 5e-3
-//    on the GPU (fp16 rounding of the output; the CPU's are 1-2e-4) where every compressed layer
-//    is > 0.02. A probe that compared against the wrong positions (window,
-//    causal mask, earlier chunks) or the wrong heads would be off by far more.
+//    k4v4, 0.14-0.30 at k2v2; measured within 0.7%); f16 layers (sliding-window layers of Gemma 2,
+//    f16_layers) below 5e-3 on the GPU (fp16 rounding of the output; measured 3-4e-4, the CPU's
+//    1-2e-4) where every compressed layer is > 0.02. A probe that compared against the wrong
+//    positions (window, causal mask, earlier chunks) or the wrong heads would be off by far more.
 // Mutation: k2v2 against k8v8 on the GPU, every gate moves the right way (per-layer error at least
-// 4x, KLD higher, top-1 not higher, perplexity further from f16: on these random models a coarse
-// cache moves it either way, the CPU's k2v2 lowers it by 2.4%), and k2v2 also matches the CPU.
+// 4x, measured 54-66x; KLD higher; top-1 not higher; perplexity further from f16: on these random
+// models a coarse cache moves it either way, the CPU's k2v2 lowers it by 2.4%), and k2v2 also
+// matches the CPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -108,8 +109,8 @@ void expect_gates_match(const Pair& p, const std::string& what) {
   EXPECT_EQ(g.scored, c.scored) << what;
   EXPECT_NEAR(g.f16_ppl, c.f16_ppl, 1e-2 * c.f16_ppl) << what << ": f16 perplexity";
   EXPECT_NEAR(g.ppl, c.ppl, 5e-2 * c.ppl) << what << ": perplexity";
-  EXPECT_NEAR(g.kld_mean, c.kld_mean, 0.35 * c.kld_mean + 2e-4) << what << ": KLD";
-  EXPECT_NEAR(g.top1_agreement, c.top1_agreement, 0.12) << what << ": top-1 agreement";
+  EXPECT_NEAR(g.kld_mean, c.kld_mean, 0.1 * c.kld_mean + 2e-4) << what << ": KLD";
+  EXPECT_NEAR(g.top1_agreement, c.top1_agreement, 0.05) << what << ": top-1 agreement";
   ASSERT_EQ(g.layers.size(), c.layers.size()) << what;
   for (size_t l = 0; l < c.layers.size(); ++l) {
     const tqkv::LayerKvError &cl = c.layers[l], &gl = g.layers[l];
@@ -117,7 +118,7 @@ void expect_gates_match(const Pair& p, const std::string& what) {
     EXPECT_TRUE(std::isnan(gl.k_rel_mse) && std::isnan(gl.v_rel_mse)) << what << ": not measured on the GPU";
     if (cl.compressed) {
       EXPECT_GT(err(cl), 0.02) << what << " layer " << l << ": the test needs a visible compression error";
-      EXPECT_NEAR(err(gl), err(cl), 0.2 * err(cl)) << what << " layer " << l << ": attention error";
+      EXPECT_NEAR(err(gl), err(cl), 0.05 * err(cl)) << what << " layer " << l << ": attention error";
     } else {
       EXPECT_LT(err(gl), 5e-3) << what << " f16 layer " << l << ": attention error (fp16 rounding)";
     }
