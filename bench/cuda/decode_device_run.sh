@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Decode-kernel work on the GPU machine (helper script; scripts/device_run.sh is the full one).
-# Binaries come xz-compressed in .carry/dec (built here with build-dec, stripped). Usage:
+# Binaries come xz-compressed in $CARRY (default .carry/dec; built here with build-dec, stripped). Usage:
 #   bench/cuda/decode_device_run.sh [tests] [v1tests] [sanitize] [bench] [profile] [sweep]
-# KERNELS (bench) and TESTKERNELS (v1tests) pick TQKV_CUDA_DECODE_KERNEL values (v1, v2, fusedq);
+# KERNELS (bench; KERNELS96 for head size 96 if set) and TESTKERNELS (v1tests) pick
+# TQKV_CUDA_DECODE_KERNEL values (v1, v2, fusedq, v3, v3a);
 # TESTKERNEL (tests) and SANKERNEL (sanitize) one such value each (default: the built-in default). SANTIME caps each sanitizer run
-# (seconds).
+# (seconds); TESTTIME the test run, TESTFILTER its gtest filter; SANM / SANR replace the memcheck / racecheck filters.
 # Logs go to $OUT; a summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-device-out}
+CARRY=${CARRY:-.carry/dec}
 mkdir -p "$OUT" /tmp/dec
 for b in test_cuda tqkv_cuda_bench; do
-  [[ -x /tmp/dec/$b ]] || { xz -dc .carry/dec/$b.xz >/tmp/dec/$b 2>/dev/null ||
-    python3 -c "import lzma,sys;sys.stdout.buffer.write(lzma.open('.carry/dec/$b.xz').read())" >/tmp/dec/$b; chmod +x /tmp/dec/$b; }
+  [[ -x /tmp/dec/$b ]] || { xz -dc $CARRY/$b.xz >/tmp/dec/$b 2>/dev/null ||
+    python3 -c "import lzma,sys;sys.stdout.buffer.write(lzma.open('$CARRY/$b.xz').read())" >/tmp/dec/$b; chmod +x /tmp/dec/$b; }
 done
 B=/tmp/dec
 summary=()
@@ -30,7 +32,7 @@ bench() {  # kernel spec, then bench args
 for what in "$@"; do
   case $what in
     tests)
-      env $(kenv "${TESTKERNEL:-}") timeout 240 $B/test_cuda --gtest_brief=1 >"$OUT/tests_main.log" 2>&1
+      env $(kenv "${TESTKERNEL:-}") timeout ${TESTTIME:-240} $B/test_cuda --gtest_brief=1 --gtest_filter="${TESTFILTER:-*}" >"$OUT/tests_main.log" 2>&1
       note "tests (${TESTKERNEL:-default}): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_main.log" | tr '\n' ' ')";;
     v1tests)  # the decode tests under the other kernel versions
       for k in ${TESTKERNELS:-v1}; do
@@ -38,8 +40,8 @@ for what in "$@"; do
         note "decode tests ($k): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$k.log" | tr '\n' ' ')"
       done;;
     sanitize)
-      m='AllFormats/DecodeFormat.*/d80_*:AllFormats/DecodeFormat.*/d128_*:AllFormats/DecodeFormat.*/d64_k2_v2:AllFormats/DecodeFormat.*/d256_k8_v4:CudaDecode.*:CudaVsCpu.DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference'
-      r='AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_kf16_vf16:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d256_k8_v4:AllFormats/DecodeFormat.*/d80_k8_v4:AllFormats/DecodeFormat.*/d128_k4_v3:AllFormats/DecodeFormat.*/d64_k2_v2:CudaDecode.SplitCounts*:CudaDecode.DenseRotation*:CudaDecode.Window*'
+      m=${SANM:-'AllFormats/DecodeFormat.*/d80_*:AllFormats/DecodeFormat.*/d128_*:AllFormats/DecodeFormat.*/d64_k2_v2:AllFormats/DecodeFormat.*/d256_k8_v4:CudaDecode.*:CudaVsCpu.DecodeAttentionWindowEvictionAndSoftcapMatchCpuReference'}
+      r=${SANR:-'AllFormats/DecodeFormat.*/d128_k4_v4:AllFormats/DecodeFormat.*/d128_kf16_vf16:AllFormats/DecodeFormat.*/d96_k3_v3:AllFormats/DecodeFormat.*/d256_k8_v4:AllFormats/DecodeFormat.*/d80_k8_v4:AllFormats/DecodeFormat.*/d128_k4_v3:AllFormats/DecodeFormat.*/d64_k2_v2:CudaDecode.SplitCounts*:CudaDecode.DenseRotation*:CudaDecode.Window*'}
       for tool in memcheck racecheck; do
         f=$m; [[ $tool == racecheck ]] && f=$r
         env $(kenv "${SANKERNEL:-}") timeout ${SANTIME:-150} compute-sanitizer --tool $tool --error-exitcode 17 $B/test_cuda --gtest_brief=1 --gtest_filter="$f" >"$OUT/$tool.log" 2>&1
@@ -47,7 +49,8 @@ for what in "$@"; do
       done;;
     bench)
       for d in ${DIMS:-128 96}; do  # kernels interleaved per head size (drift hits each alike)
-        for k in ${KERNELS:-v1 v2}; do
+        ks=${KERNELS:-v1 v2}; [[ $d == 96 && -n ${KERNELS96:-} ]] && ks=$KERNELS96
+        for k in $ks; do
           bench $k --head-dim $d --formats ${FORMATS:-f16,k4v4,k3v3} --batch 8,32 --context ${CONTEXTS:-8192,16384,32768}
         done
         note "bench d=$d done"

@@ -21,6 +21,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/device_utils.cuh"
 #include "cuda/kv_fetch.cuh"
@@ -104,6 +105,17 @@ struct DecodeConfig {
 // MODE 5 (TQKV_CUDA_DECODE_KERNEL=fusedq): v2 that rotates its own queries (DecodeArgs::q_in;
 //   launched without rotate_query_kernel, power-of-two head sizes or fp16 K only): one warp per
 //   query row, the transform by shuffles, rows exchanged through each warp's free ring slot.
+// MODE 6 (v3, TQKV_CUDA_DECODE_KERNEL=v3): v2 with a cheaper page loop: log2(e) folded into the
+//   two K token scales and the soft-cap constant (was 4 multiplies of the scores; the soft-cap
+//   divides by a reciprocal computed once); pages entirely inside [lo_pos, len) take a copy of
+//   the page body without the visibility tests and selects (one warp vote per page); the V
+//   lookups address the V half of the table by an immediate offset; V nibble joins by one bit
+//   select each; K rows addressed as lane * chunk; at head size 96 the 4-bit sides load each
+//   row's chunk as two aligned runs (SplitChunk, kv_fetch.cuh) instead of an unaligned chunk
+//   realigned by funnel shifts; at head size 128 with 4-bit V the V tile is swizzled in shared
+//   memory so its row loads are free of bank conflicts.
+// MODE 7 (TQKV_CUDA_DECODE_KERNEL=v3a, measurement only, head sizes 96 and 128): MODE 6 without
+//   the two layout changes (aligned runs, V swizzle).
 template <int D, int KB, int VB, int MODE>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
@@ -111,6 +123,18 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   constexpr bool V2 = MODE >= 2;
   constexpr bool FASTSM = MODE >= 2;
   constexpr bool FUSEDQ = MODE == 5;
+  constexpr bool V3 = MODE >= 6;
+  constexpr bool kFold = V3;      // log2(e) in the K token scales and in the soft-cap constant
+  constexpr bool kFullPath = V3;  // mask-free body for fully visible pages
+  // Head size 96, 4-bit side: the chunk as two aligned runs (SplitChunk).
+  constexpr bool kKRuns = MODE == 6 && D == 96 && KB == 4;
+  constexpr bool kVRuns = MODE == 6 && D == 96 && VB == 4;
+  // Head size 128, 4-bit V (64-byte rows): the V tile's 16-byte chunks XOR-swizzled inside each
+  // 128-byte line (chunk j of line L at j ^ 2 (L & 3)), so the 8-byte row loads of the lanes
+  // (rows 2t, 2t + 1, ...: all rows 2t start in bank 0) hit 32 different banks instead of 4-way
+  // conflicts. The tile's scales (line 8) stay in place.
+  constexpr bool kVSwz = MODE == 6 && D == 128 && VB == 4;
+  auto vswz = [](int b) { return kVSwz ? (b & ~0x70) | ((((b >> 4) & 7) ^ (((b >> 7) & 3) << 1)) << 4) : b; };
   // v2 merge rows: coordinate c of head h at h * kSx + c + c / (D / 8) (one pad word per lane
   // group g), so one store instruction of the 32 lanes hits 32 different banks.
   constexpr int kSx = V2 ? D + 12 : D;
@@ -119,8 +143,10 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   constexpr int W = Cfg::kWarps;
   constexpr int kSteps = D / 16;
   constexpr float kLog2e = 1.4426950408889634f;
-  using KChunk = Chunk<KB, D / 4, low_bit(D * KB / 4)>;
-  using VChunk = Chunk<VB, D / 8, low_bit(D * VB / 8)>;
+  using KChunk = std::conditional_t<kKRuns, SplitChunk<KB, D / 4, 8, 4>, Chunk<KB, D / 4, low_bit(D * KB / 4)>>;
+  using VChunk = std::conditional_t<kVRuns, SplitChunk<VB, D / 8, 4, 2>, Chunk<VB, D / 8, low_bit(D * VB / 8)>>;
+  // Coordinate of element j of lane t's K chunk (the contraction order of the Q^T fragments).
+  auto k_coord = [](int t_, int j) { return kKRuns ? (j < 16 ? 16 * t_ + j : 64 + 8 * t_ + (j - 16)) : t_ * (D / 4) + j; };
 
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* lut = smem;  // interleaved K/V tables at the start: offsets fold into the LDS
@@ -235,6 +261,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const uint8_t* k_base = view.k.pages + static_cast<size_t>(kv_head) * Cfg::kTileK + lane * 16;
   const uint8_t* v_base = view.v.pages + static_cast<size_t>(kv_head) * Cfg::kTileV + lane * 16;
   uint8_t* ring_lane = my_ring + lane * 16;
+  const int vdelta = vswz(lane * 16) - lane * 16;  // (kVSwz) the lane's V chunk, swizzled; o % 512 == 0
   int issue_slot = 0;  // ring slot of the next page to issue (= i % kStages, kept incrementally)
   uint64_t* my_mbar = mbar + warp * Cfg::kStages;
   if constexpr (BULK) {
@@ -271,7 +298,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       if (o + lane * 16 < Cfg::kTileK) cp_async16(dst + o, ksrc + o);
 #pragma unroll
     for (int o = 0; o < Cfg::kTileV; o += 32 * 16)
-      if (o + lane * 16 < Cfg::kTileV) cp_async16(dst + Cfg::kTileK + o, vsrc + o);
+      if (o + lane * 16 < Cfg::kTileV) cp_async16(dst + Cfg::kTileK + o + vdelta, vsrc + o);
   };
 #pragma unroll
   for (int i = 0; i < Cfg::kStages - 1; ++i) {
@@ -302,8 +329,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     const float* qrow = qslot(valid ? g : 0);
 #pragma unroll
     for (int kk = 0; kk < kSteps; ++kk) {
-      const int c = t * (D / 4) + 4 * kk;
-      const float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const int c = k_coord(t, 4 * kk);  // 4 consecutive coordinates
+      float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
       qf[kk][0] = pack_half2(v.x, v.y);
       qf[kk][1] = pack_half2(v.z, v.w);
     }
@@ -313,14 +340,18 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     const float* qrow = args.q_rot + ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + (valid ? g : 0)) * D;
 #pragma unroll
     for (int kk = 0; kk < kSteps; ++kk) {
-      const int c = t * (D / 4) + 4 * kk;
-      const float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const int c = k_coord(t, 4 * kk);  // 4 consecutive coordinates
+      float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
       qf[kk][0] = pack_half2(v.x, v.y);
       qf[kk][1] = pack_half2(v.z, v.w);
     }
   }
   __syncthreads();  // tables ready
-  const uint32_t lane4k = 4u * lane, lane4v = 4u * lane + 128u;
+  // v3: the V half of the table by an immediate offset on the table base (lane4v = lane4k).
+  const uint32_t lane4k = 4u * lane, lane4v = V3 ? 4u * lane : 4u * lane + 128u;
+  // Soft-cap in the domain of the scores (v3: log2 domain, c' = c log2(e)), by its reciprocal.
+  const float cap = kFold ? args.softcap * kLog2e : args.softcap;
+  const float inv_cap = args.softcap > 0.f ? 1.f / cap : 0.f;
 
   // O^T fragments: acc[mt][0..1] = coordinate g*D/8 + 2mt, heads 2t, 2t+1;
   //                acc[mt][2..3] = coordinate g*D/8 + 2mt + 1, heads 2t, 2t+1.
@@ -345,15 +376,27 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     read_slot = read_slot + 1 == Cfg::kStages ? 0 : read_slot + 1;
     const uint8_t* vtile = ktile + Cfg::kTileK;
     const int pos0 = (cta_begin + warp + i * W) * kPage;
-    auto visible = [&](int r) { return pos0 + r >= lo_pos && pos0 + r < len; };
+    // One page; FULL: every token of the page is visible (no tests, no selects).
+    auto page = [&](auto full_c) {
+    constexpr bool FULL = decltype(full_c)::value;
+    auto visible = [&](int r) { return FULL || (pos0 + r >= lo_pos && pos0 + r < len); };
     const bool ok0 = visible(g), ok1 = visible(g + 8);
 
     // ---- scores S^T = K Q^T (two accumulators halve the dependent mma chain) ----
     float s[4];
     {
       KChunk r0, r1;
-      r0.load(ktile, (g * D + t * (D / 4)) * KB);
-      r1.load(ktile, ((g + 8) * D + t * (D / 4)) * KB);
+      if constexpr (kKRuns) {  // runs [16t, 16t + 16) and [64 + 8t, 64 + 8t + 8) of rows g, g + 8
+        constexpr int row = D * KB / 8;
+        r0.load(ktile, g * row + 8 * t, g * row + 32 + 4 * t);
+        r1.load(ktile, (g + 8) * row + 8 * t, (g + 8) * row + 32 + 4 * t);
+      } else if constexpr (V3) {  // (g * D + t * D / 4) * KB = lane * D * KB / 4: one multiply
+        r0.load(ktile, lane * (D * KB / 4));
+        r1.load(ktile, lane * (D * KB / 4) + 8 * D * KB);
+      } else {
+        r0.load(ktile, (g * D + t * (D / 4)) * KB);
+        r1.load(ktile, ((g + 8) * D + t * (D / 4)) * KB);
+      }
       float se[4] = {0.f, 0.f, 0.f, 0.f}, so[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int kk = 0; kk < kSteps; ++kk) {
@@ -365,18 +408,24 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[e] = se[e] + so[e];
     }
-    const float ks0 = token_scale<D, KB>(ktile, g), ks1 = token_scale<D, KB>(ktile, g + 8);
+    // (v3: log2(e) folded into the two K token scales instead of the four scores)
+    const float ks0 = token_scale<D, KB>(ktile, g) * (kFold ? kLog2e : 1.f);
+    const float ks1 = token_scale<D, KB>(ktile, g + 8) * (kFold ? kLog2e : 1.f);
     float x[4] = {s[0] * ks0, s[1] * ks0, s[2] * ks1, s[3] * ks1};
     if (args.softcap > 0.f) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = args.softcap * tanhf(x[e] / args.softcap);
+      for (int e = 0; e < 4; ++e) x[e] = V3 ? cap * tanhf(x[e] * inv_cap) : cap * tanhf(x[e] / cap);
     }
+    if constexpr (!kFold) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) x[e] *= kLog2e;
-    x[0] = ok0 ? x[0] : -INFINITY;
-    x[1] = ok0 ? x[1] : -INFINITY;
-    x[2] = ok1 ? x[2] : -INFINITY;
-    x[3] = ok1 ? x[3] : -INFINITY;
+      for (int e = 0; e < 4; ++e) x[e] *= kLog2e;
+    }
+    if constexpr (!FULL) {
+      x[0] = ok0 ? x[0] : -INFINITY;
+      x[1] = ok0 ? x[1] : -INFINITY;
+      x[2] = ok1 ? x[2] : -INFINITY;
+      x[3] = ok1 ? x[3] : -INFINITY;
+    }
 
     // ---- online softmax per head column ----
     float p[4];
@@ -424,23 +473,38 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     }
 
     // ---- O^T += V^T P^T; V's token scales folded into the probabilities ----
-    const float vs0 = ok0 ? token_scale<D, VB>(vtile, g) : 0.f;
+    const float vs0 = ok0 ? token_scale<D, VB>(vtile, g) : 0.f;  // (FULL: ok0 = ok1 = true)
     const float vs1 = ok1 ? token_scale<D, VB>(vtile, g + 8) : 0.f;
     const uint32_t pb0 = transpose8x8(pack_half2(p[0] * vs0, p[1] * vs0));
     const uint32_t pb1 = transpose8x8(pack_half2(p[2] * vs1, p[3] * vs1));
     {
       VChunk v0, v1, v8, v9;  // token rows 2t, 2t+1, 2t+8, 2t+9; coordinates [g*D/8, (g+1)*D/8)
-      const int cb = g * (D / 8);
-      v0.load(vtile, ((2 * t) * D + cb) * VB);
-      v1.load(vtile, ((2 * t + 1) * D + cb) * VB);
-      v8.load(vtile, ((2 * t + 8) * D + cb) * VB);
-      v9.load(vtile, ((2 * t + 9) * D + cb) * VB);
+      if constexpr (kVRuns) {  // runs [8g, 8g + 8) and [64 + 4g, 64 + 4g + 4) of each row
+        constexpr int row = D * VB / 8;
+        v0.load(vtile, (2 * t) * row + 4 * g, (2 * t) * row + 32 + 2 * g);
+        v1.load(vtile, (2 * t + 1) * row + 4 * g, (2 * t + 1) * row + 32 + 2 * g);
+        v8.load(vtile, (2 * t + 8) * row + 4 * g, (2 * t + 8) * row + 32 + 2 * g);
+        v9.load(vtile, (2 * t + 9) * row + 4 * g, (2 * t + 9) * row + 32 + 2 * g);
+      } else if constexpr (kVSwz) {  // rows of 64 bytes, chunk g at byte 8g, swizzled:
+        // vswz(128 t + 8 g) = 128 t + (8 g ^ 32 t); row 2t + 1 is chunk ^ 4, rows + 8 are + 512
+        const int vo = 128 * t + ((8 * g) ^ (32 * t));
+        v0.load(vtile, vo * 8);
+        v1.load(vtile, (vo ^ 64) * 8);
+        v8.load(vtile, (vo + 512) * 8);
+        v9.load(vtile, ((vo ^ 64) + 512) * 8);
+      } else {
+        const int cb = g * (D / 8);
+        v0.load(vtile, ((2 * t) * D + cb) * VB);
+        v1.load(vtile, ((2 * t + 1) * D + cb) * VB);
+        v8.load(vtile, ((2 * t + 8) * D + cb) * VB);
+        v9.load(vtile, ((2 * t + 9) * D + cb) * VB);
+      }
       uint32_t mlo = 0xffffffffu, mhi = 0xffffffffu;
-      if constexpr (VB == 16) {  // unwritten fp16 slots may hold NaN, and 0 * NaN would leak
+      if constexpr (VB == 16 && !FULL) {  // unwritten fp16 slots may hold NaN, and 0 * NaN would leak
         mlo = (visible(2 * t) ? 0x0000ffffu : 0u) | (visible(2 * t + 1) ? 0xffff0000u : 0u);
         mhi = (visible(2 * t + 8) ? 0x0000ffffu : 0u) | (visible(2 * t + 9) ? 0xffff0000u : 0u);
       }
-      VPairs<VB, VChunk> lo, hi;
+      VPairs<VB, VChunk, V3 ? 128 : 0, V3> lo, hi;
       lo.init(v0, v1);
       hi.init(v8, v9);
 #pragma unroll
@@ -451,6 +515,15 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
         const uint32_t a3 = hi.get(2 * mt + 1, lut, lane4v) & mhi;
         mma_16816(acc[mt], a0, a1, a2, a3, pb0, pb1);
       }
+    }
+    };  // page
+    if constexpr (kFullPath) {
+      // (a vote: the compiler then knows the branch is warp-uniform and keeps the table base in
+      // a uniform register inside both copies)
+      if (__all_sync(0xffffffffu, pos0 >= lo_pos && pos0 + kPage <= len)) page(std::true_type{});
+      else page(std::false_type{});
+    } else {
+      page(std::false_type{});
     }
     __syncwarp();
     if (i + Cfg::kStages - 1 < n_mine) issue(i + Cfg::kStages - 1);
@@ -463,6 +536,12 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   l_run[1] = warp_sum_over_g(l_run[1]);
   __syncthreads();
   float* mrg = reinterpret_cast<float*>(ring);
+  // Where coordinate c sits in a merge row: lane group g's D/8 coordinates (in its chunk's order)
+  // at g * (D / 8 + 1) (v2: one pad word per group; v1: none).
+  auto merge_slot = [](int c) {
+    if constexpr (kVRuns) return c < 64 ? (c >> 3) * 13 + (c & 7) : ((c - 64) >> 2) * 13 + 8 + ((c - 64) & 3);
+    else return c + c / kPadDiv;
+  };
   float* wm = mrg + warp * (16 + 8 * kSx);  // m[8], l[8], O[8][kSx] (v2: padded rows)
   if (g == 0) {
     wm[2 * t] = m_run[0]; wm[2 * t + 1] = m_run[1];
@@ -489,7 +568,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       for (int w = 0; w < W; ++w) {
         const float* b = mrg + w * (16 + 8 * kSx);
         const float f = exp2f(b[h] - mx);  // empty warps: exp2(-inf) = 0
-        num += f * b[16 + h * kSx + c + c / kPadDiv];
+        num += f * b[16 + h * kSx + merge_slot(c)];
         den += f * b[8 + h];
       }
     }

@@ -144,6 +144,35 @@ struct Chunk {
   }
 };
 
+// A chunk of NC coordinates (B bits each) made of two runs of one row: run A (BA bytes, 4 or 8)
+// then run B (BB bytes, 2 or 4), each loaded by one aligned LDS. Words: run A's, then run B's
+// (a 2-byte run B fills the low half of the last word; the high half is zero and never read).
+// Used for head size 96 with 4-bit indices (v3, MODE 6), where a contiguous D/4- or D/8-
+// coordinate chunk starts on a half-word and needs an extra word plus funnel shifts:
+//   K (lane t, D/4 = 24 coordinates): [16t, 16t + 16) then [64 + 8t, 64 + 8t + 8)
+//   V (lane g, D/8 = 12 coordinates): [8g, 8g + 8) then [64 + 4g, 64 + 4g + 4)
+// Any permutation of the contraction coordinates is exact as long as the query fragments use it;
+// the V coordinates are mapped back where the CTA merges its warps (decode_kernel.cuh).
+template <int B, int NC, int BA, int BB>
+struct SplitChunk {
+  static_assert((BA == 4 || BA == 8) && (BB == 2 || BB == 4) && (BA + BB) * 8 == NC * B, "run sizes");
+  static constexpr int kBits = NC * B;
+  static constexpr int kWords = (kBits + 31) / 32;
+  uint32_t w[kWords];
+  // off_a, off_b: byte offsets of the two runs in the tile (multiples of BA and BB).
+  __device__ __forceinline__ void load(const uint8_t* tile, int off_a, int off_b) {
+    if constexpr (BA == 8) {
+      const uint2 v = *reinterpret_cast<const uint2*>(tile + off_a);
+      w[0] = v.x;
+      w[1] = v.y;
+    } else {
+      w[0] = *reinterpret_cast<const uint32_t*>(tile + off_a);
+    }
+    if constexpr (BB == 4) w[BA / 4] = *reinterpret_cast<const uint32_t*>(tile + off_b);
+    else w[BA / 4] = *reinterpret_cast<const uint16_t*>(tile + off_b);
+  }
+};
+
 // K operand: pair j (coordinates 2j, 2j+1 of the chunk) as half2 bits. lane4 = 4 * lane.
 template <int B, typename C>
 __device__ __forceinline__ uint32_t k_pair(const C& c, int j, const uint8_t* lut, uint32_t lane4) {
@@ -163,8 +192,17 @@ __device__ __forceinline__ uint32_t k_pair(const C& c, int j, const uint8_t* lut
 
 // V operands of one pair of token rows: joined table entries for every coordinate of the chunk,
 // precomputed word-wise where the bit width allows (B = 4: two LOP3s give 8 entries).
-// lane4 = 4 * lane + 128 (the V half of the table).
-template <int B, typename C>
+// m ? a : b bit by bit, one LOP3.
+__device__ __forceinline__ uint32_t bit_select(uint32_t m, uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xCA;" : "=r"(r) : "r"(m), "r"(a), "r"(b));
+  return r;
+}
+
+// lane4 = 4 * lane + 128 (the V half of the table); or lane4 = 4 * lane with OFF = 128 (the V
+// half by an immediate offset of the lookup). SEL: nibble joins as one shift + one bit select
+// each (ptxas otherwise emits shift + two LOP3).
+template <int B, typename C, int OFF = 0, bool SEL = false>
 struct VPairs {
   // Whole bytes per chunk (head sizes 80 and 96 give 40- and 48-bit chunks: the unused top bits
   // of the last word are never read).
@@ -179,13 +217,19 @@ struct VPairs {
 #pragma unroll
       for (int q = 0; q < C::kWords; ++q) {
         // byte i of even = A[2i] | B[2i] << 4 (coordinate 8q + 2i); odd: coordinate 8q + 2i + 1
-        even[q] = (ra.w[q] & 0x0F0F0F0Fu) | ((rb.w[q] & 0x0F0F0F0Fu) << 4);
-        odd[q] = ((ra.w[q] >> 4) & 0x0F0F0F0Fu) | (rb.w[q] & 0xF0F0F0F0u);
+        if constexpr (SEL) {
+          even[q] = bit_select(0x0F0F0F0Fu, ra.w[q], rb.w[q] << 4);
+          odd[q] = bit_select(0x0F0F0F0Fu, ra.w[q] >> 4, rb.w[q]);
+        } else {
+          even[q] = (ra.w[q] & 0x0F0F0F0Fu) | ((rb.w[q] & 0x0F0F0F0Fu) << 4);
+          odd[q] = ((ra.w[q] >> 4) & 0x0F0F0F0Fu) | (rb.w[q] & 0xF0F0F0F0u);
+        }
       }
     }
   }
   // Coordinate k as half2 bits (low = row a, high = row b).
-  __device__ __forceinline__ uint32_t get(int k, const uint8_t* lut, uint32_t lane4) const {
+  __device__ __forceinline__ uint32_t get(int k, const uint8_t* lut_base, uint32_t lane4) const {
+    const uint8_t* lut = lut_base + OFF;
     if constexpr (B == 16) {
       return __byte_perm(a->w[k >> 1], b->w[k >> 1], (k & 1) ? 0x7632 : 0x5410);
     } else if constexpr (B == 8) {
