@@ -27,7 +27,10 @@ int decode_kernel_mode() {
   static const int mode = [] {
     const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
     if (decode_copy_bulk()) return 1;
-    return (e != nullptr && std::string(e) == "v1") ? 0 : 2;
+    const std::string s = e ? e : "";
+    if (s == "v1") return 0;
+    if (s == "v2") return 2;
+    return 6;  // v3, the default (docs/benchmarks.md, "Decode attention v3")
   }();
   return mode;
 }

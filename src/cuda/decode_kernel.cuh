@@ -96,8 +96,8 @@ struct DecodeConfig {
 // MODE 0 (v1): the previous kernel, selectable with TQKV_CUDA_DECODE_KERNEL=v1.
 // MODE 1 (v1, bulk): tiles reach shared memory by one bulk copy per tile (lane 0 issues, the
 //   stage's mbarrier counts the bytes) instead of 16-byte cp.async by every lane.
-// MODE 2 (v2, default): the CTA's set-up and wind-down made cheaper: tables of <= 4-bit sides
-//   joined by shuffles from centroids each lane loads at entry (no staging round trip and
+// MODE 2 (v2, TQKV_CUDA_DECODE_KERNEL=v2): the CTA's set-up and wind-down made cheaper: tables
+//   of <= 4-bit sides joined by shuffles from centroids each lane loads at entry (no staging round trip and
 //   barrier), and the warp merge through padded rows (the v1 layout put the 32 lanes' stores of
 //   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
 //   that skips the max reduction (and the rescale) when no score of the page exceeds the running
@@ -105,17 +105,16 @@ struct DecodeConfig {
 // MODE 5 (TQKV_CUDA_DECODE_KERNEL=fusedq): v2 that rotates its own queries (DecodeArgs::q_in;
 //   launched without rotate_query_kernel, power-of-two head sizes or fp16 K only): one warp per
 //   query row, the transform by shuffles, rows exchanged through each warp's free ring slot.
-// MODE 6 (v3, TQKV_CUDA_DECODE_KERNEL=v3): v2 with a cheaper page loop: log2(e) folded into the
-//   two K token scales and the soft-cap constant (was 4 multiplies of the scores; the soft-cap
+// MODE 6 (v3, the default; TQKV_CUDA_DECODE_KERNEL=v3 or unset): v2 with a cheaper page loop:
+//   log2(e) folded into the two K token scales and the soft-cap constant (was 4 multiplies of the scores; the soft-cap
 //   divides by a reciprocal computed once); pages entirely inside [lo_pos, len) take a copy of
 //   the page body without the visibility tests and selects (one warp vote per page); the V
 //   lookups address the V half of the table by an immediate offset; V nibble joins by one bit
 //   select each; K rows addressed as lane * chunk; at head size 96 the 4-bit sides load each
 //   row's chunk as two aligned runs (SplitChunk, kv_fetch.cuh) instead of an unaligned chunk
 //   realigned by funnel shifts; at head size 128 with 4-bit V the V tile is swizzled in shared
-//   memory so its row loads are free of bank conflicts.
-// MODE 7 (TQKV_CUDA_DECODE_KERNEL=v3a, measurement only, head sizes 96 and 128): MODE 6 without
-//   the two layout changes (aligned runs, V swizzle).
+//   memory so its row loads are free of bank conflicts. (Run G2 also measured "v3a", MODE 7: v3
+//   without the two layout changes; removed after the run, commit 096d991 has it.)
 template <int D, int KB, int VB, int MODE>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {

@@ -14,21 +14,17 @@ namespace tqkv::cuda::detail {
 // Tile copy of the decode kernel: "cpasync" (16-byte cp.async by every lane, the default) or
 // "bulk" (one bulk copy per tile on an mbarrier); environment TQKV_CUDA_DECODE_COPY, read once.
 bool decode_copy_bulk();
-// Kernel version, environment TQKV_CUDA_DECODE_KERNEL (read once): "v2" (default, MODE 2) or "v1"
-// (the previous kernel, MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
+// Kernel version, environment TQKV_CUDA_DECODE_KERNEL (read once): "v3" (default, MODE 6), "v2"
+// (MODE 2) or "v1" (MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
 int decode_kernel_mode();
 
 // The MODE that launches run: decode_kernel_mode(), or 5 for TQKV_CUDA_DECODE_KERNEL=fusedq (v2
-// rotating its own queries; launch_chain then skips rotate_query_kernel where it can), 6 for v3
-// (the cheaper page loop, decode_kernel.cuh), 7 for v3a (v3 without its layout changes; head
-// sizes 96 and 128 only, other head sizes run v3). Read once.
+// rotating its own queries; launch_chain then skips rotate_query_kernel where it can). Read once.
 inline int decode_mode_selected() {
   static const int mode = [] {
     const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
     const std::string s = e ? e : "";
     if (s == "fusedq") return 5;
-    if (s == "v3") return 6;
-    if (s == "v3a") return 7;
     return decode_kernel_mode();
   }();
   return mode;
@@ -69,9 +65,6 @@ Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occ
     case 5:  // fused query rotation only where launch_chain handed over the raw queries
       return args && args->q_in ? launch_decode_mode<D, KB, VB, 5>(args, stream, occupancy)
                                 : launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
-    case 7:  // measurement variant of head sizes 96 and 128
-      if constexpr (D == 96 || D == 128) return launch_decode_mode<D, KB, VB, 7>(args, stream, occupancy);
-      else return launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
     case 6: return launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
     case 2: return launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
     case 1: return launch_decode_mode<D, KB, VB, 1>(args, stream, occupancy);
