@@ -97,8 +97,8 @@ struct DecodeConfig {
 // MODE 1 (v1, bulk): tiles reach shared memory by one bulk copy per tile (lane 0 issues, the
 //   stage's mbarrier counts the bytes) instead of 16-byte cp.async by every lane.
 // MODE 2 (v2, TQKV_CUDA_DECODE_KERNEL=v2): the CTA's set-up and wind-down made cheaper: tables
-//   of <= 4-bit sides joined by shuffles from centroids each lane loads at entry (no staging round trip and
-//   barrier), and the warp merge through padded rows (the v1 layout put the 32 lanes' stores of
+//   of <= 4-bit sides joined by shuffles from centroids each lane loads at entry (no staging
+//   round trip and barrier), and the warp merge through padded rows (the v1 layout put the 32 lanes' stores of
 //   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
 //   that skips the max reduction (and the rescale) when no score of the page exceeds the running
 //   max, which is most pages once the max has settled.
