@@ -81,14 +81,15 @@ EOF
   # --center none on both sides: these references predate key centering in the GPU runtime
   # (tests/gpu checks centered GPU against centered CPU); --sink-tokens 0 on both sides: these
   # comparisons predate sinks (tests/gpu/test_gpu_sinks.cpp checks GPU sinks against CPU sinks);
-  # --smooth-keys off on both sides likewise (tests/gpu/test_gpu_model.cpp checks GPU smoothing).
+  # --smooth-keys off on both sides likewise (tests/gpu/test_gpu_model.cpp checks GPU smoothing);
+  # --scale-search off: the GPU's quantize-on-write does not search (docs/formats.md, "Scale search").
   [[ -n ${FIXTURES_FROM:-} ]] || for kv in f16 k4v4; do
     for p in "The capital of France is" "Once upon a time, there was a little"; do
-      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --json 2>/dev/null
+      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --scale-search off --json 2>/dev/null
     done >$D/gen_cpu_$kv.jsonl
   done
   [[ -n ${FIXTURES_FROM:-} ]] ||
-    $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --json >$D/ppl_cpu_k4v4.json
+    $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --scale-search off --json >$D/ppl_cpu_k4v4.json
   # XZ=1: the reduced models travel xz-packed as well (saves ~2.5 MB; the working tree that travels,
   # carried folders included, is limited to 64 MiB); `run` unpacks them.
   if [[ -n ${XZ:-} ]]; then

@@ -111,6 +111,12 @@ struct CodecConfig {
   // true: scale = |x| / |c[idx]| (the reconstruction keeps the input's norm; the cache's format).
   // false: scale = |x|, the paper's plain TurboQuant_mse (what the theoretical MSE figures describe).
   bool norm_correction = true;
+  // true: for 2-4 bits with norm correction, the encoder tries 7 pre-scales of the rotated vector
+  // and keeps the indices whose reconstruction direction is closest to the input (docs/formats.md,
+  // "Scale search"): the same format and decoder, about 15-20% lower MSE at 4 bits for head sizes
+  // 64-128. Off by default in the library (the GPU's quantize-on-write does not search yet); the
+  // CLI turns it on for the CPU runtime.
+  bool scale_search = false;
 };
 
 // TurboQuant_mse. Encoded vector = packed indices (index_bytes(head_dim, bits) bytes, bitstream

@@ -58,6 +58,8 @@ struct KVCacheConfig {
   // each full-attention layer that compresses a side (PagedKVView::sink_tokens; docs/formats.md).
   // In [0, page_size]; 0 = off. Their bytes come out of budget_bytes.
   int32_t sink_tokens = 0;
+  // CodecConfig::scale_search for every compressed side (an encoder choice: same bytes layout).
+  bool scale_search = false;
 };
 
 // Tokens that fit in `budget_bytes` for one layer shape and format (full attention, whole pages,

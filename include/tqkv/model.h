@@ -164,6 +164,10 @@ struct KvOptions {
   // (the library's plain codec stays the reference); the CLI's default is kDefaultSinkTokens.
   int32_t sink_tokens = 0;
   static constexpr int32_t kDefaultSinkTokens = 4;
+  // Scale search in the TurboQuant encoder (CodecConfig::scale_search; docs/formats.md): same
+  // format, lower error at 2-4 bits. Off here; the CLI turns it on for the CPU runtime (the GPU's
+  // quantize-on-write does not search yet, so GPU runs and their CPU references leave it off).
+  bool scale_search = false;
   static constexpr int kCenterMinTokens = 8;
   // Evaluation only (quality comparison with llama.cpp's rotated q4_0 KV cache): "q4_0h" rounds
   // K and V of the layers the format would compress through a randomized Hadamard rotation and

@@ -88,7 +88,9 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
       for (int side = 0; side < 2; ++side) {
         const int32_t bits = side == 0 ? c.layers[l].k_bits : c.layers[l].v_bits;
         if (bits == kF16Bits) continue;
-        auto codec = TurboQuantCodec::create(CodecConfig{c.head_dim, bits, rot, c.seed});
+        CodecConfig codec_cfg{c.head_dim, bits, rot, c.seed};
+        codec_cfg.scale_search = c.scale_search;
+        auto codec = TurboQuantCodec::create(codec_cfg);
         if (!codec.is_ok()) return codec.status();
         (side == 0 ? ls.k_codec : ls.v_codec) = std::make_unique<TurboQuantCodec>(std::move(codec).value());
       }

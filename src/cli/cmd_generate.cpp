@@ -33,6 +33,7 @@ struct Options {
   std::vector<int> k8_layers;
   int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
   std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
+  std::string scale_search = "default";  // on (the CPU default) or off (the GPU default: not implemented there)
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -102,6 +103,10 @@ int run(const Options& o) {
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
   ko.smooth_keys = o.smooth_keys != "off";
+  if (o.device == "cuda" && o.scale_search == "on")
+    return fail("--scale-search", tqkv::unsupported("scale search is implemented by the CPU encoder only (the GPU's "
+                                                    "quantize-on-write does not search yet)"));
+  ko.scale_search = o.device == "cpu" && o.scale_search != "off";
   ko.k8_layers = o.k8_layers;
   ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
@@ -193,6 +198,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--smooth-keys", o->smooth_keys,
                  "on (default): exact per-channel key smoothing before quantization (docs/formats.md); off: "
                  "without (CPU and GPU runtimes)")
+      ->check(CLI::IsMember({"default", "on", "off"}));
+  sub.add_option("--scale-search", o->scale_search,
+                 "on (default on the CPU): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest "
+                 "(same format, lower error; docs/formats.md); off: plain encoding (the GPU runtime's only mode)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--sink-tokens", o->sink_tokens,

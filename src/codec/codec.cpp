@@ -46,17 +46,32 @@ void encode_one_scalar(const CodecKernelArgs& a, const float* x, uint8_t* idx_ou
   float* y = scratch;
   float* cy = scratch + d;
   a.rotation->forward_with(x, y, false);
-  const float inv = 1.0f / n;
   const int L = 1 << a.bits;
   uint32_t idx[4096 / 8 * 8];
-  for (int j = 0; j < d; ++j) {
-    const float t = y[j] * inv;
-    uint32_t lo = 0;  // count of boundaries strictly below t
-    for (int step = L / 2; step >= 1; step /= 2)
-      if (t > a.boundaries[lo + step - 1]) lo += step;
-    idx[j] = lo;
-    cy[j] = a.centroids[lo];
+  // Indices of t = y * m (count of boundaries strictly below t) into idx, their centroids into cy.
+  auto quantize = [&](float m) {
+    for (int j = 0; j < d; ++j) {
+      const float t = y[j] * m;
+      uint32_t lo = 0;
+      for (int step = L / 2; step >= 1; step /= 2)
+        if (t > a.boundaries[lo + step - 1]) lo += step;
+      idx[j] = lo;
+      cy[j] = a.centroids[lo];
+    }
+  };
+  float inv = 1.0f / n;
+  if (a.scale_search) {
+    float best = -1.0f, best_m = inv;
+    for (float alpha : kScaleSearchAlpha) {
+      const float m = inv * alpha;
+      quantize(m);
+      const float yc = dot_lanes_scalar(y, cy, d), cc = sumsq_lanes_scalar(cy, d);
+      const float j = cc > 0.0f ? yc * yc / cc : 0.0f;
+      if (j > best) best = j, best_m = m;
+    }
+    inv = best_m;
   }
+  quantize(inv);
   pack_indices_scalar(idx, d, a.bits, idx_out);
   const float cn = a.norm_correction ? std::sqrt(sumsq_lanes_scalar(cy, d)) : 1.0f;
   *scale_out = float_to_fp16(n / cn);
@@ -79,8 +94,10 @@ namespace {
 
 // The definition, in double: n = |x|, t = P x / n, idx_j = argmin_k |t_j - c_k| (ties to the lower
 // index), scale = n / |c[idx]|; decode x~ = scale * P^T c[idx].
-void encode_one_reference(const Codebook& cb, const Rotation& rot, bool norm_correction, const float* x,
-                          uint8_t* out, uint16_t* scale_out) {
+// Scale search (scale_search, docs/formats.md): the same argmin for t * alpha for each
+// kScaleSearchAlpha, keeping the alpha with the largest (y . c)^2 / |c|^2 (first on ties).
+void encode_one_reference(const Codebook& cb, const Rotation& rot, bool norm_correction, bool scale_search,
+                          const float* x, uint8_t* out, uint16_t* scale_out) {
   const int d = rot.head_dim(), bits = cb.bits();
   std::memset(out, 0, static_cast<size_t>(index_bytes(d, bits)));
   double n2 = 0;
@@ -91,14 +108,35 @@ void encode_one_reference(const Codebook& cb, const Rotation& rot, bool norm_cor
   }
   const double n = std::sqrt(n2);
   const float* P = rot.matrix();
-  double cn2 = 0;
+  std::vector<double> y(static_cast<size_t>(d));
   for (int i = 0; i < d; ++i) {
-    double y = 0;
-    for (int j = 0; j < d; ++j) y += static_cast<double>(P[static_cast<size_t>(i) * d + j]) * x[j];
-    const double t = y / n;
+    double acc = 0;
+    for (int j = 0; j < d; ++j) acc += static_cast<double>(P[static_cast<size_t>(i) * d + j]) * x[j];
+    y[i] = acc;
+  }
+  auto nearest = [&](double t) {
     int best = 0;
     for (int k = 1; k < cb.levels(); ++k)
       if (std::fabs(t - cb.centroids()[k]) < std::fabs(t - cb.centroids()[best])) best = k;
+    return best;
+  };
+  double alpha = 1.0;
+  if (scale_search) {
+    double best_j = -1;
+    for (float a : kScaleSearchAlpha) {
+      double yc = 0, cc = 0;
+      for (int i = 0; i < d; ++i) {
+        const double c = cb.centroids()[nearest(y[i] / n * a)];
+        yc += y[i] * c;
+        cc += c * c;
+      }
+      const double j = cc > 0 ? yc * yc / cc : 0;
+      if (j > best_j) best_j = j, alpha = a;
+    }
+  }
+  double cn2 = 0;
+  for (int i = 0; i < d; ++i) {
+    const int best = nearest(y[i] / n * alpha);
     pack_index(out, bits, i, static_cast<uint32_t>(best));
     cn2 += static_cast<double>(cb.centroids()[best]) * cb.centroids()[best];
   }
@@ -173,11 +211,13 @@ Status TurboQuantCodec::encode(const float* x, int64_t n, uint8_t* indices, uint
   }
   const int64_t ib = index_bytes();
   const CodePath p = resolve(path);
+  const bool search = scale_search_applies(config_.scale_search, config_.norm_correction, bits());
   if (p == CodePath::kReference) {
-    for (int64_t v = 0; v < n; ++v) encode_one_reference(*codebook_, *rotation_, config_.norm_correction, x + v * d, indices + v * ib, scales + v);
+    for (int64_t v = 0; v < n; ++v)
+      encode_one_reference(*codebook_, *rotation_, config_.norm_correction, search, x + v * d, indices + v * ib, scales + v);
     return Status::ok();
   }
-  const CodecKernelArgs a{rotation_.get(), codebook_->centroids(), codebook_->boundaries(), d, bits(), config_.norm_correction};
+  const CodecKernelArgs a{rotation_.get(), codebook_->centroids(), codebook_->boundaries(), d, bits(), config_.norm_correction, search};
   std::vector<float> scratch(2 * static_cast<size_t>(d));
   for (int64_t v = 0; v < n; ++v) {
     if (p == CodePath::kAvx2) encode_one_avx2(a, x + v * d, indices + v * ib, scales + v, scratch.data());

@@ -97,7 +97,30 @@ void encode_one_avx2(const CodecKernelArgs& a, const float* x, uint8_t* idx_out,
   const float n = std::sqrt(n2);
   float* y = scratch;
   a.rotation->forward_with(x, y, true);
-  const __m256 inv = _mm256_set1_ps(1.0f / n);
+  float inv_s = 1.0f / n;
+  if (a.scale_search) {  // bits 2-4: the counting search; the scalar path's candidates and order
+    float best = -1.0f, best_m = inv_s;
+    for (float alpha : kScaleSearchAlpha) {
+      const float m = inv_s * alpha;
+      const __m256 mv = _mm256_set1_ps(m);
+      __m256 yc = _mm256_setzero_ps(), cc = _mm256_setzero_ps();
+      for (int j = 0; j < d; j += 8) {
+        const __m256 yv = _mm256_loadu_ps(y + j);
+        const __m256 t = _mm256_mul_ps(yv, mv);
+        __m256i idx = _mm256_setzero_si256();
+        for (int k = 0; k < L - 1; ++k)
+          idx = _mm256_sub_epi32(idx, _mm256_castps_si256(_mm256_cmp_ps(t, _mm256_set1_ps(a.boundaries[k]), _CMP_GT_OQ)));
+        const __m256 c = _mm256_i32gather_ps(a.centroids, idx, 4);
+        yc = _mm256_add_ps(yc, _mm256_mul_ps(yv, c));
+        cc = _mm256_add_ps(cc, _mm256_mul_ps(c, c));
+      }
+      const float ycs = reduce_lanes(yc), ccs = reduce_lanes(cc);
+      const float jv = ccs > 0.0f ? ycs * ycs / ccs : 0.0f;
+      if (jv > best) best = jv, best_m = m;
+    }
+    inv_s = best_m;
+  }
+  const __m256 inv = _mm256_set1_ps(inv_s);
   const __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
   __m256 cacc = _mm256_setzero_ps();
   for (int j = 0; j < d; j += 8) {

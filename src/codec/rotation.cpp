@@ -35,6 +35,14 @@ float sumsq_lanes_scalar(const float* x, int d) {
   return (a0 + a2) + (a1 + a3);
 }
 
+float dot_lanes_scalar(const float* x, const float* y, int d) {
+  float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int j = 0; j < d; j += 8)
+    for (int k = 0; k < 8; ++k) l[k] = l[k] + x[j + k] * y[j + k];
+  const float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+  return (a0 + a2) + (a1 + a3);
+}
+
 void fwht_scalar(float* v, int n) {
   for (int h = 1; h < n; h *= 2)
     for (int i = 0; i < n; i += 2 * h)

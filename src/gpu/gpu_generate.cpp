@@ -45,6 +45,9 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   if (opt.center_values) return unsupported("perplexity: value centering is implemented by the CPU runtime only");
   if (!opt.k8_layers.empty()) return unsupported("perplexity: per-layer 8-bit keys are implemented by the CPU runtime only");
   if (!opt.emulate.empty()) return unsupported("perplexity: --emulate is implemented by the CPU runtime only");
+  if (opt.scale_search)
+    return unsupported("perplexity: scale search is implemented by the CPU encoder only (the GPU's quantize-on-write "
+                       "does not search yet)");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
   if (avail < 1)
     return invalid_argument("perplexity: the text has " + std::to_string(tokens.size()) +

@@ -67,6 +67,7 @@ class ContiguousKv final : public KvBackend {
           cc.head_dim = D;
           cc.bits = bits;
           cc.rotation = default_rotation(D);
+          cc.scale_search = opt.scale_search;
           TQKV_ASSIGN_OR_RETURN(TurboQuantCodec codec, TurboQuantCodec::create(cc));
           side.codec.emplace(std::move(codec));
           side.idx.assign(n * static_cast<size_t>(index_bytes(D, bits)), 0);

@@ -63,6 +63,7 @@ class PagedKv final : public KvBackend {
         budget += 2ll * cc.max_seqs * cfg.n_head_kv * tile_bytes(opt.sink_tokens, cfg.head_dim, kF16Bits);
     }
     cc.sink_tokens = opt.sink_tokens;
+    cc.scale_search = opt.scale_search;
     cc.budget_bytes = budget;
     TQKV_ASSIGN_OR_RETURN(kv->cache_, KVCache::create(cc));
     TQKV_ASSIGN_OR_RETURN(kv->seq_, kv->cache_->add_sequence());
@@ -180,6 +181,7 @@ class PagedKv final : public KvBackend {
     if (sliding > 0) s += ", " + std::to_string(sliding) + " sliding-window layers in f16";
     if (f16 > 0) s += ", " + std::to_string(f16) + " layers kept in f16";
     if (k8 > 0) s += ", " + std::to_string(k8) + " layers with 8-bit keys";
+    if (opt_.scale_search && opt_.format.k_bits + opt_.format.v_bits < 2 * kF16Bits) s += ", scale search";
     if (opt_.sink_tokens > 0 && opt_.format.k_bits + opt_.format.v_bits < 2 * kF16Bits)
       s += ", first " + std::to_string(opt_.sink_tokens) + " tokens kept in f16 (attention sinks)";
     return s;

@@ -235,6 +235,7 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
   ko.sink_tokens = opt.sink_tokens;
   ko.center_values = opt.center_values;
   ko.smooth_keys = opt.smooth_keys;
+  ko.scale_search = opt.scale_search;
   ko.emulate = opt.emulate;
   TQKV_ASSIGN_OR_RETURN(auto kv, make_kv_backend(model.config(), ko));
   ProbeKv* probe = nullptr;

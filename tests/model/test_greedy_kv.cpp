@@ -27,7 +27,7 @@ int argmax(const std::vector<float>& v) {
 // need_same: prompts identical for all 32 tokens; need_total: tokens agreeing before the first
 // difference, summed over the 20 prompts (of 640), a steadier measure than the count.
 void run(const std::string& model_name, const std::string& kv_name, bool center, int need_same, int need_total,
-         std::vector<int> k8_layers = {}, int sink_tokens = 0, bool smooth = false, bool chat = false) {
+         std::vector<int> k8_layers = {}, int sink_tokens = 0, bool smooth = false, bool chat = false, bool search = false) {
   if (!std::getenv("TQKV_LONG_TESTS")) GTEST_SKIP() << "set TQKV_LONG_TESTS=1 to run";
   const std::string path = source_dir() + "/models/" + model_name + ".gguf";
   if (!std::ifstream(path).good()) GTEST_SKIP() << path << " absent: run `make models`";
@@ -65,6 +65,7 @@ void run(const std::string& model_name, const std::string& kv_name, bool center,
     b.k8_layers = k8_layers;
     b.sink_tokens = sink_tokens;
     b.smooth_keys = smooth;
+    b.scale_search = search;
     a.max_tokens = b.max_tokens = n + kTokens;
     auto kva = tqkv::make_kv_backend((*model)->config(), a);
     auto kvb = tqkv::make_kv_backend((*model)->config(), b);
@@ -96,7 +97,8 @@ void run(const std::string& model_name, const std::string& kv_name, bool center,
               model_name.c_str(), kv_name.c_str(),
               (std::string(center ? "" : " (keys not centered)") + (k8_layers.empty() ? "" : " (8-bit keys in some layers)") +
                (sink_tokens > 0 ? " (" + std::to_string(sink_tokens) + " sink tokens in f16)" : std::string()) +
-               (smooth ? " (keys smoothed)" : "") + (chat ? " (chat template; " + std::to_string(ended) + " replies ended before 32 tokens)" : std::string())).c_str(),
+               (smooth ? " (keys smoothed)" : "") + (chat ? " (chat template; " + std::to_string(ended) + " replies ended before 32 tokens)" : std::string()) +
+               (search ? " (scale search)" : "")).c_str(),
               same, kTokens, total,
               20 * kTokens, detail.c_str());
   EXPECT_GE(same, need_same);
@@ -129,6 +131,13 @@ TEST(GreedyVsF16, Gemma3K4V4SinksSmoothed) { run("gemma3-270m-q4_k_m", "k4v4", t
 TEST(GreedyVsF16, SmolLM2K4V4Chat) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 3, 240, {}, 4, true, true); }
 TEST(GreedyVsF16, Gemma3K4V4Chat) { run("gemma3-270m-q4_k_m", "k4v4", true, 12, 470, {}, 4, true, true); }
 TEST(GreedyVsF16, SmolLM2K8V8Chat) { run("smollm2-135m-instruct-q4_1", "k8v8", true, 13, 500, {}, 4, true, true); }
+// The CLI's defaults since 2026-11-29 ~13:20 UTC: the above plus the encoder's scale search
+// (docs/formats.md, "Scale search"). Measured: raw prompts SmolLM2 4/20 (256 tokens), Gemma 3
+// 15/20 (522); chat SmolLM2 4/20 (344), Gemma 3 14/20 (509). Bounds = measured minus a margin.
+TEST(GreedyVsF16, SmolLM2K4V4Defaults) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 2, 200, {}, 4, true, false, true); }
+TEST(GreedyVsF16, Gemma3K4V4Defaults) { run("gemma3-270m-q4_k_m", "k4v4", true, 12, 460, {}, 4, true, false, true); }
+TEST(GreedyVsF16, SmolLM2K4V4DefaultsChat) { run("smollm2-135m-instruct-q4_1", "k4v4", true, 2, 280, {}, 4, true, true, true); }
+TEST(GreedyVsF16, Gemma3K4V4DefaultsChat) { run("gemma3-270m-q4_k_m", "k4v4", true, 11, 450, {}, 4, true, true, true); }
 // The noise floor of the measure: 8-bit keys and values.
 TEST(GreedyVsF16, SmolLM2K8V8) { run("smollm2-135m-instruct-q4_1", "k8v8", true, 13, 520); }
 TEST(GreedyVsF16, Gemma3K8V8) { run("gemma3-270m-q4_k_m", "k8v8", true, 16, 580); }
