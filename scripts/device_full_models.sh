@@ -43,12 +43,11 @@ if [[ $step == prepare ]]; then
   cp data/pride_and_prejudice.txt "$S/"
   T=$B/src/cli/tqkv
   M=$S/smollm2-full.gguf
-  # CLI references with the CLI's defaults (keys centered and smoothed, 4 sink tokens), without the
-  # CPU encoder's scale search, which the GPU's quantize-on-write does not do.
-  $T perplexity --model $M --text "$S/pride_and_prejudice.txt" --ctx 512 --chunks 8 --kv k4v4 --scale-search off --json >"$S/ppl_cpu_k4v4.json"
+  # CLI references with the CLI's defaults (keys centered and smoothed, 4 sink tokens, scale search).
+  $T perplexity --model $M --text "$S/pride_and_prejudice.txt" --ctx 512 --chunks 8 --kv k4v4 --json >"$S/ppl_cpu_k4v4.json"
   for kv in f16 k4v4; do
     for p in "${PROMPTS[@]}"; do
-      $T generate --model $M --chat "$p" -n 32 --kv $kv --greedy --scale-search off --json 2>/dev/null
+      $T generate --model $M --chat "$p" -n 32 --kv $kv --greedy --json 2>/dev/null
     done >"$S/gen_cpu_$kv.jsonl"
   done
   tar cf .carry/full.tar -C "$S" .

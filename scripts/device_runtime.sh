@@ -82,7 +82,7 @@ EOF
   # (tests/gpu checks centered GPU against centered CPU); --sink-tokens 0 on both sides: these
   # comparisons predate sinks (tests/gpu/test_gpu_sinks.cpp checks GPU sinks against CPU sinks);
   # --smooth-keys off on both sides likewise (tests/gpu/test_gpu_model.cpp checks GPU smoothing);
-  # --scale-search off: the GPU's quantize-on-write does not search (docs/formats.md, "Scale search").
+  # --scale-search off on both sides likewise (tests/cuda and tests/gpu check the GPU's search).
   [[ -n ${FIXTURES_FROM:-} ]] || for kv in f16 k4v4; do
     for p in "The capital of France is" "Once upon a time, there was a little"; do
       $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --scale-search off --json 2>/dev/null
@@ -129,12 +129,12 @@ echo "== test_gpu rc=${PIPESTATUS[0]}"
 M=$D/smollm2-4l.gguf
 for kv in f16 k4v4; do
   for p in "The capital of France is" "Once upon a time, there was a little"; do
-    timeout 60 "$D/tqkv" generate --model $M --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --json --device cuda 2>>"$OUT/cli.err"
+    timeout 60 "$D/tqkv" generate --model $M --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --scale-search off --json --device cuda 2>>"$OUT/cli.err"
   done >"$OUT/gen_gpu_$kv.jsonl"
   echo "== generate --device cuda --kv $kv (ids: GPU, then CPU)"
   python3 scripts/compare_generate_ids.py "$OUT/gen_gpu_$kv.jsonl" "$D/gen_cpu_$kv.jsonl"
 done
-timeout 120 "$D/tqkv" perplexity --model $M --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --json --device cuda \
+timeout 120 "$D/tqkv" perplexity --model $M --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --scale-search off --json --device cuda \
   >"$OUT/ppl_gpu_k4v4.json" 2>>"$OUT/cli.err"
 echo "== perplexity --device cuda rc=$? (GPU, then CPU)"
 for n in "$OUT/ppl_gpu_k4v4.json" "$D/ppl_cpu_k4v4.json"; do

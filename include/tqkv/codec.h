@@ -114,8 +114,8 @@ struct CodecConfig {
   // true: for 2-4 bits with norm correction, the encoder tries 7 pre-scales of the rotated vector
   // and keeps the indices whose reconstruction direction is closest to the input (docs/formats.md,
   // "Scale search"): the same format and decoder, about 15-20% lower MSE at 4 bits for head sizes
-  // 64-128. Off by default in the library (the GPU's quantize-on-write does not search yet); the
-  // CLI turns it on for the CPU runtime.
+  // 64-128. Off by default in the library (the plain codec stays the reference); the CLI turns it
+  // on, for the CPU and the GPU runtime (PagedKVView::scale_search).
   bool scale_search = false;
 };
 

@@ -107,6 +107,10 @@ struct GpuContextOptions {
   // (after it); keys divided by s before quantize_and_store, queries multiplied by s. Compressed
   // keys, soft-capped layers included.
   bool smooth_keys = false;
+  // The encoder's scale search (KvOptions::scale_search, docs/formats.md): quantize-on-write tries
+  // the CPU encoder's seven pre-scales per vector (the generic quantize kernel, not the
+  // tensor-core ones). Same format; the CLI turns it on.
+  bool scale_search = false;
   // Attention of prefill chunks: kDefault = the tiled prefill kernel unless the environment says
   // TQKV_GPU_PREFILL=decode (read at create); kTiled / kDecode force either path (tests, benches).
   GpuPrefillPath prefill_path = GpuPrefillPath::kDefault;
@@ -200,7 +204,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token, bool center_keys = false,
-                                   int sink_tokens = 0, bool smooth_keys = false);
+                                   int sink_tokens = 0, bool smooth_keys = false, bool scale_search = false);
 Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
                                                  const PerplexityOptions& opt,
                                                  const std::function<void(int done, int total)>& progress);

@@ -112,6 +112,9 @@ struct PagedKVView {
   // slot. Attention takes positions < sink_tokens from the sink tiles and the rest from the pages.
   // 0 = no sinks (the sink pointers are then unused).
   int32_t sink_tokens = 0;
+  // quantize_and_store only: the encoder's scale search for 2-4-bit sides (CodecConfig::scale_search,
+  // docs/formats.md): the same bytes layout, written by the generic quantize kernel. 0 = off.
+  int32_t scale_search = 0;
   uint8_t* sink_k = nullptr;
   uint8_t* sink_v = nullptr;
   const int32_t* sink_slot = nullptr;  // [num_seqs]

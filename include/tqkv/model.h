@@ -165,8 +165,8 @@ struct KvOptions {
   int32_t sink_tokens = 0;
   static constexpr int32_t kDefaultSinkTokens = 4;
   // Scale search in the TurboQuant encoder (CodecConfig::scale_search; docs/formats.md): same
-  // format, lower error at 2-4 bits. Off here; the CLI turns it on for the CPU runtime (the GPU's
-  // quantize-on-write does not search yet, so GPU runs and their CPU references leave it off).
+  // format, lower error at 2-4 bits. Off here; the CLI turns it on (the GPU runtime searches the
+  // same way: GpuContextOptions::scale_search).
   bool scale_search = false;
   static constexpr int kCenterMinTokens = 8;
   // Evaluation only (quality comparison with llama.cpp's rotated q4_0 KV cache): "q4_0h" rounds

@@ -39,6 +39,7 @@ struct DecodeBenchOptions {
   uint64_t seed = 1;
   int prefill = 0, prefill_chunk = 2048;
   int sink_tokens = 0;  // attention sinks in the compressed layers (0 here: figures comparable to earlier runs)
+  std::string scale_search = "off";  // the encoder's scale search (off here: figures comparable to earlier runs)
 };
 
 int fail(const std::string& m) {
@@ -58,6 +59,7 @@ Result<double> time_prefill(const GpuModel& gm, KvFormat f, const DecodeBenchOpt
   co.prefill_path = path;
   co.page_shuffle_seed = o.seed + 7;
   co.sink_tokens = o.sink_tokens;
+  co.scale_search = o.scale_search == "on";
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(gm, co));
   std::vector<int32_t> ids(static_cast<size_t>(o.prefill));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 2654435761u + o.seed) % gm.config().n_vocab);
@@ -122,6 +124,7 @@ int run_decode_bench(const DecodeBenchOptions& o) {
     co.max_tokens = o.context + o.steps + 8;
     co.page_shuffle_seed = o.seed + 7;
     co.sink_tokens = o.sink_tokens;
+  co.scale_search = o.scale_search == "on";
     const std::string name = kv_format_name(f);
     auto ctx = GpuContext::create(*gm, co);
     if (!ctx.is_ok()) return fail(name + ": " + ctx.status().to_string());
@@ -149,6 +152,7 @@ int run_decode_bench(const DecodeBenchOptions& o) {
     r["batch"] = o.batch;
     r["context"] = o.context;
     r["sink_tokens"] = o.sink_tokens;
+    r["scale_search"] = o.scale_search == "on";
     r["attention_us_per_step"] = *attn * 1e6;
     r["attention_bytes_per_step"] = attn_bytes;
     r["attention_gb_s"] = attn_gbs;
@@ -238,6 +242,10 @@ RunFn setup_bench_decode(CLI::App& sub) {
                  "attention-sink tokens kept in f16 in the compressed layers (default 0 here; generate and "
                  "perplexity default to 4)")
       ->check(CLI::Range(0, 16));
+  sub.add_option("--scale-search", o->scale_search,
+                 "on: quantize-on-write with the encoder's scale search (generic kernel; generate and perplexity "
+                 "default to on); off (default here): the tensor-core kernels")
+      ->check(CLI::IsMember({"on", "off"}));
   sub.add_flag("--json", o->json, "print one JSON object");
   sub.add_option("--prefill", o->prefill, "also time the prefill of one prompt of N tokens, tiled kernel vs decode path (0 = off)")
       ->check(CLI::Range(0, 1 << 20));

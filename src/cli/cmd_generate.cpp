@@ -33,7 +33,7 @@ struct Options {
   std::vector<int> k8_layers;
   int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
   std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
-  std::string scale_search = "default";  // on (the CPU default) or off (the GPU default: not implemented there)
+  std::string scale_search = "default";  // on (the default, CPU and GPU runtimes) or off
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -50,15 +50,16 @@ tqkv::Result<tqkv::GenerateStats> generate_on_gpu(const tqkv::Model& model, cons
                                                   tqkv::KvFormat fmt, int64_t max_tokens,
                                                   const std::vector<int32_t>& ids, const tqkv::GenerateOptions& go,
                                                   const std::function<void(int32_t)>& on_token, bool center_keys,
-                                                  int sink_tokens, bool smooth_keys) {
+                                                  int sink_tokens, bool smooth_keys, bool scale_search) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
   TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
   std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
-  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys, sink_tokens, smooth_keys);
+  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys, sink_tokens, smooth_keys,
+                            scale_search);
 #else
   (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token, (void)center_keys;
-  (void)sink_tokens, (void)smooth_keys;
+  (void)sink_tokens, (void)smooth_keys, (void)scale_search;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -103,10 +104,7 @@ int run(const Options& o) {
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
   ko.smooth_keys = o.smooth_keys != "off";
-  if (o.device == "cuda" && o.scale_search == "on")
-    return fail("--scale-search", tqkv::unsupported("scale search is implemented by the CPU encoder only (the GPU's "
-                                                    "quantize-on-write does not search yet)"));
-  ko.scale_search = o.device == "cpu" && o.scale_search != "off";
+  ko.scale_search = o.scale_search != "off";
   ko.k8_layers = o.k8_layers;
   ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
@@ -144,7 +142,7 @@ int run(const Options& o) {
     }
   };
   auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token, ko.center_keys,
-                                                 ko.sink_tokens, ko.smooth_keys)
+                                                 ko.sink_tokens, ko.smooth_keys, ko.scale_search)
                                : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
   echo();
@@ -200,8 +198,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "without (CPU and GPU runtimes)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--scale-search", o->scale_search,
-                 "on (default on the CPU): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest "
-                 "(same format, lower error; docs/formats.md); off: plain encoding (the GPU runtime's only mode)")
+                 "on (default): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest (same format, "
+                 "lower error; docs/formats.md); off: plain encoding (CPU and GPU runtimes)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
   sub.add_option("--sink-tokens", o->sink_tokens,

@@ -29,7 +29,7 @@ struct Options {
   std::vector<int> f16_layers, k8_layers;
   int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
   std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
-  std::string scale_search = "default";  // on (the CPU default) or off (the GPU default: not implemented there)
+  std::string scale_search = "default";  // on (the default, CPU and GPU runtimes) or off
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "default";  // none, keys, values, kv, default (KvOptions' defaults)
   std::string emulate;
@@ -96,10 +96,7 @@ int run(const Options& o) {
   po.center_keys = center == "keys" || center == "kv";
   po.center_values = center == "values" || center == "kv";
   po.smooth_keys = o.smooth_keys != "off";
-  if (o.device != "cpu" && o.scale_search == "on")
-    return fail("--scale-search", tqkv::unsupported("scale search is implemented by the CPU encoder only (the GPU's "
-                                                    "quantize-on-write does not search yet)"));
-  po.scale_search = o.device == "cpu" && o.scale_search != "off";
+  po.scale_search = o.scale_search != "off";
   if (o.device != "cpu" && (!o.emulate.empty() || o.per_layer))
     return fail("--emulate/--per-layer", tqkv::unsupported("these evaluations run on the CPU runtime only"));
   po.emulate = o.emulate;
@@ -194,8 +191,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "Exact centering before quantization: keys (default), none, values, kv (values: CPU only)")
       ->check(CLI::IsMember({"default", "none", "keys", "values", "kv"}));
   sub.add_option("--scale-search", o->scale_search,
-                 "on (default on the CPU): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest "
-                 "(same format, lower error; docs/formats.md); off: plain encoding (the GPU runtime's only mode)")
+                 "on (default): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest (same format, "
+                 "lower error; docs/formats.md); off: plain encoding (CPU and GPU runtimes)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--smooth-keys", o->smooth_keys,
                  "on (default): exact per-channel key smoothing before quantization (docs/formats.md); off: "

@@ -45,7 +45,7 @@ struct Options {
   std::vector<int> f16_layers, k8_layers;
   int sink_tokens = tqkv::KvOptions::kDefaultSinkTokens;  // attention sinks (docs/formats.md)
   std::string smooth_keys = "on";  // exact per-channel key smoothing (docs/formats.md)
-  std::string scale_search = "default";  // on (the CPU default) or off (the GPU default: not implemented there)
+  std::string scale_search = "default";  // on (the default, CPU and GPU runtimes) or off
   std::string center = "keys";       // exact key centering, as tqkv generate / perplexity default to
   double max_kld = 0.05;             // mean KL(P_f16 || P_format), nats
   double min_top1 = 0.85;            // fraction of positions with the same argmax
@@ -134,10 +134,7 @@ int run(const Options& o) {
   po.center_values = o.center == "values" || o.center == "kv";
   po.sink_tokens = o.sink_tokens;
   po.smooth_keys = o.smooth_keys == "on";
-  if (gpu && o.scale_search == "on")
-    return fail("--scale-search", tqkv::unsupported("scale search is implemented by the CPU encoder only (the GPU's "
-                                                    "quantize-on-write does not search yet)"));
-  po.scale_search = !gpu && o.scale_search != "off";
+  po.scale_search = o.scale_search != "off";
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
@@ -258,8 +255,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "Exact mean subtraction before quantizing: none, keys (default), values, kv (docs/formats.md)")
       ->check(CLI::IsMember({"none", "keys", "values", "kv"}));
   sub.add_option("--scale-search", o->scale_search,
-                 "on (default on the CPU): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest "
-                 "(same format, lower error; docs/formats.md); off: plain encoding (the GPU runtime's only mode)")
+                 "on (default): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest (same format, "
+                 "lower error; docs/formats.md); off: plain encoding (CPU and GPU runtimes)")
       ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--smooth-keys", o->smooth_keys,
                  "Exact per-channel key smoothing before quantizing: on (default), off (docs/formats.md)")

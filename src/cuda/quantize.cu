@@ -78,7 +78,8 @@ Status quantize_and_store(const PagedKVView& view, const float* boundaries_k, co
   const QuantArgs a{view, {boundaries_k, boundaries_v}, {k_new, v_new}, in_type, slot_mapping, num_tokens};
   const int d = view.head_dim;
   const bool aligned = reinterpret_cast<uintptr_t>(k_new) % 16 == 0 && reinterpret_cast<uintptr_t>(v_new) % 16 == 0;
-  if (aligned && !quantize_old_selected()) {
+  // Scale search: only the generic kernel of quantize_old.cu implements it.
+  if (aligned && !quantize_old_selected() && !view.scale_search) {
     bool launched = false;
     if (d == 128 && view.hadamard_signs) {
       TQKV_RETURN_IF_ERROR(tc::quantize_tc_d128(a, stream, &launched));

@@ -66,10 +66,16 @@ __device__ __forceinline__ void fwht_warp(float (&v)[E], const float (&sg)[E], i
 // Encodes one side's vector (rotated coordinates y, unnormalised, in the warp's scratch `ys`)
 // into tile row `row`. Every lane takes part; the D/32 coordinates of a lane are searched
 // independently (unrolled) so their table reads overlap.
+// Scale search (search = true, 2-4 bits; CodecConfig::scale_search, docs/formats.md): the index
+// pass runs on t * alpha for the CPU encoder's seven pre-scales and keeps the alpha with the
+// largest (t . c)^2 / |c|^2, decided on lane 0's warp sums and broadcast (the sums are reduced in
+// another order than the CPU's, so a near-tie between two alphas may go the other way).
+__constant__ float kSearchAlpha[7] = {0.8f, 0.875f, 0.95f, 1.025f, 1.1f, 1.175f, 1.25f};
+
 template <int D>
 __device__ void encode_store(const float* ys, float norm, uint8_t* idx_scratch, const float* bnd,
                              const float* centroids, int bits, uint8_t* tile, int page_size, int row,
-                             int lane) {
+                             int lane, bool search) {
   constexpr int kPer = (D + 31) / 32;
   const int levels = 1 << bits;
   const float inv = norm > 0.f ? 1.f / norm : 0.f;
@@ -80,6 +86,30 @@ __device__ void encode_store(const float* ys, float norm, uint8_t* idx_scratch, 
     const int j = lane + 32 * k;
     y[k] = j < D ? ys[j] * inv : 0.f;
     q[k] = 0;
+  }
+  float alpha = 1.f;
+  if (search && bits >= 2 && bits <= 4 && norm > 0.f) {
+    float best = -1.f;
+    for (int ai = 0; ai < 7; ++ai) {
+      const float al = kSearchAlpha[ai];
+      float yc = 0.f, cc = 0.f;
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) {
+        const float t = y[k] * al;
+        uint32_t i = 0;
+        for (int s = levels >> 1; s >= 1; s >>= 1) i += t > bnd[i + s - 1] ? s : 0;
+        const float c = lane + 32 * k < D ? centroids[i] : 0.f;
+        yc = fmaf(y[k], c, yc);
+        cc = fmaf(c, c, cc);
+      }
+      yc = warp_sum(yc);
+      cc = warp_sum(cc);
+      const float jv = cc > 0.f ? yc * yc / cc : 0.f;
+      if (jv > best) best = jv, alpha = al;
+    }
+    alpha = __shfl_sync(0xffffffffu, alpha, 0);  // one decision for the whole warp
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) y[k] *= alpha;
   }
   for (int s = levels >> 1; s >= 1; s >>= 1) {  // binary search, all coordinates in step
 #pragma unroll
@@ -210,12 +240,21 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
         continue;
       }
       float n2 = 0.f;
+      const bool search = v.scale_search != 0 && side.bits >= 2 && side.bits <= 4;
       if (fast) {
         if constexpr (kPow2) {
           float y[E];
 #pragma unroll
           for (int e = 0; e < E; ++e) { y[e] = x[s][e]; n2 = fmaf(y[e], y[e], n2); }
           fwht_warp<E>(y, sg, lane, inv_sqrt_d);
+          if (search) {  // the searching encoder reads the rotated vector from shared memory
+#pragma unroll
+            for (int e = 0; e < E; ++e) ys[lane * E + e] = y[e];
+            __syncwarp();
+            encode_store<D>(ys, sqrtf(warp_sum(n2)), idx_scratch[warp], tables[s][0], tables[s][1], side.bits, tile,
+                            v.page_size, row, lane, true);
+            continue;
+          }
           const float norm = sqrtf(warp_sum(n2));
           uint32_t* words = reinterpret_cast<uint32_t*>(idx_scratch[warp]);
           const float* bnd = tables[s][0];
@@ -263,7 +302,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
       __syncwarp();
       const float norm = sqrtf(warp_sum(n2));
       encode_store<D>(ys, norm, idx_scratch[warp], tables[s][0], tables[s][1], side.bits, tile,
-                      v.page_size, row, lane);
+                      v.page_size, row, lane, search);
     }
   };
   // Inputs of the next item are loaded while the current one is processed (one item is only
@@ -544,7 +583,7 @@ Status launch_quantize_old(const QuantArgs& a, cudaStream_t stream) {
   int dev = 0, sms = 132;
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev));
   TQKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (view.hadamard_signs && (d == 64 || d == 128 || d == 256) && aligned) {
+  if (view.hadamard_signs && (d == 64 || d == 128 || d == 256) && aligned && !view.scale_search) {
     auto launch = [&](auto kernel) -> Status {
       int per_sm = 1;
       TQKV_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFastWarps * 32, 0));

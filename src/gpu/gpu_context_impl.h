@@ -169,6 +169,7 @@ struct GpuContext::Impl {
     vw.first_page = nullptr;
     vw.rotation = (L.kb == kF16Bits && L.vb == kF16Bits) ? nullptr : rotation;
     vw.hadamard_signs = vw.rotation ? signs : nullptr;
+    vw.scale_search = opt.scale_search ? 1 : 0;
     if (L.sinks > 0) {
       vw.sink_tokens = L.sinks;
       vw.sink_k = L.sk;

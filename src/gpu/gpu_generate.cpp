@@ -14,7 +14,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::vector<int>& f16_layers, int64_t max_tokens,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token, bool center_keys,
-                                   int sink_tokens, bool smooth_keys) {
+                                   int sink_tokens, bool smooth_keys, bool scale_search) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
   GpuContextOptions co;
   co.format = format;
@@ -23,6 +23,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
   co.max_tokens = max_tokens;
   co.center_keys = center_keys;
   co.smooth_keys = smooth_keys;
+  co.scale_search = scale_search;
   co.sink_tokens = sink_tokens;
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
   auto prefill = [&](float* logits) {
@@ -45,9 +46,6 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   if (opt.center_values) return unsupported("perplexity: value centering is implemented by the CPU runtime only");
   if (!opt.k8_layers.empty()) return unsupported("perplexity: per-layer 8-bit keys are implemented by the CPU runtime only");
   if (!opt.emulate.empty()) return unsupported("perplexity: --emulate is implemented by the CPU runtime only");
-  if (opt.scale_search)
-    return unsupported("perplexity: scale search is implemented by the CPU encoder only (the GPU's quantize-on-write "
-                       "does not search yet)");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
   if (avail < 1)
     return invalid_argument("perplexity: the text has " + std::to_string(tokens.size()) +
@@ -65,6 +63,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   co.max_chunk = kChunk;
   co.center_keys = opt.center_keys;
   co.smooth_keys = opt.smooth_keys;
+  co.scale_search = opt.scale_search;
   co.sink_tokens = opt.sink_tokens;
   TQKV_ASSIGN_OR_RETURN(auto kv, GpuContext::create(model, co));
   if (opt.per_layer) TQKV_RETURN_IF_ERROR(kv->set_attention_probe(0));  // measured from this run

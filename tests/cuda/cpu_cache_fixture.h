@@ -53,6 +53,7 @@ inline std::vector<float> random_tokens(int n, int heads, int d, std::mt19937_64
 // kernels are tested with sinks too.
 struct CpuCache {
   int d = 128, kb = 4, vb = 4, H = 2, window = 0, sinks = 0;
+  bool scale_search = false;  // the CPU cache's encoder searches the scale (KVCacheConfig::scale_search)
   std::vector<int32_t> lens;
   std::unique_ptr<KVCache> cache;
   std::vector<int32_t> ids;
@@ -74,6 +75,7 @@ struct CpuCache {
     cfg.head_dim = d;
     cfg.max_seqs = static_cast<int32_t>(lens.size());
     cfg.sink_tokens = sinks;
+    cfg.scale_search = scale_search;
     int32_t max_len = 16;
     int64_t pages = 0;
     for (int32_t l : lens) { max_len = std::max(max_len, l); pages += (l + 15) / 16 + 2; }

@@ -122,6 +122,10 @@ struct Spec : tqkv::testing::SyntheticSpec {
   // the CPU's logits by more than half the compression's effect, the GPU must also be closer to the
   // CPU's smoothed k4v4 than to its plain k4v4 (a GPU that did not smooth would not be).
   bool smooth = false;
+  // The encoder's scale search on both runtimes (KvOptions / GpuContextOptions::scale_search). The
+  // GPU must also be closer to the CPU's searched k4v4 than to the CPU's same run without the search
+  // (a GPU that did not search would not be).
+  bool search = false;
 };
 
 std::vector<uint8_t> build(const Spec& s) { return tqkv::testing::build_synthetic_gguf(s, 4321); }
@@ -199,18 +203,28 @@ void check_synthetic(const Spec& s) {
   ko.max_tokens = T;
   ko.center_keys = true;
   ko.smooth_keys = s.smooth;
-  auto kv = tqkv::make_kv_backend(c, ko);
-  ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
-  std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN);
-  ASSERT_TRUE((*model)->forward(ids.data(), pre, 0, **kv, cpu.data(), tqkv::LogitsMode::kAll).is_ok());
-  for (int t = pre; t < T; ++t)
-    ASSERT_TRUE((*model)->forward(&ids[t], 1, t, **kv, cpu.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
+  auto cpu_run = [&](bool search, std::vector<float>& out) {
+    tqkv::KvOptions k2 = ko;
+    k2.scale_search = search;
+    auto kv = tqkv::make_kv_backend(c, k2);
+    ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
+    ASSERT_TRUE((*model)->forward(ids.data(), pre, 0, **kv, out.data(), tqkv::LogitsMode::kAll).is_ok());
+    for (int t = pre; t < T; ++t)
+      ASSERT_TRUE((*model)->forward(&ids[t], 1, t, **kv, out.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
+  };
+  std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN), cpu_ns;
+  cpu_run(s.search, cpu);
+  if (s.search) {
+    cpu_ns.resize(cpu.size());
+    cpu_run(false, cpu_ns);
+  }
   tqkv::GpuContextOptions o;
   o.format = {4, 4};
   o.max_tokens = T;
   o.max_chunk = tqkv::Model::kMaxChunk;  // > 1 chunk still for T - 5 > 64
   o.center_keys = true;
   o.smooth_keys = s.smooth;
+  o.scale_search = s.search;
   auto ctx = tqkv::GpuContext::create(**gm, o);
   ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
   auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
@@ -236,6 +250,19 @@ void check_synthetic(const Spec& s) {
   }
   rc_plain.sum_q2 = rc.sum_q2;
   EXPECT_LE(rc.ratio(), 0.75) << s.arch << ": GPU centered k4v4 is not much closer to the CPU's centered k4v4 than compression moves it";
+  if (s.search) {
+    double e_ns = 0, m_ns = 0;
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      e_ns += std::pow(static_cast<double>(gpu[i]) - cpu_ns[i], 2);
+      m_ns += std::pow(static_cast<double>(cpu[i]) - cpu_ns[i], 2);
+    }
+    const double r_ns = std::sqrt(e_ns / std::max(rc.sum_q2, 1e-30)), moved_ns = std::sqrt(m_ns / std::max(rc.sum_q2, 1e-30));
+    std::printf("[gpu synthetic] %-6s scale search: |gpu - cpu searched| / |cpu k4v4 - cpu f16| = %.3f, |gpu - cpu not "
+                "searched| / same = %.3f, the search moved the CPU by %.3f of that\n", s.arch.c_str(), rc.ratio(), r_ns, moved_ns);
+    EXPECT_GT(moved_ns, 0.3) << "the search hardly moved the CPU's logits: the test could not tell";
+    EXPECT_LT(rc.ratio(), 0.75 * r_ns) << s.arch << ": GPU searched k4v4 is not closer to the CPU's searched k4v4 than to "
+                                       << "its k4v4 without the search";
+  }
   const double moved = std::sqrt(move2 / std::max(rc.sum_q2, 1e-30));
   if (s.must_differ || (s.smooth && !centers && moved > 0.5)) {
     EXPECT_LT(rc.ratio(), 0.75 * rc_plain.ratio()) << s.arch << ": GPU centered/smoothed k4v4 is not closer to the CPU's "
@@ -308,6 +335,25 @@ TEST(GpuSynthetic, Gemma2SmoothedKeys) {
   s.attn_softcap = 2.0f;
   s.final_softcap = 3.0f;
   s.smooth = true;
+  check_synthetic(s);
+}
+// The encoder's scale search on both runtimes (with centering and smoothing, the CLI's defaults):
+// head size 64 (Hadamard) and 96 (dense rotation).
+TEST(GpuSynthetic, LlamaScaleSearch) {
+  SKIP_WITHOUT_GPU();
+  Spec s{{"llama", 128, 2, 4, 2, 64, 192}};
+  s.rope_freqs = true;
+  s.wtype = GgmlType::kQ8_0;
+  s.smooth = true;
+  s.search = true;
+  check_synthetic(s);
+}
+TEST(GpuSynthetic, Phi3ScaleSearch) {
+  SKIP_WITHOUT_GPU();
+  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
+  s.tied = false;
+  s.smooth = true;
+  s.search = true;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Phi3SmoothedKeys) {
