@@ -97,8 +97,8 @@ int run(const Options& o) {
   po.center_values = center == "values" || center == "kv";
   po.smooth_keys = o.smooth_keys != "off";
   po.scale_search = o.scale_search != "off";
-  if (o.device != "cpu" && (!o.emulate.empty() || o.per_layer))
-    return fail("--emulate/--per-layer", tqkv::unsupported("these evaluations run on the CPU runtime only"));
+  if (o.device != "cpu" && !o.emulate.empty())
+    return fail("--emulate", tqkv::unsupported("this evaluation runs on the CPU runtime only"));
   po.emulate = o.emulate;
   po.per_layer = o.per_layer;
   if (!o.emulate.empty()) po.format = tqkv::KvFormat{16, 16};  // --emulate stores into an f16 cache; --kv is ignored
@@ -166,6 +166,8 @@ int run(const Options& o) {
                     e.compressed ? " " : "*", e.k_rel_mse, e.k_rel_mse_vec, e.v_rel_mse, e.v_rel_mse_vec,
                     e.k_mean_energy, e.v_mean_energy, e.att_rel_err);
       std::printf("  (* = layer kept in f16; |mean|^2 is the share of the vectors' energy in their per-head mean)\n");
+      if (o.device == "cuda")
+        std::printf("  (--device cuda: the attention error is measured from the GPU run; the K/V columns are CPU-only: nan)\n");
     }
   }
   return 0;
@@ -202,7 +204,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "Evaluation only: q4_0h = llama.cpp's Hadamard-rotated q4_0 KV cache (4.5 bits), emulated in an f16 cache")
       ->check(CLI::IsMember({"q4_0h"}));
   sub.add_flag("--per-layer", o->per_layer,
-               "Per-layer diagnostics: reconstruction error of the cache's K and V, attention output error vs fp32");
+               "Per-layer diagnostics: reconstruction error of the cache's K and V (CPU), attention output error vs fp32 "
+               "(CPU and GPU)");
   sub.add_flag("--json", o->as_json, "Print machine-readable JSON");
   sub.add_option("--device", o->device, "cpu (default) or cuda (the GPU runtime; needs a CUDA build and a GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
