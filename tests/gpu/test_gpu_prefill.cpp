@@ -30,162 +30,75 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "../common/synthetic_gguf.h"
-#include "tqkv/gpu_model.h"
-#include "tqkv/model.h"
+#include "gpu_test_support.h"
 
 namespace {
 
-using tqkv::GgmlType;
 using tqkv::GpuPrefillPath;
-
-#define SKIP_WITHOUT_GPU()                                               \
-  do {                                                                   \
-    auto _st = tqkv::gpu_available();                                    \
-    if (!_st.is_ok()) GTEST_SKIP() << "no GPU: " << _st.to_string();     \
-  } while (0)
-
-double rel_l2(const float* a, const float* b, int V) {
-  double num = 0, den = 0;
-  for (int i = 0; i < V; ++i) {
-    if (!std::isfinite(a[i])) return 1e30;
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using namespace tqkv::testing;
 
 int top1(const float* x, int V) { return static_cast<int>(std::max_element(x, x + V) - x); }
-
-// Compressed-format comparison of `a` against `b` relative to d_q (see the header).
-struct RatioCheck {
-  double e2 = 0, q2 = 0;
-  void add(const float* a, const float* b, const float* cpu_q, const float* cpu_f16, int V, const std::string& what) {
-    double e = 0, q = 0, c = 0;
-    bool nan = false;
-    for (int i = 0; i < V; ++i) {
-      nan |= !std::isfinite(a[i]);
-      e += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-      q += (static_cast<double>(cpu_q[i]) - cpu_f16[i]) * (static_cast<double>(cpu_q[i]) - cpu_f16[i]);
-      c += static_cast<double>(b[i]) * b[i];
-    }
-    EXPECT_FALSE(nan) << what << ": NaN";
-    EXPECT_LE(std::sqrt(e), std::max(0.1 * std::sqrt(c), 1.5 * std::sqrt(q))) << what;
-    e2 += e;
-    q2 += q;
-  }
-  double ratio() const { return std::sqrt(e2 / std::max(q2, 1e-30)); }
-};
-
-struct Loaded {
-  std::vector<uint8_t> file;
-  tqkv::GgufFile g;
-  std::unique_ptr<tqkv::Model> model;
-  std::unique_ptr<tqkv::GpuModel> gm;
-};
-
-void load(const tqkv::testing::SyntheticSpec& s, Loaded* L) {
-  L->file = tqkv::testing::build_synthetic_gguf(s, 4321);
-  auto g = tqkv::parse_gguf(L->file.data(), L->file.size());
-  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
-  L->g = std::move(*g);
-  auto model = tqkv::Model::from_gguf(&L->g);
-  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
-  L->model = std::move(*model);
-  auto gm = tqkv::GpuModel::from_gguf(L->g, L->model->config());
-  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
-  L->gm = std::move(*gm);
-}
 
 // GPU logits of every row: prompt prefilled (kAll) in chunks of `chunk`, then decode steps.
 void gpu_run(const tqkv::GpuModel& gm, tqkv::KvFormat fmt, GpuPrefillPath path, const std::vector<int32_t>& ids,
              int pre, int chunk, std::vector<float>* out, std::string* path_name) {
-  const int V = gm.config().n_vocab, T = static_cast<int>(ids.size());
   tqkv::GpuContextOptions o;
   o.format = fmt;
-  o.max_tokens = T;
+  o.max_tokens = static_cast<int64_t>(ids.size());
   o.max_chunk = chunk;
   o.prefill_path = path;
-  auto ctx = tqkv::GpuContext::create(gm, o);
-  ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-  *path_name = (*ctx)->prefill_path_name();
-  out->assign(static_cast<size_t>(T) * V, NAN);
-  auto st = (*ctx)->prefill(0, ids.data(), pre, out->data(), tqkv::LogitsMode::kAll);
-  ASSERT_TRUE(st.is_ok()) << st.to_string();
-  for (int t = pre; t < T; ++t) {
-    st = (*ctx)->decode(&ids[t], 1, out->data() + static_cast<size_t>(t) * V, nullptr);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
+  std::unique_ptr<tqkv::GpuContext> ctx;
+  ASSERT_NO_FATAL_FAILURE(gpu_logits(gm, o, ids, pre, out, &ctx));
+  *path_name = ctx->prefill_path_name();
 }
 
 void check_paths(const tqkv::testing::SyntheticSpec& s, int n_tokens) {
-  Loaded L;
-  load(s, &L);
-  if (::testing::Test::HasFatalFailure()) return;
-  const tqkv::ModelConfig& c = L.model->config();
-  const int V = c.n_vocab, T = n_tokens, pre = T - 4;
-  std::vector<int32_t> ids(static_cast<size_t>(T));
-  std::mt19937 rng(11);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % V);
+  SyntheticModels L;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(s, 4321, L));
+  const int V = L.cpu->config().n_vocab, T = n_tokens, pre = T - 4;
+  const std::vector<int32_t> ids = random_tokens(T, V, 11);
   std::vector<float> cpu_f16;
   for (const char* fs : {"f16", "k4v4"}) {
     auto fmt = tqkv::parse_kv_format(fs);
     ASSERT_TRUE(fmt.is_ok());
     tqkv::KvOptions ko;
     ko.format = *fmt;
-    ko.max_tokens = T;
-    auto kv = tqkv::make_kv_backend(c, ko);
-    ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
-    std::vector<float> cpu(static_cast<size_t>(T) * V);
-    ASSERT_TRUE(L.model->forward(ids.data(), pre, 0, **kv, cpu.data(), tqkv::LogitsMode::kAll).is_ok());
-    for (int t = pre; t < T; ++t)
-      ASSERT_TRUE(L.model->forward(&ids[t], 1, t, **kv, cpu.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
+    std::vector<float> cpu;
+    ASSERT_NO_FATAL_FAILURE(cpu_logits(*L.cpu, ids, pre, ko, &cpu));
 
     std::vector<float> tiled, dec;
     std::string name_t, name_d;
-    gpu_run(*L.gm, *fmt, GpuPrefillPath::kTiled, ids, pre, 32, &tiled, &name_t);
-    if (::testing::Test::HasFatalFailure()) return;
-    gpu_run(*L.gm, *fmt, GpuPrefillPath::kDecode, ids, pre, 32, &dec, &name_d);
-    if (::testing::Test::HasFatalFailure()) return;
+    ASSERT_NO_FATAL_FAILURE(gpu_run(*L.gpu, *fmt, GpuPrefillPath::kTiled, ids, pre, 32, &tiled, &name_t));
+    ASSERT_NO_FATAL_FAILURE(gpu_run(*L.gpu, *fmt, GpuPrefillPath::kDecode, ids, pre, 32, &dec, &name_d));
     EXPECT_EQ(name_t, "tiled");
     EXPECT_EQ(name_d, "decode");
 
     const bool f16 = std::string(fs) == "f16";
-    double worst_td = 0, worst_tc = 0;
-    int top1_td = 0, ties = 0;
-    RatioCheck vs_cpu, vs_dec;
+    double worst_td = 0;
+    int top1_td = 0;
+    RowCheck vs_cpu, vs_dec;
     for (int t = 0; t < T; ++t) {
       const size_t off = static_cast<size_t>(t) * V;
       const float *a = tiled.data() + off, *d = dec.data() + off, *b = cpu.data() + off;
       const std::string what = s.arch + " " + fs + " row " + std::to_string(t) + (t < pre ? " (prefill)" : " (decode)");
-      const double td = rel_l2(a, d, V), tc = rel_l2(a, b, V);
+      const double td = rel_l2(a, d, V);
       worst_td = std::max(worst_td, td);
-      worst_tc = std::max(worst_tc, tc);
       top1_td += top1(a, V) != top1(d, V) ? 1 : 0;
       if (f16) {
         EXPECT_LE(td, 1e-2) << what << ": tiled vs decode path";
-        EXPECT_LE(tc, 2e-2) << what << ": tiled vs CPU";
-        const int ac = top1(b, V);
-        float second = -INFINITY;
-        for (int i = 0; i < V; ++i)
-          if (i != ac) second = std::max(second, b[i]);
-        if (top1(a, V) != ac) {
-          if (b[ac] - second > 0.1f) ADD_FAILURE() << what << ": top-1 differs from the CPU's (margin " << b[ac] - second << ")";
-          else ++ties;
-        }
+        vs_cpu.add(a, b, V, 2e-2, what + ": tiled vs CPU");
       } else {
-        vs_cpu.add(a, b, b, cpu_f16.data() + off, V, what + ": tiled vs CPU");
-        vs_dec.add(a, d, b, cpu_f16.data() + off, V, what + ": tiled vs decode path");
+        vs_cpu.add_ratio(a, b, b, cpu_f16.data() + off, V, what + ": tiled vs CPU");
+        vs_dec.add_ratio(a, d, b, cpu_f16.data() + off, V, what + ": tiled vs decode path");
       }
     }
     if (f16) {
       cpu_f16 = cpu;
       std::printf("[gpu prefill] %-6s f16 : %d rows, tiled vs decode path worst rel L2 %.3g (top-1 differs %d), tiled vs CPU "
-                  "worst %.3g (near ties %d)\n", s.arch.c_str(), T, worst_td, top1_td, worst_tc, ties);
+                  "worst %.3g (near ties %d)\n", s.arch.c_str(), T, worst_td, top1_td, vs_cpu.worst_rel, vs_cpu.near_ties);
     } else {
       EXPECT_LE(vs_cpu.ratio(), 0.75) << s.arch << ": tiled k4v4 vs CPU k4v4";
       EXPECT_LE(vs_dec.ratio(), 0.75) << s.arch << ": tiled k4v4 vs decode-path k4v4";
@@ -194,20 +107,6 @@ void check_paths(const tqkv::testing::SyntheticSpec& s, int n_tokens) {
                   vs_cpu.ratio(), vs_dec.ratio(), worst_td, top1_td);
     }
   }
-}
-
-tqkv::testing::SyntheticSpec llama_spec() {
-  tqkv::testing::SyntheticSpec s{"llama", 128, 2, 4, 2, 64, 192};
-  s.rope_freqs = true;
-  s.wtype = GgmlType::kQ8_0;
-  return s;
-}
-
-tqkv::testing::SyntheticSpec gemma3_spec() {
-  tqkv::testing::SyntheticSpec s{"gemma3", 128, 7, 4, 1, 128, 192};
-  s.window = 20;
-  s.wtype = GgmlType::kQ8_0;
-  return s;
 }
 
 TEST(GpuPrefill, LlamaTiledMatchesDecodePathAndCpu) {
@@ -225,17 +124,10 @@ TEST(GpuPrefill, Gemma3SlidingTiledMatchesDecodePathAndCpu) {
 TEST(GpuPrefill, BatchOfSequencesMatchesOneByOne) {
   SKIP_WITHOUT_GPU();
   for (const auto& spec : {llama_spec(), gemma3_spec()}) {
-    Loaded L;
-    load(spec, &L);
-    if (::testing::Test::HasFatalFailure()) return;
-    const int V = L.model->config().n_vocab;
+    SyntheticModels L;
+    ASSERT_NO_FATAL_FAILURE(load_synthetic(spec, 4321, L));
     const std::vector<int> lens = {37, 70, 5};
-    std::vector<std::vector<int32_t>> ids(3);
-    std::mt19937 rng(3);
-    for (int i = 0; i < 3; ++i) {
-      ids[i].resize(static_cast<size_t>(lens[i]) + 1);
-      for (int32_t& id : ids[i]) id = static_cast<int32_t>(rng() % V);
-    }
+    const auto ids = random_sequences(lens, L.cpu->config().n_vocab, 3);
     for (GpuPrefillPath path : {GpuPrefillPath::kTiled, GpuPrefillPath::kDecode}) {
       tqkv::GpuContextOptions o;
       o.format = {16, 16};
@@ -243,55 +135,28 @@ TEST(GpuPrefill, BatchOfSequencesMatchesOneByOne) {
       o.max_chunk = 32;
       o.max_seqs = 3;
       o.prefill_path = path;
-      // One by one (prefill of one sequence), then one decode step each.
-      std::vector<float> alone(static_cast<size_t>(3) * V), alone_next(static_cast<size_t>(3) * V);
-      for (int i = 0; i < 3; ++i) {
-        auto ctx = tqkv::GpuContext::create(*L.gm, o);
-        ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-        ASSERT_TRUE((*ctx)->prefill(0, ids[i].data(), lens[i], alone.data() + static_cast<size_t>(i) * V,
-                                    tqkv::LogitsMode::kLast).is_ok());
-        ASSERT_TRUE((*ctx)->decode(&ids[i][lens[i]], 1, alone_next.data() + static_cast<size_t>(i) * V, nullptr).is_ok());
-      }
-      auto ctx = tqkv::GpuContext::create(*L.gm, o);
-      ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-      // Slots in another order than the calls (sequence slot 2 first).
-      const int seqs[3] = {2, 0, 1};
-      const int32_t* toks[3] = {ids[0].data(), ids[1].data(), ids[2].data()};
-      std::vector<float> batch(static_cast<size_t>(3) * V, NAN), next(static_cast<size_t>(3) * V, NAN);
-      auto st = (*ctx)->prefill_batch(seqs, toks, lens.data(), 3, batch.data());
-      ASSERT_TRUE(st.is_ok()) << st.to_string();
-      for (int i = 0; i < 3; ++i) EXPECT_EQ((*ctx)->seq_len(seqs[i]), lens[i]);
-      const int32_t step[3] = {ids[1][lens[1]], ids[2][lens[2]], ids[0][lens[0]]};  // slots 0, 1, 2
-      ASSERT_TRUE((*ctx)->decode(step, 3, next.data(), nullptr).is_ok());
       double worst = 0;
-      for (int i = 0; i < 3; ++i) {
-        const std::string what = spec.arch + " " + (*ctx)->prefill_path_name() + " sequence " + std::to_string(i);
-        const double r = rel_l2(batch.data() + static_cast<size_t>(i) * V, alone.data() + static_cast<size_t>(i) * V, V);
-        const double rn = rel_l2(next.data() + static_cast<size_t>(seqs[i]) * V, alone_next.data() + static_cast<size_t>(i) * V, V);
-        EXPECT_LE(r, 1e-2) << what << ": batched prefill vs alone";
-        EXPECT_LE(rn, 1e-2) << what << ": decode after batched prefill vs alone";
-        worst = std::max({worst, r, rn});
-      }
+      std::string name;
+      ASSERT_NO_FATAL_FAILURE(check_batch_vs_alone(*L.gpu, o, ids, lens, 1e-2, spec.arch + " ", true, &worst, &name));
       std::printf("[gpu prefill batch] %-6s %-6s: 3 sequences (37, 70, 5 tokens, chunks of 32) vs one by one, worst rel L2 %.3g\n",
-                  spec.arch.c_str(), (*ctx)->prefill_path_name(), worst);
+                  spec.arch.c_str(), name.c_str(), worst);
     }
   }
 }
 
 TEST(GpuPrefill, EnvironmentSelectsDecodePathAndBadBatchIsAnError) {
   SKIP_WITHOUT_GPU();
-  Loaded L;
-  load(llama_spec(), &L);
-  if (::testing::Test::HasFatalFailure()) return;
+  SyntheticModels L;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(llama_spec(), 4321, L));
   tqkv::GpuContextOptions o;
   o.max_tokens = 16;
   o.max_seqs = 2;
   const char* old = std::getenv("TQKV_GPU_PREFILL");
   const std::string saved = old ? old : "";
   setenv("TQKV_GPU_PREFILL", "decode", 1);
-  auto cd = tqkv::GpuContext::create(*L.gm, o);
+  auto cd = tqkv::GpuContext::create(*L.gpu, o);
   setenv("TQKV_GPU_PREFILL", "tiled", 1);
-  auto ct = tqkv::GpuContext::create(*L.gm, o);
+  auto ct = tqkv::GpuContext::create(*L.gpu, o);
   if (old) setenv("TQKV_GPU_PREFILL", saved.c_str(), 1);
   else unsetenv("TQKV_GPU_PREFILL");
   ASSERT_TRUE(cd.is_ok() && ct.is_ok());
@@ -313,7 +178,7 @@ TEST(GpuPrefill, EnvironmentSelectsDecodePathAndBadBatchIsAnError) {
   EXPECT_EQ(ctx.seq_len(1), 3);
   o.center_keys = true;
   o.format = {4, 4};
-  auto cc = tqkv::GpuContext::create(*L.gm, o);
+  auto cc = tqkv::GpuContext::create(*L.gpu, o);
   ASSERT_TRUE(cc.is_ok());
   EXPECT_EQ((*cc)->prefill_batch(ok, toks, n, 2, nullptr).code(), tqkv::StatusCode::kUnsupported);
 }
