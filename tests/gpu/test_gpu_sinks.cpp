@@ -25,23 +25,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "../common/synthetic_gguf.h"
-#include "tqkv/gpu_model.h"
-#include "tqkv/model.h"
+#include "gpu_test_support.h"
 
 namespace {
 
 using tqkv::GgmlType;
-
-#define SKIP_WITHOUT_GPU()                                                  \
-  do {                                                                      \
-    auto _st = tqkv::gpu_available();                                       \
-    if (!_st.is_ok()) GTEST_SKIP() << "no GPU: " << _st.to_string();        \
-  } while (0)
+using namespace tqkv::testing;
 
 struct Case {
   tqkv::testing::SyntheticSpec spec;
@@ -51,51 +43,21 @@ struct Case {
   tqkv::GpuPrefillPath path = tqkv::GpuPrefillPath::kDefault;
 };
 
-double rel_l2(const float* a, const float* b, int V) {
-  double num = 0, den = 0;
-  for (int i = 0; i < V; ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-// CPU logits of every position: prefill pre tokens then one token at a time.
-std::vector<float> cpu_logits(tqkv::Model& m, const std::vector<int32_t>& ids, int pre, tqkv::KvOptions ko) {
-  const int V = m.config().n_vocab, T = static_cast<int>(ids.size());
-  std::vector<float> out(static_cast<size_t>(T) * V, NAN);
-  ko.max_tokens = T;
-  auto kv = tqkv::make_kv_backend(m.config(), ko);
-  EXPECT_TRUE(kv.is_ok()) << kv.status().to_string();
-  if (!kv.is_ok()) return out;
-  EXPECT_TRUE(m.forward(ids.data(), pre, 0, **kv, out.data(), tqkv::LogitsMode::kAll).is_ok());
-  for (int t = pre; t < T; ++t)
-    EXPECT_TRUE(m.forward(&ids[t], 1, t, **kv, out.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
-  return out;
-}
-
 void check_sinks(const Case& cs) {
-  const std::vector<uint8_t> file = tqkv::testing::build_synthetic_gguf(cs.spec, 4321);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
-  const tqkv::ModelConfig& c = (*model)->config();
-  auto gm = tqkv::GpuModel::from_gguf(*g, c);
-  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
-  const int V = c.n_vocab, T = cs.n_tokens, pre = T - 5;
-  std::vector<int32_t> ids(static_cast<size_t>(T));
-  std::mt19937 rng(11);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % V);
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(cs.spec, 4321, m));
+  const int V = m.cpu->config().n_vocab, T = cs.n_tokens, pre = T - 5;
+  const std::vector<int32_t> ids = random_tokens(T, V, 11);
 
   tqkv::KvOptions ko;
   ko.format = {16, 16};
-  const std::vector<float> cpu_f16 = cpu_logits(**model, ids, pre, ko);
+  std::vector<float> cpu_f16, cpu_plain, cpu;
+  ASSERT_NO_FATAL_FAILURE(cpu_logits(*m.cpu, ids, pre, ko, &cpu_f16));
   ko.format = {4, 4};
   ko.center_keys = cs.center;
-  const std::vector<float> cpu_plain = cpu_logits(**model, ids, pre, ko);
+  ASSERT_NO_FATAL_FAILURE(cpu_logits(*m.cpu, ids, pre, ko, &cpu_plain));
   ko.sink_tokens = cs.sinks;
-  const std::vector<float> cpu = cpu_logits(**model, ids, pre, ko);
+  ASSERT_NO_FATAL_FAILURE(cpu_logits(*m.cpu, ids, pre, ko, &cpu));
 
   tqkv::GpuContextOptions o;
   o.format = {4, 4};
@@ -104,16 +66,10 @@ void check_sinks(const Case& cs) {
   o.center_keys = cs.center;
   o.sink_tokens = cs.sinks;
   o.prefill_path = cs.path;
-  auto ctx = tqkv::GpuContext::create(**gm, o);
-  ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-  std::vector<float> gpu(static_cast<size_t>(T) * V, NAN);
-  auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
-  ASSERT_TRUE(st.is_ok()) << st.to_string();
-  for (int t = pre; t < T; ++t) {
-    st = (*ctx)->decode(&ids[t], 1, gpu.data() + static_cast<size_t>(t) * V, nullptr);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
-  EXPECT_NE((*ctx)->describe().find("attention sinks"), std::string::npos) << (*ctx)->describe();
+  std::vector<float> gpu;
+  std::unique_ptr<tqkv::GpuContext> ctx;
+  ASSERT_NO_FATAL_FAILURE(gpu_logits(*m.gpu, o, ids, pre, &gpu, &ctx));
+  EXPECT_NE(ctx->describe().find("attention sinks"), std::string::npos) << ctx->describe();
 
   // Rows inside the sinks: f16-level agreement with the CPU with sinks.
   double worst_in = 0, plain_in = 0;
@@ -133,23 +89,14 @@ void check_sinks(const Case& cs) {
   }
   EXPECT_GT(plain_in, 2e-2) << "sinks barely move the CPU's logits here: the test could not see a GPU without sinks";
   // The other rows: ratio test against the CPU with sinks.
-  double e2 = 0, q2 = 0, e2_plain = 0;
+  RowCheck rc;
+  double e2_plain = 0;
   for (int t = cs.sinks; t < T; ++t) {
     const size_t off = static_cast<size_t>(t) * V;
-    double re = 0, rq = 0, rc = 0, rp = 0;
-    for (int i = 0; i < V; ++i) {
-      const double a = gpu[off + i], b = cpu[off + i];
-      re += (a - b) * (a - b);
-      rq += (b - cpu_f16[off + i]) * (b - cpu_f16[off + i]);
-      rc += b * b;
-      rp += (a - cpu_plain[off + i]) * (a - cpu_plain[off + i]);
-    }
-    EXPECT_LE(std::sqrt(re), std::max(0.1 * std::sqrt(rc), 1.5 * std::sqrt(rq))) << "position " << t;
-    e2 += re;
-    q2 += rq;
-    e2_plain += rp;
+    rc.add_compressed(gpu.data() + off, cpu.data() + off, cpu_f16.data() + off, V, cs.spec.arch + " position " + std::to_string(t));
+    e2_plain += sum_sq_diff(gpu.data() + off, cpu_plain.data() + off, static_cast<size_t>(V));
   }
-  const double ratio = std::sqrt(e2 / std::max(q2, 1e-30)), ratio_plain = std::sqrt(e2_plain / std::max(q2, 1e-30));
+  const double ratio = rc.ratio(), ratio_plain = std::sqrt(e2_plain / std::max(rc.sum_q2, 1e-30));
   EXPECT_LE(ratio, 0.75) << cs.spec.arch << ": GPU k4v4+sinks is not much closer to the CPU's k4v4+sinks than compression moves it";
   std::printf("[gpu sinks] %-6s %d sinks%s: rows < sinks: worst rel L2 vs CPU+sinks %.3g (CPU without sinks: %.3g), "
               "top-1 diffs %d; later rows: |gpu - cpu+sinks| / |cpu - cpu f16| = %.3f (vs CPU without sinks %.3f)\n",
@@ -158,9 +105,7 @@ void check_sinks(const Case& cs) {
 
 TEST(GpuSinks, Llama) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"llama", 128, 2, 4, 2, 64, 192}};
-  cs.spec.rope_freqs = true;
-  cs.spec.wtype = GgmlType::kQ8_0;
+  Case cs{llama_spec()};
   check_sinks(cs);
   cs.sinks = 4;  // the CLI default
   check_sinks(cs);
@@ -169,31 +114,23 @@ TEST(GpuSinks, Llama) {
 }
 TEST(GpuSinks, Phi3HeadDim80) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"phi3", 160, 2, 2, 2, 80, 128}};
-  cs.spec.tied = false;
+  Case cs{phi3_spec(80)};
   cs.sinks = 7;
   check_sinks(cs);
 }
 TEST(GpuSinks, Gemma2SoftcapAndSlidingLayers) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"gemma2", 128, 3, 4, 2, 64, 192}};
-  cs.spec.window = 20;
-  cs.spec.attn_softcap = 2.0f;
-  cs.spec.final_softcap = 3.0f;
-  check_sinks(cs);
+  check_sinks(Case{gemma2_spec()});
 }
 TEST(GpuSinks, Gemma3RingWraps) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"gemma3", 128, 7, 4, 1, 128, 192}};
-  cs.spec.window = 20;
-  cs.spec.wtype = GgmlType::kQ8_0;
+  Case cs{gemma3_spec()};
   cs.n_tokens = 130;
   check_sinks(cs);
 }
 TEST(GpuSinks, Qwen2CenteredKeys) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"qwen2", 128, 2, 2, 1, 64, 192}};
-  cs.spec.tied = false;
+  Case cs{qwen2_spec()};
   cs.spec.k_bias = 1.0f;
   cs.center = true;
   cs.n_tokens = 100;
@@ -202,21 +139,12 @@ TEST(GpuSinks, Qwen2CenteredKeys) {
 
 TEST(GpuSinks, PrefillBatchReadsEachSequencesOwnSinks) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"llama", 128, 2, 4, 2, 64, 192}};
-  cs.spec.rope_freqs = true;
-  const std::vector<uint8_t> file = tqkv::testing::build_synthetic_gguf(cs.spec, 4321);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok());
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok());
-  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
-  ASSERT_TRUE(gm.is_ok());
-  const int V = (*model)->config().n_vocab;
+  tqkv::testing::SyntheticSpec spec = llama_spec();
+  spec.wtype = GgmlType::kF32;
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(spec, 4321, m));
   const std::vector<int> lens = {5, 12, 15};
-  std::mt19937 rng(5);
-  std::vector<std::vector<int32_t>> ids(3);
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j <= lens[i]; ++j) ids[i].push_back(static_cast<int32_t>(rng() % V));
+  const auto ids = random_sequences(lens, m.cpu->config().n_vocab, 5);
   for (tqkv::GpuPrefillPath path : {tqkv::GpuPrefillPath::kTiled, tqkv::GpuPrefillPath::kDecode}) {
     tqkv::GpuContextOptions o;
     o.format = {4, 4};
@@ -224,60 +152,31 @@ TEST(GpuSinks, PrefillBatchReadsEachSequencesOwnSinks) {
     o.max_chunk = 8;
     o.sink_tokens = 16;
     o.prefill_path = path;
-    // Each sequence alone (slot 0 of a fresh context): last-row logits, then one decode step.
-    std::vector<float> alone(static_cast<size_t>(3) * V), alone_next(static_cast<size_t>(3) * V);
-    for (int i = 0; i < 3; ++i) {
-      auto ctx = tqkv::GpuContext::create(**gm, o);
-      ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-      ASSERT_TRUE((*ctx)->prefill(0, ids[i].data(), lens[i], alone.data() + static_cast<size_t>(i) * V, tqkv::LogitsMode::kLast).is_ok());
-      ASSERT_TRUE((*ctx)->decode(&ids[i][lens[i]], 1, alone_next.data() + static_cast<size_t>(i) * V, nullptr).is_ok());
-    }
-    o.max_seqs = 3;
-    auto ctx = tqkv::GpuContext::create(**gm, o);
-    ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-    const int seqs[3] = {2, 0, 1};
-    const int32_t* toks[3] = {ids[0].data(), ids[1].data(), ids[2].data()};
-    std::vector<float> batch(static_cast<size_t>(3) * V, NAN), next(static_cast<size_t>(3) * V, NAN);
-    auto st = (*ctx)->prefill_batch(seqs, toks, lens.data(), 3, batch.data());
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-    const int32_t step[3] = {ids[1][lens[1]], ids[2][lens[2]], ids[0][lens[0]]};  // slots 0, 1, 2
-    ASSERT_TRUE((*ctx)->decode(step, 3, next.data(), nullptr).is_ok());
     double worst = 0;
-    for (int i = 0; i < 3; ++i) {
-      const double r = rel_l2(batch.data() + static_cast<size_t>(i) * V, alone.data() + static_cast<size_t>(i) * V, V);
-      const double rn = rel_l2(next.data() + static_cast<size_t>(seqs[i]) * V, alone_next.data() + static_cast<size_t>(i) * V, V);
-      EXPECT_LE(r, 1e-2) << (*ctx)->prefill_path_name() << " sequence " << i << ": batched prefill vs alone";
-      EXPECT_LE(rn, 1e-2) << (*ctx)->prefill_path_name() << " sequence " << i << ": decode after batched prefill vs alone";
-      worst = std::max({worst, r, rn});
-    }
+    std::string name;
+    ASSERT_NO_FATAL_FAILURE(check_batch_vs_alone(*m.gpu, o, ids, lens, 1e-2, "", false, &worst, &name));
     std::printf("[gpu sinks] prefill_batch %-6s: 3 sequences (5, 12, 15 tokens, 16 sinks, chunks of 8) vs alone, worst rel L2 %.3g\n",
-                (*ctx)->prefill_path_name(), worst);
+                name.c_str(), worst);
   }
 }
 
 TEST(GpuSinks, BadSinkCountIsAnError) {
   SKIP_WITHOUT_GPU();
-  Case cs{{"llama", 128, 2, 4, 2, 64, 192}};
-  const std::vector<uint8_t> file = tqkv::testing::build_synthetic_gguf(cs.spec, 4321);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok());
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok());
-  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
-  ASSERT_TRUE(gm.is_ok());
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic({"llama", 128, 2, 4, 2, 64, 192}, 4321, m));
   tqkv::GpuContextOptions o;
   o.format = {4, 4};
   o.sink_tokens = 17;
-  EXPECT_EQ(tqkv::GpuContext::create(**gm, o).status().code(), tqkv::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tqkv::GpuContext::create(*m.gpu, o).status().code(), tqkv::StatusCode::kInvalidArgument);
   o.sink_tokens = -1;
-  EXPECT_EQ(tqkv::GpuContext::create(**gm, o).status().code(), tqkv::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tqkv::GpuContext::create(*m.gpu, o).status().code(), tqkv::StatusCode::kInvalidArgument);
   // Capacity accounting includes the sink tiles: 2 sides x layers x KV heads x sinks x head size x 2 bytes.
   o.sink_tokens = 4;
-  auto with = tqkv::GpuContext::create(**gm, o);
+  auto with = tqkv::GpuContext::create(*m.gpu, o);
   o.sink_tokens = 0;
-  auto without = tqkv::GpuContext::create(**gm, o);
+  auto without = tqkv::GpuContext::create(*m.gpu, o);
   ASSERT_TRUE(with.is_ok() && without.is_ok());
-  const tqkv::ModelConfig& c = (*model)->config();
+  const tqkv::ModelConfig& c = m.cpu->config();
   const int64_t per_seq = 2ll * c.n_layer * c.n_head_kv * 4 * c.head_dim * 2;
   EXPECT_EQ((*with)->kv_bytes_per_seq(100) - (*without)->kv_bytes_per_seq(100), per_seq);
   EXPECT_EQ((*with)->kv_bytes_allocated() - (*without)->kv_bytes_allocated(), per_seq * o.max_seqs);
