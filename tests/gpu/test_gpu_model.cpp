@@ -36,82 +36,15 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "../common/synthetic_gguf.h"
-#include "gguf/gguf_writer.h"
-#include "tqkv/gpu_model.h"
-#include "tqkv/model.h"
+#include "gpu_test_support.h"
 
 namespace {
 
 using tqkv::GgmlType;
-
-#define SKIP_WITHOUT_GPU()                                                  \
-  do {                                                                      \
-    auto _st = tqkv::gpu_available();                                       \
-    if (!_st.is_ok()) GTEST_SKIP() << "no GPU: " << _st.to_string();        \
-  } while (0)
-
-struct RowCheck {
-  double worst_rel = 0;
-  int rows = 0, top1_mismatch = 0, near_ties = 0;
-  double sum_err2 = 0, sum_q2 = 0;  // compressed formats: squared distances to the CPU and of the compression
-  // Compressed format: `ref_f16` = the CPU's logits with an f16 cache for the same row.
-  void add_compressed(const float* gpu, const float* cpu, const float* ref_f16, int V, const std::string& what) {
-    double e2 = 0, q2 = 0, c2 = 0;
-    bool nan = false;
-    int ag = 0, ac = 0;
-    for (int i = 0; i < V; ++i) {
-      if (!std::isfinite(gpu[i])) nan = true;
-      e2 += (static_cast<double>(gpu[i]) - cpu[i]) * (static_cast<double>(gpu[i]) - cpu[i]);
-      q2 += (static_cast<double>(cpu[i]) - ref_f16[i]) * (static_cast<double>(cpu[i]) - ref_f16[i]);
-      c2 += static_cast<double>(cpu[i]) * cpu[i];
-      if (gpu[i] > gpu[ag]) ag = i;
-      if (cpu[i] > cpu[ac]) ac = i;
-    }
-    EXPECT_FALSE(nan) << what << ": NaN in the GPU logits";
-    EXPECT_LE(std::sqrt(e2), std::max(0.1 * std::sqrt(c2), 1.5 * std::sqrt(q2)))
-        << what << ": GPU vs CPU " << std::sqrt(e2 / c2) << " (relative), compression moved the CPU by " << std::sqrt(q2 / c2);
-    worst_rel = std::max(worst_rel, nan ? 1e30 : std::sqrt(e2 / std::max(c2, 1e-30)));
-    sum_err2 += e2;
-    sum_q2 += q2;
-    top1_mismatch += ag != ac ? 1 : 0;
-    ++rows;
-  }
-  double ratio() const { return std::sqrt(sum_err2 / std::max(sum_q2, 1e-30)); }
-  void add(const float* gpu, const float* cpu, int V, double tol, const std::string& what) {
-    double num = 0, den = 0;
-    int ag = 0, ac = 0;
-    bool nan = false;
-    for (int i = 0; i < V; ++i) {
-      if (!std::isfinite(gpu[i])) nan = true;
-      num += (static_cast<double>(gpu[i]) - cpu[i]) * (static_cast<double>(gpu[i]) - cpu[i]);
-      den += static_cast<double>(cpu[i]) * cpu[i];
-      if (gpu[i] > gpu[ag]) ag = i;
-      if (cpu[i] > cpu[ac]) ac = i;
-    }
-    float second = -INFINITY;
-    for (int i = 0; i < V; ++i)
-      if (i != ac) second = std::max(second, cpu[i]);
-    const double rel = std::sqrt(num / std::max(den, 1e-30));
-    worst_rel = std::max(worst_rel, nan ? 1e30 : rel);
-    ++rows;
-    EXPECT_FALSE(nan) << what << ": NaN in the GPU logits";
-    EXPECT_LE(rel, tol) << what << ": relative L2 error";
-    if (ag != ac) {
-      if (cpu[ac] - second > 0.1f) {
-        ++top1_mismatch;
-        ADD_FAILURE() << what << ": top-1 " << ag << " on the GPU, " << ac << " on the CPU (margin "
-                      << cpu[ac] - second << ")";
-      } else {
-        ++near_ties;
-      }
-    }
-  }
-};
+using namespace tqkv::testing;
 
 // ---- synthetic models ---------------------------------------------------------------------------
 struct Spec : tqkv::testing::SyntheticSpec {
@@ -128,49 +61,27 @@ struct Spec : tqkv::testing::SyntheticSpec {
   bool search = false;
 };
 
-std::vector<uint8_t> build(const Spec& s) { return tqkv::testing::build_synthetic_gguf(s, 4321); }
-
-
 void check_synthetic(const Spec& s) {
-  const std::vector<uint8_t> file = build(s);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
-  const tqkv::ModelConfig& c = (*model)->config();
-  auto gm = tqkv::GpuModel::from_gguf(*g, c);
-  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
-  const int V = c.n_vocab, T = s.n_tokens, pre = T - 5;
-  std::vector<int32_t> ids(static_cast<size_t>(T));
-  std::mt19937 rng(7);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % V);
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(s, 4321, m));
+  const int V = m.cpu->config().n_vocab, T = s.n_tokens, pre = T - 5;
+  const std::vector<int32_t> ids = random_tokens(T, V, 7);
   std::vector<float> cpu_f16, cpu_q, gpu_q;
   for (const char* fs : {"f16", "k4v4"}) {
     auto fmt = tqkv::parse_kv_format(fs);
     ASSERT_TRUE(fmt.is_ok());
     tqkv::KvOptions ko;
     ko.format = *fmt;
-    ko.max_tokens = T;
-    auto kv = tqkv::make_kv_backend(c, ko);
-    ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
-    std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN);
-    ASSERT_TRUE((*model)->forward(ids.data(), pre, 0, **kv, cpu.data(), tqkv::LogitsMode::kAll).is_ok());
-    for (int t = pre; t < T; ++t)
-      ASSERT_TRUE((*model)->forward(&ids[t], 1, t, **kv, cpu.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
+    std::vector<float> cpu, gpu;
+    ASSERT_NO_FATAL_FAILURE(cpu_logits(*m.cpu, ids, pre, ko, &cpu));
 
     tqkv::GpuContextOptions o;
     o.format = *fmt;
     o.max_tokens = T;
     o.max_chunk = 32;  // several GPU chunks in the prefill
-    auto ctx = tqkv::GpuContext::create(**gm, o);
-    ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-    auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-    for (int t = pre; t < T; ++t) {
-      st = (*ctx)->decode(&ids[t], 1, gpu.data() + static_cast<size_t>(t) * V, nullptr);
-      ASSERT_TRUE(st.is_ok()) << st.to_string();
-    }
-    EXPECT_EQ((*ctx)->seq_len(0), T);
+    std::unique_ptr<tqkv::GpuContext> ctx;
+    ASSERT_NO_FATAL_FAILURE(gpu_logits(*m.gpu, o, ids, pre, &gpu, &ctx));
+    EXPECT_EQ(ctx->seq_len(0), T);
     RowCheck rc;
     const bool f16 = std::string(fs) == "f16";
     for (int t = 0; t < T; ++t) {
@@ -200,23 +111,14 @@ void check_synthetic(const Spec& s) {
   // or used another mu, would not be).
   tqkv::KvOptions ko;
   ko.format = {4, 4};
-  ko.max_tokens = T;
   ko.center_keys = true;
   ko.smooth_keys = s.smooth;
-  auto cpu_run = [&](bool search, std::vector<float>& out) {
-    tqkv::KvOptions k2 = ko;
-    k2.scale_search = search;
-    auto kv = tqkv::make_kv_backend(c, k2);
-    ASSERT_TRUE(kv.is_ok()) << kv.status().to_string();
-    ASSERT_TRUE((*model)->forward(ids.data(), pre, 0, **kv, out.data(), tqkv::LogitsMode::kAll).is_ok());
-    for (int t = pre; t < T; ++t)
-      ASSERT_TRUE((*model)->forward(&ids[t], 1, t, **kv, out.data() + static_cast<size_t>(t) * V, tqkv::LogitsMode::kLast).is_ok());
-  };
-  std::vector<float> cpu(static_cast<size_t>(T) * V), gpu(static_cast<size_t>(T) * V, NAN), cpu_ns;
-  cpu_run(s.search, cpu);
+  ko.scale_search = s.search;
+  std::vector<float> cpu, gpu, cpu_ns;
+  ASSERT_NO_FATAL_FAILURE(cpu_logits(*m.cpu, ids, pre, ko, &cpu));
   if (s.search) {
-    cpu_ns.resize(cpu.size());
-    cpu_run(false, cpu_ns);
+    ko.scale_search = false;
+    ASSERT_NO_FATAL_FAILURE(cpu_logits(*m.cpu, ids, pre, ko, &cpu_ns));
   }
   tqkv::GpuContextOptions o;
   o.format = {4, 4};
@@ -225,37 +127,23 @@ void check_synthetic(const Spec& s) {
   o.center_keys = true;
   o.smooth_keys = s.smooth;
   o.scale_search = s.search;
-  auto ctx = tqkv::GpuContext::create(**gm, o);
-  ASSERT_TRUE(ctx.is_ok()) << ctx.status().to_string();
-  auto st = (*ctx)->prefill(0, ids.data(), pre, gpu.data(), tqkv::LogitsMode::kAll);
-  ASSERT_TRUE(st.is_ok()) << st.to_string();
-  for (int t = pre; t < T; ++t) {
-    st = (*ctx)->decode(&ids[t], 1, gpu.data() + static_cast<size_t>(t) * V, nullptr);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
+  std::unique_ptr<tqkv::GpuContext> ctx;
+  ASSERT_NO_FATAL_FAILURE(gpu_logits(*m.gpu, o, ids, pre, &gpu, &ctx));
   const bool centers = s.attn_softcap <= 0.0f;
-  EXPECT_EQ((*ctx)->describe().find("keys centered") != std::string::npos, centers) << (*ctx)->describe();
-  EXPECT_EQ((*ctx)->describe().find("keys smoothed") != std::string::npos, s.smooth) << (*ctx)->describe();
+  EXPECT_EQ(ctx->describe().find("keys centered") != std::string::npos, centers) << ctx->describe();
+  EXPECT_EQ(ctx->describe().find("keys smoothed") != std::string::npos, s.smooth) << ctx->describe();
   RowCheck rc, rc_plain;
-  double move2 = 0;  // how far centering moved the CPU's logits
   for (int t = 0; t < T; ++t) {
     const size_t off = static_cast<size_t>(t) * V;
     rc.add_compressed(gpu.data() + off, cpu.data() + off, cpu_f16.data() + off, V, s.arch + " k4v4 centered position " + std::to_string(t));
-    for (int i = 0; i < V; ++i) {
-      const double d = static_cast<double>(gpu[off + i]) - cpu_q[off + i];
-      rc_plain.sum_err2 += d * d;
-      const double m = static_cast<double>(cpu[off + i]) - cpu_q[off + i];
-      move2 += m * m;
-    }
   }
+  rc_plain.sum_err2 = sum_sq_diff(gpu.data(), cpu_q.data(), gpu.size());
   rc_plain.sum_q2 = rc.sum_q2;
+  const double move2 = sum_sq_diff(cpu.data(), cpu_q.data(), cpu.size());  // how far centering moved the CPU's logits
   EXPECT_LE(rc.ratio(), 0.75) << s.arch << ": GPU centered k4v4 is not much closer to the CPU's centered k4v4 than compression moves it";
   if (s.search) {
-    double e_ns = 0, m_ns = 0;
-    for (size_t i = 0; i < cpu.size(); ++i) {
-      e_ns += std::pow(static_cast<double>(gpu[i]) - cpu_ns[i], 2);
-      m_ns += std::pow(static_cast<double>(cpu[i]) - cpu_ns[i], 2);
-    }
+    const double e_ns = sum_sq_diff(gpu.data(), cpu_ns.data(), gpu.size());
+    const double m_ns = sum_sq_diff(cpu.data(), cpu_ns.data(), cpu.size());
     const double r_ns = std::sqrt(e_ns / std::max(rc.sum_q2, 1e-30)), moved_ns = std::sqrt(m_ns / std::max(rc.sum_q2, 1e-30));
     std::printf("[gpu synthetic] %-6s scale search: |gpu - cpu searched| / |cpu k4v4 - cpu f16| = %.3f, |gpu - cpu not "
                 "searched| / same = %.3f, the search moved the CPU by %.3f of that\n", s.arch.c_str(), rc.ratio(), r_ns, moved_ns);
@@ -276,44 +164,34 @@ void check_synthetic(const Spec& s) {
 
 TEST(GpuSynthetic, Llama) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"llama", 128, 2, 4, 2, 64, 192}};
-  s.rope_freqs = true;
-  s.wtype = GgmlType::kQ8_0;
+  Spec s{llama_spec()};
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Qwen2) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"qwen2", 128, 2, 2, 1, 64, 192}};
-  s.tied = false;
+  Spec s{qwen2_spec()};
   s.wtype = GgmlType::kQ4_1;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Phi3) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
-  s.tied = false;
+  Spec s{phi3_spec(96)};
   check_synthetic(s);
 }
 // Head size 80 (not a power of two: dense rotation; not a whole number of warps in the RoPE kernel).
 TEST(GpuSynthetic, Phi3HeadDim80) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"phi3", 160, 2, 2, 2, 80, 128}};
-  s.tied = false;
+  Spec s{phi3_spec(80)};
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Gemma2) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"gemma2", 128, 3, 4, 2, 64, 192}};
-  s.window = 20;
-  s.attn_softcap = 2.0f;
-  s.final_softcap = 3.0f;
+  Spec s{gemma2_spec()};
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Gemma3) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"gemma3", 128, 7, 4, 1, 128, 192}};
-  s.window = 20;
-  s.wtype = GgmlType::kQ8_0;
+  Spec s{gemma3_spec()};
   s.n_tokens = 130;  // the sliding ring (ceil((20 + 32) / 16) + 2 = 6 pages = 96 tokens) wraps
   check_synthetic(s);
 }
@@ -322,9 +200,7 @@ TEST(GpuSynthetic, Gemma3) {
 // and 4; Phi-3 at head size 96: dense rotation).
 TEST(GpuSynthetic, LlamaSmoothedKeys) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"llama", 128, 2, 4, 2, 64, 192}};
-  s.rope_freqs = true;
-  s.wtype = GgmlType::kQ8_0;
+  Spec s{llama_spec()};
   s.smooth = true;
   check_synthetic(s);
 }
@@ -341,25 +217,21 @@ TEST(GpuSynthetic, Gemma2SmoothedKeys) {
 // head size 64 (Hadamard) and 96 (dense rotation).
 TEST(GpuSynthetic, LlamaScaleSearch) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"llama", 128, 2, 4, 2, 64, 192}};
-  s.rope_freqs = true;
-  s.wtype = GgmlType::kQ8_0;
+  Spec s{llama_spec()};
   s.smooth = true;
   s.search = true;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Phi3ScaleSearch) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
-  s.tied = false;
+  Spec s{phi3_spec(96)};
   s.smooth = true;
   s.search = true;
   check_synthetic(s);
 }
 TEST(GpuSynthetic, Phi3SmoothedKeys) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"phi3", 192, 2, 2, 2, 96, 128}};
-  s.tied = false;
+  Spec s{phi3_spec(96)};
   s.smooth = true;
   check_synthetic(s);
 }
@@ -367,8 +239,7 @@ TEST(GpuSynthetic, Phi3SmoothedKeys) {
 // Qwen2 with a large K bias (mean 1 per coordinate: a common key component, which centering removes).
 TEST(GpuSynthetic, Qwen2KeyBiasCentered) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"qwen2", 128, 2, 2, 1, 64, 192}};
-  s.tied = false;
+  Spec s{qwen2_spec()};
   s.k_bias = 1.0f;
   s.must_differ = true;
   s.n_tokens = 100;
@@ -379,37 +250,29 @@ TEST(GpuSynthetic, Qwen2KeyBiasCentered) {
 // the f16 cache no higher than without centering (Qwen2 with a large K bias: clearly lower).
 TEST(GpuSynthetic, PerplexityCenteredKeys) {
   SKIP_WITHOUT_GPU();
-  Spec s{{"qwen2", 128, 2, 2, 1, 64, 192}};
-  s.tied = false;
+  Spec s{qwen2_spec()};
   s.k_bias = 1.0f;
-  const std::vector<uint8_t> file = build(s);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok());
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok());
-  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
-  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
-  std::vector<int32_t> ids(64 * 4 + 5);
-  std::mt19937 rng(5);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % (*model)->config().n_vocab);
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(s, 4321, m));
+  const std::vector<int32_t> ids = random_tokens(64 * 4 + 5, m.cpu->config().n_vocab, 5);
   tqkv::PerplexityOptions po;
   po.ctx = 64;
   po.format = {4, 4};
   po.center_keys = false;
-  auto gpu_plain = tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr);
+  auto gpu_plain = tqkv::gpu_evaluate_perplexity(*m.gpu, ids, po, nullptr);
   ASSERT_TRUE(gpu_plain.is_ok()) << gpu_plain.status().to_string();
-  auto cpu_plain = tqkv::evaluate_perplexity(**model, ids, po, nullptr);
+  auto cpu_plain = tqkv::evaluate_perplexity(*m.cpu, ids, po, nullptr);
   ASSERT_TRUE(cpu_plain.is_ok()) << cpu_plain.status().to_string();
   po.center_keys = true;
-  auto cpu = tqkv::evaluate_perplexity(**model, ids, po, nullptr);
+  auto cpu = tqkv::evaluate_perplexity(*m.cpu, ids, po, nullptr);
   ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
-  auto gpu = tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr);
+  auto gpu = tqkv::gpu_evaluate_perplexity(*m.gpu, ids, po, nullptr);
   ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
   ASSERT_TRUE(gpu->compared && gpu_plain->compared);
   EXPECT_NEAR(gpu->ppl, cpu->ppl, 5e-2 * cpu->ppl);
   EXPECT_LE(gpu->kld_mean, gpu_plain->kld_mean) << "centering raised the GPU's KLD";
   po.center_values = true;
-  EXPECT_EQ(tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr).status().code(), tqkv::StatusCode::kUnsupported);
+  EXPECT_EQ(tqkv::gpu_evaluate_perplexity(*m.gpu, ids, po, nullptr).status().code(), tqkv::StatusCode::kUnsupported);
   std::printf("[gpu perplexity centered] k4v4 ppl %.4f (cpu %.4f), KLD %.5f (cpu %.5f); plain: ppl %.4f (cpu %.4f), "
               "KLD %.5f (cpu %.5f); f16 %.4f\n", gpu->ppl, cpu->ppl, gpu->kld_mean, cpu->kld_mean, gpu_plain->ppl,
               cpu_plain->ppl, gpu_plain->kld_mean, cpu_plain->kld_mean, gpu->f16_ppl);
@@ -420,22 +283,15 @@ TEST(GpuSynthetic, PerplexityMatchesCpu) {
   SKIP_WITHOUT_GPU();
   Spec s{{"gemma3", 128, 7, 4, 1, 128, 192}};
   s.window = 20;
-  const std::vector<uint8_t> file = build(s);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok());
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok());
-  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
-  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
-  std::vector<int32_t> ids(64 * 3 + 5);
-  std::mt19937 rng(3);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % (*model)->config().n_vocab);
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(s, 4321, m));
+  const std::vector<int32_t> ids = random_tokens(64 * 3 + 5, m.cpu->config().n_vocab, 3);
   tqkv::PerplexityOptions po;
   po.ctx = 64;
   po.format = {4, 4};
-  auto cpu = tqkv::evaluate_perplexity(**model, ids, po, nullptr);
+  auto cpu = tqkv::evaluate_perplexity(*m.cpu, ids, po, nullptr);
   ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
-  auto gpu = tqkv::gpu_evaluate_perplexity(**gm, ids, po, nullptr);
+  auto gpu = tqkv::gpu_evaluate_perplexity(*m.gpu, ids, po, nullptr);
   ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
   EXPECT_EQ(gpu->chunks, 3);
   EXPECT_EQ(gpu->scored, cpu->scored);
@@ -452,16 +308,11 @@ TEST(GpuSynthetic, PerplexityMatchesCpu) {
 TEST(GpuSynthetic, BadInputIsAnError) {
   SKIP_WITHOUT_GPU();
   Spec s{{"llama", 128, 1, 2, 1, 64, 192}};
-  const std::vector<uint8_t> file = build(s);
-  auto g = tqkv::parse_gguf(file.data(), file.size());
-  ASSERT_TRUE(g.is_ok());
-  auto model = tqkv::Model::from_gguf(&*g);
-  ASSERT_TRUE(model.is_ok());
-  auto gm = tqkv::GpuModel::from_gguf(*g, (*model)->config());
-  ASSERT_TRUE(gm.is_ok());
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(s, 4321, m));
   tqkv::GpuContextOptions o;
   o.max_tokens = 8;
-  auto ctx = tqkv::GpuContext::create(**gm, o);
+  auto ctx = tqkv::GpuContext::create(*m.gpu, o);
   ASSERT_TRUE(ctx.is_ok());
   const int32_t bad = 1000000;
   EXPECT_FALSE((*ctx)->prefill(0, &bad, 1, nullptr, tqkv::LogitsMode::kLast).is_ok());
