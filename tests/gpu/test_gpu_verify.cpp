@@ -29,48 +29,14 @@
 
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "../common/synthetic_gguf.h"
-#include "tqkv/gpu_model.h"
-#include "tqkv/model.h"
+#include "gpu_test_support.h"
 
 namespace {
 
-#define SKIP_WITHOUT_GPU()                                                  \
-  do {                                                                      \
-    auto _st = tqkv::gpu_available();                                       \
-    if (!_st.is_ok()) GTEST_SKIP() << "no GPU: " << _st.to_string();        \
-  } while (0)
-
-struct Models {
-  std::vector<uint8_t> file;
-  tqkv::Result<tqkv::GgufFile> g = tqkv::internal_error("unset");
-  std::unique_ptr<tqkv::Model> cpu;
-  std::unique_ptr<tqkv::GpuModel> gpu;
-};
-
-// Loads a synthetic model on both runtimes (gtest assertions: call through ASSERT_NO_FATAL_FAILURE).
-void load(const tqkv::testing::SyntheticSpec& s, Models& m) {
-  m.file = tqkv::testing::build_synthetic_gguf(s, 9876);
-  m.g = tqkv::parse_gguf(m.file.data(), m.file.size());
-  ASSERT_TRUE(m.g.is_ok()) << m.g.status().to_string();
-  auto model = tqkv::Model::from_gguf(&*m.g);
-  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
-  m.cpu = std::move(*model);
-  auto gm = tqkv::GpuModel::from_gguf(*m.g, m.cpu->config());
-  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
-  m.gpu = std::move(*gm);
-}
-
-std::vector<int32_t> tokens(int n, int vocab, uint32_t seed) {
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  std::mt19937 rng(seed);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % vocab);
-  return ids;
-}
+using namespace tqkv::testing;
 
 // verify's options (src/cli/cmd_verify.cpp defaults) at ctx 64.
 tqkv::PerplexityOptions verify_options(tqkv::KvFormat f) {
@@ -90,7 +56,7 @@ struct Pair {
   tqkv::PerplexityResult cpu, gpu;
 };
 
-void run_both(const Models& m, const std::vector<int32_t>& ids, const tqkv::PerplexityOptions& po, Pair& p) {
+void run_both(const SyntheticModels& m, const std::vector<int32_t>& ids, const tqkv::PerplexityOptions& po, Pair& p) {
   auto c = tqkv::evaluate_perplexity(*m.cpu, ids, po, nullptr);
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
   auto g = tqkv::gpu_evaluate_perplexity(*m.gpu, ids, po, nullptr);
@@ -131,14 +97,20 @@ void expect_gates_match(const Pair& p, const std::string& what) {
                 c.layers[l].compressed ? "" : "f16", err(g.layers[l]), err(c.layers[l]));
 }
 
+// A synthetic model (seed 9876) on both runtimes, 3 chunks of 64 tokens + 3 (seed `token_seed`),
+// verify's options with format `f`: the gates match.
+void check_matches_cpu(const tqkv::testing::SyntheticSpec& s, uint32_t token_seed, tqkv::KvFormat f, const std::string& what) {
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic(s, 9876, m));
+  const auto ids = random_tokens(64 * 3 + 3, m.cpu->config().n_vocab, token_seed);
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(run_both(m, ids, verify_options(f), p));
+  expect_gates_match(p, what);
+}
+
 TEST(GpuVerify, LlamaK4v4MatchesCpu) {
   SKIP_WITHOUT_GPU();
-  Models m;
-  ASSERT_NO_FATAL_FAILURE(load({"llama", 128, 3, 4, 2, 64, 192}, m));
-  const auto ids = tokens(64 * 3 + 3, m.cpu->config().n_vocab, 11);
-  Pair p;
-  ASSERT_NO_FATAL_FAILURE(run_both(m, ids, verify_options({4, 4}), p));
-  expect_gates_match(p, "llama k4v4");
+  check_matches_cpu({"llama", 128, 3, 4, 2, 64, 192}, 11, {4, 4}, "llama k4v4");
 }
 
 // Gemma 2: attention soft-capping and sliding-window layers (f16 on both runtimes; the window is
@@ -146,24 +118,17 @@ TEST(GpuVerify, LlamaK4v4MatchesCpu) {
 // layers compressed; --f16-layers 0 on top keeps a global layer in f16 too.
 TEST(GpuVerify, Gemma2WindowSoftcapMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  tqkv::testing::SyntheticSpec s{"gemma2", 128, 4, 4, 2, 64, 192};
-  s.window = 20;
-  s.attn_softcap = 2.0f;
-  s.final_softcap = 3.0f;
-  Models m;
-  ASSERT_NO_FATAL_FAILURE(load(s, m));
-  const auto ids = tokens(64 * 3 + 3, m.cpu->config().n_vocab, 12);
-  Pair p;
-  ASSERT_NO_FATAL_FAILURE(run_both(m, ids, verify_options({4, 4}), p));
-  expect_gates_match(p, "gemma2 k4v4");
+  tqkv::testing::SyntheticSpec s = gemma2_spec();
+  s.n_layer = 4;
+  check_matches_cpu(s, 12, {4, 4}, "gemma2 k4v4");
 }
 
 // Mutation: a coarser format moves every gate the wrong way, on the GPU as on the CPU.
 TEST(GpuVerify, K2v2WorseThanK8v8) {
   SKIP_WITHOUT_GPU();
-  Models m;
-  ASSERT_NO_FATAL_FAILURE(load({"llama", 128, 3, 4, 2, 64, 192}, m));
-  const auto ids = tokens(64 * 3 + 3, m.cpu->config().n_vocab, 13);
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic({"llama", 128, 3, 4, 2, 64, 192}, 9876, m));
+  const auto ids = random_tokens(64 * 3 + 3, m.cpu->config().n_vocab, 13);
   Pair lo, hi;
   ASSERT_NO_FATAL_FAILURE(run_both(m, ids, verify_options({2, 2}), lo));
   ASSERT_NO_FATAL_FAILURE(run_both(m, ids, verify_options({8, 8}), hi));
@@ -188,9 +153,9 @@ TEST(GpuVerify, K2v2WorseThanK8v8) {
 // prefill_batch refuses while it is on; a bad slot is an error.
 TEST(GpuVerify, ProbeLifecycle) {
   SKIP_WITHOUT_GPU();
-  Models m;
-  ASSERT_NO_FATAL_FAILURE(load({"llama", 128, 2, 4, 2, 64, 192}, m));
-  const auto ids = tokens(80, m.cpu->config().n_vocab, 14);
+  SyntheticModels m;
+  ASSERT_NO_FATAL_FAILURE(load_synthetic({"llama", 128, 2, 4, 2, 64, 192}, 9876, m));
+  const auto ids = random_tokens(80, m.cpu->config().n_vocab, 14);
   tqkv::GpuContextOptions o;
   o.format = {4, 4};
   o.f16_layers = {1};
