@@ -5,6 +5,14 @@
 //
 //   tqkv_quant_bench [--tokens N] [--heads H] [--head-dim 128,96] [--formats k4v4,k3v3,...]
 //                    [--input f16,f32] [--reps N] [--iters N] [--old-iters N] [--old-reps N]
+//                    [--scale-search]
+//
+// --scale-search: the encoder's scale search (PagedKVView::scale_search, docs/formats.md). The
+// columns become: "gen+s" = the generic kernel with the search (TQKV_CUDA_QUANT=old: where the
+// tensor-core kernels do not search), "tc" = the tensor-core kernel without the search (staged,
+// the default variant), "tc+s" = the tensor-core kernel with the search (d = 128; at d = 96 the
+// call goes to the generic kernel); differing bytes: tc+s vs gen+s (index bytes; near-ties and
+// pre-scale near-ties), tc+s vs tc (whole tiles: what the search changed).
 //
 // Method: N new tokens x H KV heads to consecutive slots (a prefill chunk; N = 32768, H = 8 by
 // default), inputs random normal fp16 / fp32, the real Lloyd-Max codebooks and the default
@@ -66,6 +74,7 @@ bool parse_format(const std::string& f, int& kb, int& vb) {
 
 int main(int argc, char** argv) {
   int tokens = 32768, heads = 8, reps = 7, iters = 20, old_iters = -1, old_reps = -1;
+  bool search = false;
   std::vector<int> dims = {128, 96};
   std::vector<std::string> formats = {"k4v4", "k3v3", "k8v4", "k8v8", "k4v3", "k2v2"}, inputs = {"f16", "f32"};
   for (int i = 1; i < argc; ++i) {
@@ -79,6 +88,7 @@ int main(int argc, char** argv) {
     else if (a == "--old-reps") { old_reps = std::atoi(v); ++i; }
     else if (a == "--formats") { formats = split_list(v); ++i; }
     else if (a == "--input") { inputs = split_list(v); ++i; }
+    else if (a == "--scale-search") search = true;
     else if (a == "--head-dim") { dims.clear(); for (auto& x : split_list(v)) dims.push_back(std::atoi(x.c_str())); ++i; }
     else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 1; }
   }
@@ -105,8 +115,13 @@ int main(int argc, char** argv) {
   const double copy_gbps = 2.0 * cbytes / (std::min(us_m, us_k) * 1e3);
   std::printf("device %s, %d SMs; copy: memcpy %.1f us, kernel %.1f us for 2 x 1 GiB -> %.0f GB/s\n", prop.name,
               prop.multiProcessorCount, us_m, us_k, copy_gbps);
-  std::printf("%-5s %4s %4s %7s %8s %7s %7s %8s %7s %6s %7s %7s %s\n", "kv", "d", "in", "MB", "old us", "v0 us",
-              "new us", "new GB/s", "old %cp", "v0 %", "new %cp", "speedup", "idx bytes differing new/old, new/v0");
+  if (search)
+    std::printf("%-5s %4s %4s %7s %8s %7s %7s %8s %7s %6s %7s %7s %s\n", "kv", "d", "in", "MB", "gen+s us", "tc us",
+                "tc+s us", "tc+s GB/s", "gen+s %cp", "tc %", "tc+s %cp", "vs gen+s",
+                "idx bytes differing tc+s/gen+s, tile bytes tc+s/tc");
+  else
+    std::printf("%-5s %4s %4s %7s %8s %7s %7s %8s %7s %6s %7s %7s %s\n", "kv", "d", "in", "MB", "old us", "v0 us",
+                "new us", "new GB/s", "old %cp", "v0 %", "new %cp", "speedup", "idx bytes differing new/old, new/v0");
 
   for (int d : dims) {
     const int P = tqkv::kDefaultPageSize;
@@ -165,10 +180,13 @@ int main(int argc, char** argv) {
           }
         }
         double us[3] = {0, 0, 0};
-        for (int w = 0; w < 3; ++w) {  // 0 = new (default variant), 1 = old, 2 = variant 0 (no staging)
+        // 0 = new (default variant), 1 = old, 2 = variant 0 (no staging); with --scale-search:
+        // 0 = tensor-core + search, 1 = generic + search, 2 = tensor-core without search.
+        for (int w = 0; w < 3; ++w) {
           tqkv::cuda::tc::set_quantize_kernel_old(w == 1);
-          tqkv::cuda::tc::set_quantize_tc_variant(w == 2 ? 0 : 1);
+          tqkv::cuda::tc::set_quantize_tc_variant(w == 2 && !search ? 0 : 1);
           tqkv::PagedKVView vw = view;
+          vw.scale_search = search && w != 2 ? 1 : 0;
           vw.k.pages = pools[w][0];
           vw.v.pages = pools[w][1];
           const tqkv::cuda::DType dt = f32 ? tqkv::cuda::DType::kF32 : tqkv::cuda::DType::kF16;

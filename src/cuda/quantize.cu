@@ -1,8 +1,9 @@
 // Quantize-on-write entry point (quantize_and_store): checks the arguments and picks the kernel.
 //
 // The tensor-core kernels (quantize_tc*.cu*) take head size 128 with the Hadamard rotation and
-// head size 96, for the format pairs they are built for, with 16-byte aligned inputs; everything
-// else, and every call when TQKV_CUDA_QUANT=old, goes to the earlier kernels (quantize_old.cu).
+// head size 96, for the format pairs they are built for, with 16-byte aligned inputs (with
+// PagedKVView::scale_search: head size 128 only); everything else, and every call when
+// TQKV_CUDA_QUANT=old, goes to the earlier kernels (quantize_old.cu).
 // TQKV_CUDA_QUANT=nostage keeps the tensor-core kernels without their input staging (quantize_tc.cuh).
 // Page dequantization is in dequantize.cu.
 #include <cstdint>
@@ -78,12 +79,14 @@ Status quantize_and_store(const PagedKVView& view, const float* boundaries_k, co
   const QuantArgs a{view, {boundaries_k, boundaries_v}, {k_new, v_new}, in_type, slot_mapping, num_tokens};
   const int d = view.head_dim;
   const bool aligned = reinterpret_cast<uintptr_t>(k_new) % 16 == 0 && reinterpret_cast<uintptr_t>(v_new) % 16 == 0;
-  // Scale search: only the generic kernel of quantize_old.cu implements it.
-  if (aligned && !quantize_old_selected() && !view.scale_search) {
+  // Scale search: the tensor-core kernel searches at d = 128 with the Hadamard rotation (staged
+  // inputs, the default variant); every other searching call goes to the generic kernel of
+  // quantize_old.cu.
+  if (aligned && !quantize_old_selected()) {
     bool launched = false;
     if (d == 128 && view.hadamard_signs) {
       TQKV_RETURN_IF_ERROR(tc::quantize_tc_d128(a, stream, &launched));
-    } else if (d == 96) {
+    } else if (d == 96 && !view.scale_search) {
       TQKV_RETURN_IF_ERROR(tc::quantize_tc_d96(a, stream, &launched));
     }
     if (launched) return Status::ok();

@@ -21,9 +21,10 @@ using detail::pack_half2;
 constexpr int kTcWarps = 8;
 constexpr unsigned kFull = 0xffffffffu;
 
-// Grid table of one side: Bt[L] (boundaries * kScale, +inf last), C2[L] (squared centroids),
-// T[kCells] (4 * boundaries below the cell). Cell counts leave >= 3x margin over the smallest
-// boundary gap of the Lloyd-Max codebooks for head sizes 64 - 128.
+// Grid table of one side: Bt[L] (boundaries * grid scale, +inf last), C2[L] (squared centroids),
+// T[kCells] (4 * boundaries below the cell), and with the scale search C[L] (the centroids, signed)
+// after T. Cell counts leave >= 3x margin over the smallest boundary gap of the Lloyd-Max
+// codebooks for head sizes 64 - 128.
 template <int BITS>
 struct Grid {
   static constexpr bool kQuant = BITS != kF16Bits;
@@ -31,21 +32,39 @@ struct Grid {
   static constexpr int kCells = BITS == 2 ? 128 : BITS == 3 ? 256 : BITS == 4 ? 512 : BITS == 8 ? 4096 : 0;
   using Cell = std::conditional_t<BITS == 8, uint16_t, uint8_t>;
   static constexpr int kBytes = kQuant ? 8 * kLevels + kCells * static_cast<int>(sizeof(Cell)) : 0;
+  // Scale search (2-4 bits; search_alpha below, docs/formats.md "Scale search").
+  static constexpr bool kSearch = BITS >= 2 && BITS <= 4;
+  static constexpr int kCOff = kBytes;  // C[L] (search tables only)
+  static constexpr int kSearchBytes = kBytes + (kSearch ? 4 * kLevels : 0);
+  // The searched sides' grid scale: u * alpha (alpha <= 1.25) stays inside the grid (|u * alpha| <=
+  // kCells / 2 - 2 plus rounding); 2.4x instead of 3x margin over the smallest boundary gap (and
+  // the CTA's table check falls back to the binary search where a cell would hold two boundaries).
+  static constexpr float kSearchScale = static_cast<float>((kCells / 2 - 2) * 4 / 5);
   static constexpr float kScale = static_cast<float>(kCells / 2 - 2);  // u = t * kScale, |t| <= 1
 };
 
-// Builds one side's table (all threads of the CTA); returns this thread's part of the check.
-template <int BITS>
+// The grid scale of a side: kScale, or kSearchScale for the sides the scale search searches.
+template <int BITS, bool SEARCH>
+__host__ __device__ constexpr float grid_scale() {
+  if constexpr (SEARCH && Grid<BITS>::kSearch) return Grid<BITS>::kSearchScale;
+  else return Grid<BITS>::kScale;
+}
+
+// Builds one side's table (all threads of the CTA; WITH_C: C[L] too, and the search grid scale);
+// returns this thread's part of the check.
+template <int BITS, bool WITH_C = false>
 __device__ bool build_table(uint8_t* base, const float* bnd, const float* cent) {
   using G = Grid<BITS>;
+  constexpr float kS = grid_scale<BITS, WITH_C>();
   constexpr int L = G::kLevels, NC = G::kCells;
   float* Bt = reinterpret_cast<float*>(base);
   float* C2 = Bt + L;
   auto* T = reinterpret_cast<typename G::Cell*>(C2 + L);
   for (int i = threadIdx.x; i < L; i += blockDim.x) {
-    Bt[i] = i + 1 < L ? bnd[i] * G::kScale : INFINITY;
+    Bt[i] = i + 1 < L ? bnd[i] * kS : INFINITY;
     const float c = cent[i];
     C2[i] = c * c;
+    if constexpr (WITH_C) reinterpret_cast<float*>(base + G::kCOff)[i] = c;
   }
   __syncthreads();
   bool ok = true;
@@ -65,9 +84,9 @@ __device__ bool build_table(uint8_t* base, const float* bnd, const float* cent) 
   return ok;
 }
 
-// 4 * (number of boundaries strictly below t) for u = t * kScale; adds c[idx]^2 to c2.
+// 4 * (number of boundaries strictly below t) for u = t * kScale.
 template <int BITS, bool GRID>
-__device__ __forceinline__ uint32_t search4(float u, const uint8_t* tab, float& c2) {
+__device__ __forceinline__ uint32_t index4(float u, const uint8_t* tab) {
   using G = Grid<BITS>;
   constexpr int L = G::kLevels;
   const float* Bt = reinterpret_cast<const float*>(tab);
@@ -86,7 +105,15 @@ __device__ __forceinline__ uint32_t search4(float u, const uint8_t* tab, float& 
     for (int st = L / 2; st >= 1; st >>= 1) i += u > Bt[i + st - 1] ? st : 0;
     i4 = 4 * i;
   }
-  c2 += *reinterpret_cast<const float*>(btc + 4 * L + i4);
+  return i4;
+}
+
+// index4, and adds c[idx]^2 to c2.
+template <int BITS, bool GRID>
+__device__ __forceinline__ uint32_t search4(float u, const uint8_t* tab, float& c2) {
+  constexpr int L = Grid<BITS>::kLevels;
+  const uint32_t i4 = index4<BITS, GRID>(u, tab);
+  c2 += *reinterpret_cast<const float*>(reinterpret_cast<const char*>(tab) + 4 * L + i4);
   return i4;
 }
 
@@ -161,6 +188,41 @@ __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(kFull, v, 1);
   v += __shfl_xor_sync(kFull, v, 2);
   return v;
+}
+
+// Scale search of one side of the Hadamard path (Grid<BITS>::kSearch; the table has C[L]): u holds
+// the lane's quarter of the row, u = t * kSearchScale, in z[kb][nt][R0 + e] (R0 = 0: K, 2: V).
+// For each pre-scale alpha of the CPU encoder (0.8f ... 1.25f, in order) the indices of u * alpha
+// give J = (u . c)^2 / |c|^2 (quad sums: the row is spread over the 4 lanes of a quad, and the xor
+// butterfly gives the 4 lanes bitwise identical sums); returns the first alpha with the largest J.
+// This J is the CPU's times kSearchScale^2 (summed in another order), so the choice can only
+// differ where two candidates agree to rounding.
+template <int BITS, bool GRID, int NK, int R0>
+__device__ __forceinline__ float search_alpha(const float (&z)[NK][2][4], const uint8_t* tab) {
+  const char* cbase = reinterpret_cast<const char*>(tab) + Grid<BITS>::kCOff;
+  float best = -1.f, alpha = 1.f;
+#pragma unroll 1
+  for (int ai = 0; ai < 7; ++ai) {
+    const float al = ai == 0 ? 0.8f : ai == 1 ? 0.875f : ai == 2 ? 0.95f : ai == 3 ? 1.025f
+                   : ai == 4 ? 1.1f : ai == 5 ? 1.175f : 1.25f;
+    float yc = 0.f, cc = 0.f;
+#pragma unroll
+    for (int kb = 0; kb < NK; ++kb)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float u = z[kb][nt][R0 + e];
+          const float c = *reinterpret_cast<const float*>(cbase + index4<BITS, GRID>(u * al, tab));
+          yc = fmaf(u, c, yc);
+          cc = fmaf(c, c, cc);
+        }
+    yc = quad_sum(yc);
+    cc = quad_sum(cc);
+    const float j = cc > 0.f ? yc * yc / cc : 0.f;
+    if (j > best) best = j, alpha = al;
+  }
+  return alpha;
 }
 
 // Power of two that brings sqrt(n2) into [2^8, 2^10) (fp16 hi/lo split of fp32 inputs).
@@ -242,11 +304,12 @@ __device__ __forceinline__ void stage_tile(uint32_t buf, const QuantArgs& a, lon
 
 // Static shared memory: [K table] [V table] (fixed addresses: table lookups are LDS [reg + imm]).
 // Dynamic: [dense B fragments] [staging buffers, STAGE].
-template <int D, int KB, int VB, bool HAD, bool STAGE = false, bool F32 = false>
+// SEARCH: the searched sides' tables hold C[L] too.
+template <int D, int KB, int VB, bool HAD, bool STAGE = false, bool F32 = false, bool SEARCH = false>
 struct TcLayout {
   static constexpr int kTabK = 0;
-  static constexpr int kTabV = Grid<KB>::kBytes;
-  static constexpr int kTabBytes = kTabV + Grid<VB>::kBytes;
+  static constexpr int kTabV = SEARCH ? Grid<KB>::kSearchBytes : Grid<KB>::kBytes;
+  static constexpr int kTabBytes = kTabV + (SEARCH ? Grid<VB>::kSearchBytes : Grid<VB>::kBytes);
   static constexpr int kFragBytes = HAD ? 0 : (D / 16) * (D / 8) * 32 * 16;
   static constexpr int kStage = kFragBytes;
   static constexpr int kBytes = kStage + (STAGE ? kTcWarps * TcStage<D, F32>::kWarpBytes : 0);
@@ -295,14 +358,15 @@ __device__ __forceinline__ float load_quarter(Fetch&& fetch, uint32_t (&h)[D / 8
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool GRID, bool STAGE, bool SEARCH>
 __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem, const uint8_t* tabs, const uint32_t (&sm)[D / 8],
                                         const uint32_t (&hb)[2][2], int64_t slot0) {
   static_assert(!STAGE || MT == 1, "staging: one m-tile");
+  static_assert(!SEARCH || HAD, "scale search: Hadamard path only");
   constexpr int Q = D / 4, NK = D / 16, NT = D / 8, NW = D / 8;  // NW: fp16 words per quarter
   constexpr int NUK = KB == kF16Bits ? 1 : (Q * KB + 31) / 32;
   constexpr int NUV = VB == kF16Bits ? 1 : (Q * VB + 31) / 32;
-  using L = TcLayout<D, KB, VB, HAD, STAGE, F32>;
+  using L = TcLayout<D, KB, VB, HAD, STAGE, F32, SEARCH>;
   using S = TcStage<D, F32>;
   const uint8_t* tabK = tabs + L::kTabK;
   const uint8_t* tabV = tabs + L::kTabV;
@@ -415,8 +479,8 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
       nv2[mt] = n2v;
       // rsqrtf (1-ulp MUFU approximation): u only has to land on the right side of boundaries
       // that are not within ~1e-6 of it; the stored scale below is computed exactly.
-      mk[mt] = n2k > 0.f ? Grid<KB>::kScale / (gain * pwk) * rsqrtf(n2k) : 0.f;
-      mv[mt] = n2v > 0.f ? Grid<VB>::kScale / (gain * pwv) * rsqrtf(n2v) : 0.f;
+      mk[mt] = n2k > 0.f ? grid_scale<KB, SEARCH>() / (gain * pwk) * rsqrtf(n2k) : 0.f;
+      mv[mt] = n2v > 0.f ? grid_scale<VB, SEARCH>() / (gain * pwv) * rsqrtf(n2v) : 0.f;
     }
 
     uint32_t wk[MT][NUK], wv[MT][NUV];
@@ -469,6 +533,22 @@ __device__ __forceinline__ void tc_loop(const QuantArgs& a, const uint8_t* smem,
             }
           }
         }
+      }
+      if constexpr (SEARCH) {
+        // u = z * m in place, then m = the chosen pre-scale: emit quantizes u * alpha, the very
+        // products the search scored (alpha = 1 for sides without search).
+#pragma unroll
+        for (int kb = 0; kb < NK; ++kb)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            z[kb][nt][0] *= mk[0]; z[kb][nt][1] *= mk[0];
+            z[kb][nt][2] *= mv[0]; z[kb][nt][3] *= mv[0];
+          }
+        float ak = 1.f, av = 1.f;
+        if constexpr (Grid<KB>::kSearch) ak = search_alpha<KB, GRID, NK, 0>(z, tabK);
+        if constexpr (Grid<VB>::kSearch) av = search_alpha<VB, GRID, NK, 2>(z, tabV);
+        mk[0] = ak;
+        mv[0] = av;
       }
 #pragma unroll
       for (int kb = 0; kb < NK; ++kb)
@@ -543,10 +623,10 @@ __device__ __forceinline__ int64_t stage_first(const QuantArgs& a, const uint8_t
   return a.slots[fast_div(a.div_heads, static_cast<uint32_t>(item < total ? item : total - 1))];
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE, bool SEARCH = false>
 __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const QuantArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
-  using L = TcLayout<D, KB, VB, HAD, STAGE, F32>;
+  using L = TcLayout<D, KB, VB, HAD, STAGE, F32, SEARCH>;
   __shared__ __align__(16) uint8_t tabs[L::kTabBytes > 0 ? L::kTabBytes : 16];
   int64_t slot0 = 0;
   if constexpr (STAGE) slot0 = stage_first<D, F32, L::kStage>(a, smem);
@@ -554,8 +634,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const Qua
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const PagedKVView& v = a.view;
   bool ok = true;
-  if constexpr (KB != kF16Bits) ok &= build_table<KB>(tabs + L::kTabK, a.bnd[0], v.k.centroids);
-  if constexpr (VB != kF16Bits) ok &= build_table<VB>(tabs + L::kTabV, a.bnd[1], v.v.centroids);
+  if constexpr (KB != kF16Bits) ok &= build_table<KB, SEARCH && Grid<KB>::kSearch>(tabs + L::kTabK, a.bnd[0], v.k.centroids);
+  if constexpr (VB != kF16Bits) ok &= build_table<VB, SEARCH && Grid<VB>::kSearch>(tabs + L::kTabV, a.bnd[1], v.v.centroids);
   uint32_t sm[NW];
   uint32_t hb[2][2];
   if constexpr (HAD) {
@@ -607,16 +687,16 @@ __global__ void __launch_bounds__(kTcWarps * 32, 2) quantize_tc_kernel(const Qua
   }
   const bool grid_ok = __syncthreads_and(ok) != 0;
   if (grid_ok) {
-    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE>(a, smem, tabs, sm, hb, slot0);
+    tc_loop<D, KB, VB, F32, HAD, MT, true, STAGE, SEARCH>(a, smem, tabs, sm, hb, slot0);
   } else {
-    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE>(a, smem, tabs, sm, hb, slot0);
+    tc_loop<D, KB, VB, F32, HAD, MT, false, STAGE, SEARCH>(a, smem, tabs, sm, hb, slot0);
   }
 }
 
-template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE>
+template <int D, int KB, int VB, bool F32, bool HAD, int MT, bool STAGE, bool SEARCH = false>
 Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
-  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE>;
-  constexpr int smem = TcLayout<D, KB, VB, HAD, STAGE, F32>::kBytes;
+  auto* kernel = &quantize_tc_kernel<D, KB, VB, F32, HAD, MT, STAGE, SEARCH>;
+  constexpr int smem = TcLayout<D, KB, VB, HAD, STAGE, F32, SEARCH>::kBytes;
   // Host-side attribute (not a stream operation): safe during graph capture.
   TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int dev = 0, sms = 132, per_sm = 1;
@@ -636,12 +716,35 @@ Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
 
 // The format pairs built: the decode kernel's pairs plus (8, 16) (an fp16 side next to a
 // quantized one). Anything else: *launched = false.
+// Scale search (view.scale_search): the Hadamard path with staged inputs searches its 2-4-bit
+// sides (SEARCH instantiations of the pairs with such a side); the dense path and variant 0 launch
+// nothing (the caller's generic kernel searches). Pairs without a 2-4-bit side (8/8, 8/16) have
+// nothing to search and take the plain kernel.
 template <int D, bool HAD>
 Status dispatch_tc(const QuantArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const int kb = a.view.k.bits, vb = a.view.v.bits;
   const bool f32 = a.in_type == DType::kF32;
   const bool stage = quantize_tc_variant() != 0;  // quantize_tc.cuh: 1 (staged inputs) by default
+  const bool search = a.view.scale_search != 0 && ((kb >= 2 && kb <= 4) || (vb >= 2 && vb <= 4));
+  if (search) {
+    if constexpr (HAD) {
+      if (!stage) return Status::ok();
+#define TQKV_TC_SEARCH_PAIR(KB, VB)                                                                \
+  if (kb == KB && vb == VB) {                                                                      \
+    *launched = true;                                                                              \
+    return f32 ? launch_tc<D, KB, VB, true, HAD, 1, true, true>(a, stream)                         \
+               : launch_tc<D, KB, VB, false, HAD, 1, true, true>(a, stream);                       \
+  }
+      TQKV_TC_SEARCH_PAIR(4, 4)
+      TQKV_TC_SEARCH_PAIR(3, 3)
+      TQKV_TC_SEARCH_PAIR(8, 4)
+      TQKV_TC_SEARCH_PAIR(2, 2)
+      TQKV_TC_SEARCH_PAIR(4, 3)
+#undef TQKV_TC_SEARCH_PAIR
+    }
+    return Status::ok();
+  }
 #define TQKV_TC_PAIR(KB, VB)                                                                        \
   if (kb == KB && vb == VB) {                                                                       \
     *launched = true;                                                                               \
