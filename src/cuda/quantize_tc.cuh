@@ -33,6 +33,13 @@
 // from the side's boundaries and checks that no cell (closed interval) holds more than one
 // boundary and that the boundaries ascend; if the check fails the CTA uses the binary search
 // instead (same result: the number of boundaries strictly below t, as the CPU encoder).
+//
+// Scale search (PagedKVView::scale_search; docs/formats.md): the Hadamard kernel with staged
+// inputs (SEARCH instantiations) scores the CPU encoder's 7 pre-scales on the rotated values the
+// lane already holds (search_alpha: index passes on u * alpha, J from quad sums), then quantizes
+// u * alpha with the first best one. The searched sides' tables hold the signed centroids too and
+// use a 4/5 grid scale so that u * 1.25 stays on the grid. The dense d = 96 kernel and variant 0
+// launch nothing for searching calls (the generic kernel searches).
 #pragma once
 
 #include <cstdint>
