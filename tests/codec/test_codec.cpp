@@ -46,6 +46,27 @@ double measured_mse(const TurboQuantCodec& c, const std::vector<float>& x, CodeP
   return e / n;
 }
 
+// The same vectors encoded on the reference, scalar and AVX2 paths ([0], [1], [2]); scalar and AVX2
+// must agree bit for bit (same operations in the same order) wherever AVX2 exists.
+struct PathCodes {
+  std::vector<uint8_t> idx[3];
+  std::vector<uint16_t> scale[3];
+};
+PathCodes encode_every_path(const TurboQuantCodec& c, const std::vector<float>& x, int64_t n) {
+  PathCodes p;
+  const CodePath paths[3] = {CodePath::kReference, CodePath::kScalar, CodePath::kAvx2};
+  for (int i = 0; i < 3; ++i) {
+    p.idx[i].resize(static_cast<size_t>(n * c.index_bytes()));
+    p.scale[i].resize(static_cast<size_t>(n));
+    EXPECT_TRUE(c.encode(x.data(), n, p.idx[i].data(), p.scale[i].data(), paths[i]).is_ok());
+  }
+  if (code_path_available(CodePath::kAvx2)) {
+    EXPECT_EQ(p.idx[1], p.idx[2]) << "d " << c.head_dim() << " bits " << c.bits();
+    EXPECT_EQ(p.scale[1], p.scale[2]) << "d " << c.head_dim() << " bits " << c.bits();
+  }
+  return p;
+}
+
 // The theory's figures describe the plain quantizer (scale = |x|); norm correction changes the MSE
 // (lower at 3-4 bits, higher at 2) and is measured by `tqkv codec`.
 // Must show: d = 128 within 2% of the Gaussian Lloyd-Max figures, both rotations. 20k vectors give a
@@ -148,15 +169,10 @@ TEST(Codec, CrossPathAgreement) {
         const int64_t n = 64, ib = c.index_bytes();
         auto x = random_unit_vectors(n, d, 99);
         for (auto& v : x) v *= 3.5f;
-        std::vector<uint8_t> ir(n * ib), is(n * ib), ia(n * ib);
-        std::vector<uint16_t> sr(n), ss(n), sa(n);
-        ASSERT_TRUE(c.encode(x.data(), n, ir.data(), sr.data(), CodePath::kReference).is_ok());
-        ASSERT_TRUE(c.encode(x.data(), n, is.data(), ss.data(), CodePath::kScalar).is_ok());
-        ASSERT_TRUE(c.encode(x.data(), n, ia.data(), sa.data(), CodePath::kAvx2).is_ok());
-        if (code_path_available(CodePath::kAvx2)) {
-          EXPECT_EQ(is, ia) << d << " " << bits;
-          EXPECT_EQ(ss, sa) << d << " " << bits;
-        }
+        const PathCodes p = encode_every_path(c, x, n);
+        if (::testing::Test::HasFatalFailure()) return;
+        const std::vector<uint8_t>&ir = p.idx[0], &is = p.idx[1];
+        const std::vector<uint16_t>&sr = p.scale[0], &ss = p.scale[1];
         for (int64_t v = 0; v < n; ++v) {
           bool all_same = true;
           for (int j = 0; j < d; ++j) {
@@ -242,15 +258,10 @@ TEST(Codec, ScaleSearchCrossPathAgreement) {
       const int64_t n = 200, ib = c.index_bytes();
       auto x = random_unit_vectors(n, d, 123);
       for (auto& v : x) v *= 2.5f;
-      std::vector<uint8_t> ir(n * ib), is(n * ib), ia(n * ib);
-      std::vector<uint16_t> sr(n), ss(n), sa(n);
-      ASSERT_TRUE(c.encode(x.data(), n, ir.data(), sr.data(), CodePath::kReference).is_ok());
-      ASSERT_TRUE(c.encode(x.data(), n, is.data(), ss.data(), CodePath::kScalar).is_ok());
-      ASSERT_TRUE(c.encode(x.data(), n, ia.data(), sa.data(), CodePath::kAvx2).is_ok());
-      if (code_path_available(CodePath::kAvx2)) {
-        EXPECT_EQ(is, ia) << d << " " << bits;
-        EXPECT_EQ(ss, sa) << d << " " << bits;
-      }
+      const PathCodes p = encode_every_path(c, x, n);
+      if (::testing::Test::HasFatalFailure()) return;
+      const std::vector<uint8_t>&ir = p.idx[0], &is = p.idx[1];
+      const std::vector<uint16_t>&sr = p.scale[0], &ss = p.scale[1];
       int differ = 0;
       for (int64_t v = 0; v < n; ++v)
         differ += std::memcmp(ir.data() + v * ib, is.data() + v * ib, static_cast<size_t>(ib)) != 0 ? 1 : 0;

@@ -315,45 +315,68 @@ TEST(KvBackends, K8LayersRaiseOneLayersKeyBits) {
   EXPECT_EQ(bytes({0, 2}) - bytes({}), 2 * grow);
 }
 
+// One layer, one KV head of 64, two query heads; T tokens of N(0, 1) queries and K = V written in
+// the given split points; returns what the backend holds (read_back) as {k, v}.
+struct OneHeadWrite {
+  tqkv::ModelConfig c;
+  int T;
+  std::vector<float> q, kv;
+  OneHeadWrite(int tokens, uint32_t seed) : T(tokens), q(tokens * 2 * 64), kv(tokens * 64) {
+    c.n_layer = 1;
+    c.n_head = 2;
+    c.n_head_kv = 1;
+    c.head_dim = 64;
+    c.layer_sliding = {0};
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd;
+    for (float& e : q) e = nd(rng);
+    for (float& e : kv) e = nd(rng);
+  }
+  std::pair<std::vector<float>, std::vector<float>> held(const tqkv::KvOptions& o, std::vector<int> splits = {}) const {
+    constexpr int D = 64;
+    auto b = tqkv::make_kv_backend(c, o);
+    EXPECT_TRUE(b.is_ok());
+    if (!b.is_ok()) return {};
+    tqkv::LayerAttention la;
+    la.scale = 0.125f;
+    std::vector<float> out(q.size());
+    splits.push_back(T);
+    int t0 = 0;
+    for (int t1 : splits) {
+      EXPECT_TRUE((*b)->attend(la, t0, t1 - t0, q.data() + t0 * 2 * D, kv.data() + t0 * D, kv.data() + t0 * D,
+                               out.data()).is_ok());
+      t0 = t1;
+    }
+    std::vector<float> k(T * D), v(T * D);
+    EXPECT_TRUE((*b)->read_back(0, 0, T, k.data(), v.data()).is_ok());
+    describe = (*b)->describe();
+    return {k, v};
+  }
+  mutable std::string describe;
+};
+
 // The q4_0h emulation keeps the attention-sink positions exact, as the real cache keeps them in
 // f16: with sink_tokens = 4, read_back returns positions 0-3 bit for bit (the f16 cache's own
 // rounding aside) and rounds the later ones; without sinks position 0-3 are rounded too. Written
 // in two calls (2 tokens, then 30) so the sink bound crosses a write.
 TEST(KvBackends, EmulatedQ4_0KeepsSinkTokensExact) {
-  tqkv::ModelConfig c;
-  c.n_layer = 1;
-  c.n_head = 2;
-  c.n_head_kv = 1;
-  c.head_dim = 64;
-  c.layer_sliding = {0};
-  const int T = 32, D = 64;
-  std::vector<float> q(T * 2 * D), kv(T * D), out(q.size());
-  std::mt19937 rng(5);
-  std::normal_distribution<float> nd;
-  for (float& e : q) e = nd(rng);
-  for (float& e : kv) e = nd(rng);
+  const OneHeadWrite w(32, 5);
+  constexpr int D = 64;
   auto max_err = [&](int sinks, int t0, int t1) {
     tqkv::KvOptions o;
-    o.max_tokens = T;
+    o.max_tokens = w.T;
     o.format = {16, 16};
     o.emulate = "q4_0h";
     o.center_keys = false;
     o.sink_tokens = sinks;
-    auto b = tqkv::make_kv_backend(c, o);
-    EXPECT_TRUE(b.is_ok());
-    tqkv::LayerAttention la;
-    la.scale = 0.125f;
-    EXPECT_TRUE((*b)->attend(la, 0, 2, q.data(), kv.data(), kv.data(), out.data()).is_ok());
-    EXPECT_TRUE((*b)->attend(la, 2, T - 2, q.data() + 2 * 2 * D, kv.data() + 2 * D, kv.data() + 2 * D, out.data()).is_ok());
-    std::vector<float> k(T * D), v(T * D);
-    EXPECT_TRUE((*b)->read_back(0, 0, T, k.data(), v.data()).is_ok());
+    const auto [k, v] = w.held(o, {2});
     float e = 0;
-    for (int i = t0 * D; i < t1 * D; ++i) e = std::max({e, std::fabs(k[i] - kv[i]), std::fabs(v[i] - kv[i])});
+    for (int i = t0 * D; i < t1 * D; ++i) e = std::max({e, std::fabs(k[i] - w.kv[i]), std::fabs(v[i] - w.kv[i])});
     return e;
   };
-  EXPECT_LT(max_err(4, 0, 4), 2e-3f);   // f16 rounding of values ~N(0, 1)
-  EXPECT_GT(max_err(4, 4, T), 0.05f);   // q4_0: steps of amax / 8
-  EXPECT_GT(max_err(0, 0, 4), 0.05f);   // no sinks: rounded like the rest
+  EXPECT_LT(max_err(4, 0, 4), 2e-3f);     // f16 rounding of values ~N(0, 1)
+  EXPECT_GT(max_err(4, 4, w.T), 0.05f);   // q4_0: steps of amax / 8
+  EXPECT_GT(max_err(0, 0, 4), 0.05f);     // no sinks: rounded like the rest
 }
 
 // KvOptions::scale_search reaches the codec of the paged cache: what the cache holds is closer to
@@ -361,39 +384,19 @@ TEST(KvBackends, EmulatedQ4_0KeepsSinkTokensExact) {
 // lower error), and it describes itself. (The contiguous backend has no read_back; its codec
 // takes the same flag in kv_contiguous.cpp.)
 TEST(KvBackends, ScaleSearchReachesTheCache) {
-  tqkv::ModelConfig c;
-  c.n_layer = 1;
-  c.n_head = 2;
-  c.n_head_kv = 1;
-  c.head_dim = 64;
-  c.layer_sliding = {0};
-  const int T = 64, D = 64;
-  std::vector<float> q(T * 2 * D), kv(T * D), out(q.size());
-  std::mt19937 rng(8);
-  std::normal_distribution<float> nd;
-  for (float& e : q) e = nd(rng);
-  for (float& e : kv) e = nd(rng);
-  for (bool paged : {true}) {
-    auto err = [&](bool search) {
-      tqkv::KvOptions o;
-      o.max_tokens = T;
-      o.format = {4, 4};
-      o.paged = paged;
-      o.scale_search = search;
-      auto b = tqkv::make_kv_backend(c, o);
-      EXPECT_TRUE(b.is_ok());
-      if (paged) EXPECT_EQ((*b)->describe().find("scale search") != std::string::npos, search);
-      tqkv::LayerAttention la;
-      la.scale = 0.125f;
-      EXPECT_TRUE((*b)->attend(la, 0, T, q.data(), kv.data(), kv.data(), out.data()).is_ok());
-      std::vector<float> k(T * D), v(T * D);
-      EXPECT_TRUE((*b)->read_back(0, 0, T, k.data(), v.data()).is_ok());
-      double e = 0;
-      for (int i = 0; i < T * D; ++i) e += std::pow(k[i] - kv[i], 2) + std::pow(v[i] - kv[i], 2);
-      return e;
-    };
-    EXPECT_LT(err(true), 0.9 * err(false)) << (paged ? "paged" : "contiguous");
-  }
+  const OneHeadWrite w(64, 8);
+  auto err = [&](bool search) {
+    tqkv::KvOptions o;
+    o.max_tokens = w.T;
+    o.format = {4, 4};
+    o.scale_search = search;
+    const auto [k, v] = w.held(o);
+    EXPECT_EQ(w.describe.find("scale search") != std::string::npos, search) << w.describe;
+    double e = 0;
+    for (size_t i = 0; i < w.kv.size(); ++i) e += std::pow(k[i] - w.kv[i], 2) + std::pow(v[i] - w.kv[i], 2);
+    return e;
+  };
+  EXPECT_LT(err(true), 0.9 * err(false));
 }
 
 TEST(KvBackends, RejectsBadArguments) {
