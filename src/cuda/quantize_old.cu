@@ -1,7 +1,8 @@
 // The quantize-on-write kernels from before the tensor-core ones (quantize_tc*.cu*). quantize.cu
 // sends here every shape or format pair the tensor-core kernels are not built for (head sizes 64,
-// 80, 256; 96 and 128 with other pairs; 128 with a dense rotation; unaligned inputs), and every
-// call when TQKV_CUDA_QUANT=old.
+// 80, 256; 96 and 128 with other pairs; 128 with a dense rotation; unaligned inputs), every call
+// with the scale search (PagedKVView::scale_search) except d = 128 Hadamard calls of >= 4096
+// vectors, and every call when TQKV_CUDA_QUANT=old.
 //
 // quantize_kernel (any head size): one warp per (token, kv head): it loads the K and the V vector
 // together (both loads in flight before any arithmetic), then for each TurboQuant side rotates
