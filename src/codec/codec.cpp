@@ -62,8 +62,8 @@ void encode_one_scalar(const CodecKernelArgs& a, const float* x, uint8_t* idx_ou
   float inv = 1.0f / n;
   if (a.scale_search) {
     float best = -1.0f, best_m = inv;
-    for (float alpha : kScaleSearchAlpha) {
-      const float m = inv * alpha;
+    for (int i = 0; i < kScaleSearchSteps; ++i) {
+      const float m = inv * scale_search_alpha(i);
       quantize(m);
       const float yc = dot_lanes_scalar(y, cy, d), cc = sumsq_lanes_scalar(cy, d);
       const float j = cc > 0.0f ? yc * yc / cc : 0.0f;
@@ -95,7 +95,7 @@ namespace {
 // The definition, in double: n = |x|, t = P x / n, idx_j = argmin_k |t_j - c_k| (ties to the lower
 // index), scale = n / |c[idx]|; decode x~ = scale * P^T c[idx].
 // Scale search (scale_search, docs/formats.md): the same argmin for t * alpha for each
-// kScaleSearchAlpha, keeping the alpha with the largest (y . c)^2 / |c|^2 (first on ties).
+// scale_search_alpha(i), keeping the alpha with the largest (y . c)^2 / |c|^2 (first on ties).
 void encode_one_reference(const Codebook& cb, const Rotation& rot, bool norm_correction, bool scale_search,
                           const float* x, uint8_t* out, uint16_t* scale_out) {
   const int d = rot.head_dim(), bits = cb.bits();
@@ -123,7 +123,8 @@ void encode_one_reference(const Codebook& cb, const Rotation& rot, bool norm_cor
   double alpha = 1.0;
   if (scale_search) {
     double best_j = -1;
-    for (float a : kScaleSearchAlpha) {
+    for (int ai = 0; ai < kScaleSearchSteps; ++ai) {
+      const float a = scale_search_alpha(ai);
       double yc = 0, cc = 0;
       for (int i = 0; i < d; ++i) {
         const double c = cb.centroids()[nearest(y[i] / n * a)];

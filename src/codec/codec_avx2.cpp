@@ -100,8 +100,8 @@ void encode_one_avx2(const CodecKernelArgs& a, const float* x, uint8_t* idx_out,
   float inv_s = 1.0f / n;
   if (a.scale_search) {  // bits 2-4: the counting search; the scalar path's candidates and order
     float best = -1.0f, best_m = inv_s;
-    for (float alpha : kScaleSearchAlpha) {
-      const float m = inv_s * alpha;
+    for (int i = 0; i < kScaleSearchSteps; ++i) {
+      const float m = inv_s * scale_search_alpha(i);
       const __m256 mv = _mm256_set1_ps(m);
       __m256 yc = _mm256_setzero_ps(), cc = _mm256_setzero_ps();
       for (int j = 0; j < d; j += 8) {

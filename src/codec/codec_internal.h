@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "codec/scale_search.h"
 #include "tqkv/codec.h"
 
 namespace tqkv::codec_detail {
@@ -28,16 +29,6 @@ float sumsq_lanes_avx2(const float* x, int d);
 // The same lane order for a dot product (mul then add, no fused multiply-add).
 float dot_lanes_scalar(const float* x, const float* y, int d);
 
-// Scale search (CodecConfig::scale_search, docs/formats.md): the index pass runs on t * alpha for
-// each of these pre-scales and keeps the one whose indices maximise (y . c)^2 / |c|^2, i.e. the
-// reconstruction direction closest to the input; the stored scale stays |x| / |c| (norm
-// correction), so decoders do not change. Ties keep the earlier candidate.
-inline constexpr int kScaleSearchSteps = 7;
-inline constexpr float kScaleSearchAlpha[kScaleSearchSteps] = {0.8f, 0.875f, 0.95f, 1.025f, 1.1f, 1.175f, 1.25f};
-// Scale search applies to 2-, 3- and 4-bit codes with norm correction (1 and 8 bits gain little).
-inline bool scale_search_applies(bool requested, bool norm_correction, int bits) {
-  return requested && norm_correction && bits >= 2 && bits <= 4;
-}
 
 // In-place unnormalised Walsh-Hadamard transform (Sylvester order), stages h = 1, 2, 4, ...
 void fwht_scalar(float* v, int n);

@@ -19,6 +19,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_utils.cuh"
+#include "codec/scale_search.h"
 #include "cuda/quantize_internal.h"
 #include "tqkv/kv_layout.h"
 
@@ -71,7 +72,6 @@ __device__ __forceinline__ void fwht_warp(float (&v)[E], const float (&sg)[E], i
 // pass runs on t * alpha for the CPU encoder's seven pre-scales and keeps the alpha with the
 // largest (t . c)^2 / |c|^2, decided on lane 0's warp sums and broadcast (the sums are reduced in
 // another order than the CPU's, so a near-tie between two alphas may go the other way).
-__constant__ float kSearchAlpha[7] = {0.8f, 0.875f, 0.95f, 1.025f, 1.1f, 1.175f, 1.25f};
 
 template <int D>
 __device__ void encode_store(const float* ys, float norm, uint8_t* idx_scratch, const float* bnd,
@@ -89,10 +89,10 @@ __device__ void encode_store(const float* ys, float norm, uint8_t* idx_scratch, 
     q[k] = 0;
   }
   float alpha = 1.f;
-  if (search && bits >= 2 && bits <= 4 && norm > 0.f) {
+  if (search && norm > 0.f) {  // the caller passes search only where scale_search_applies
     float best = -1.f;
-    for (int ai = 0; ai < 7; ++ai) {
-      const float al = kSearchAlpha[ai];
+    for (int ai = 0; ai < kScaleSearchSteps; ++ai) {
+      const float al = scale_search_alpha(ai);
       float yc = 0.f, cc = 0.f;
 #pragma unroll
       for (int k = 0; k < kPer; ++k) {
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
         continue;
       }
       float n2 = 0.f;
-      const bool search = v.scale_search != 0 && side.bits >= 2 && side.bits <= 4;
+      const bool search = scale_search_applies(v.scale_search != 0, /*norm_correction=*/true, side.bits);
       if (fast) {
         if constexpr (kPow2) {
           float y[E];
