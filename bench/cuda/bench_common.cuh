@@ -1,7 +1,7 @@
 // Pieces the standalone CUDA benchmarks share (tqkv_prefill_bench, tqkv_sink_bench,
 // tqkv_quant_bench): an abort-on-error CUDA check (a benchmark has nothing to recover), random but
-// valid KV tiles, a device buffer, comma-separated options, and the graph timer (a CUDA graph of
-// `iters` calls, replayed `reps` times after two warm-up replays, median per call).
+// valid KV tiles, a device buffer, comma-separated options, and an aborting front of the library's
+// graph timer.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/graph_timer.cuh"
 #include "tqkv/kv_layout.h"
 
 #define TQKV_BENCH_CHECK(x)                                                                    \
@@ -87,37 +88,20 @@ inline std::vector<int> parse_ints(const std::string& s) {
   return out;
 }
 
-// Microseconds per call: `call` (which enqueues on stream s) captured `iters` times into one graph,
-// two warm-up replays, then the median of `reps` timed replays, divided by iters.
+// Microseconds per call of `call` (which enqueues on stream s): the library's graph timer
+// (src/cuda/graph_timer.cuh: `iters` calls in one graph, two warm-up replays, median of `reps`),
+// aborting on a CUDA error.
 template <typename F>
 double time_graph(F&& call, int iters, int reps, cudaStream_t s) {
-  cudaGraph_t graph;
-  TQKV_BENCH_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < iters; ++i) call();
-  TQKV_BENCH_CHECK(cudaStreamEndCapture(s, &graph));
-  cudaGraphExec_t exec;
-  TQKV_BENCH_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t a, b;
-  TQKV_BENCH_CHECK(cudaEventCreate(&a));
-  TQKV_BENCH_CHECK(cudaEventCreate(&b));
-  TQKV_BENCH_CHECK(cudaGraphLaunch(exec, s));
-  TQKV_BENCH_CHECK(cudaGraphLaunch(exec, s));
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    TQKV_BENCH_CHECK(cudaEventRecord(a, s));
-    TQKV_BENCH_CHECK(cudaGraphLaunch(exec, s));
-    TQKV_BENCH_CHECK(cudaEventRecord(b, s));
-    TQKV_BENCH_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    TQKV_BENCH_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.0 / iters);
+  const auto us = tqkv::cuda::time_graph([&](int) -> Status {
+    call();
+    return Status::ok();
+  }, iters, reps, s);
+  if (!us.is_ok()) {
+    std::fprintf(stderr, "time_graph: %s\n", us.status().to_string().c_str());
+    std::exit(2);
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return *us;
 }
 
 }  // namespace tqkv::bench

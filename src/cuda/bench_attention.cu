@@ -18,6 +18,7 @@
 
 #include "cuda/bench_attention.h"
 #include "cuda/cuda_check.h"
+#include "cuda/graph_timer.cuh"
 #include "tqkv/cuda_attention.h"
 #include "tqkv/kv_layout.h"
 
@@ -87,42 +88,6 @@ std::vector<float> bench_centroids(int bits, int d) {
   return c;
 }
 
-// Median over reps of (elapsed of a graph of `iters` calls) / iters, in microseconds.
-template <typename F>
-Result<double> time_graph(F&& enqueue_call, int iters, int reps, cudaStream_t stream) {
-  cudaGraph_t graph;
-  TQKV_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  auto enqueue_all = [&]() -> Status {
-    for (int i = 0; i < iters; ++i) TQKV_RETURN_IF_ERROR(enqueue_call(i));
-    return Status::ok();
-  };
-  const Status st = enqueue_all();
-  TQKV_CUDA_RETURN_IF_ERROR(cudaStreamEndCapture(stream, &graph));
-  TQKV_RETURN_IF_ERROR(st);
-  cudaGraphExec_t exec;
-  TQKV_CUDA_RETURN_IF_ERROR(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t a, b;
-  TQKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&a));
-  TQKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&b));
-  std::vector<double> t;
-  TQKV_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, stream));  // warm-up
-  TQKV_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, stream));
-  for (int r = 0; r < reps; ++r) {
-    TQKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(a, stream));
-    TQKV_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, stream));
-    TQKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(b, stream));
-    TQKV_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(b));
-    float ms = 0;
-    TQKV_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.0 / iters);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 // Plain 16-byte grid-stride copy: the SM-driven copy ceiling (a graph memcpy node may use a copy
 // engine, which is slower on this machine).
