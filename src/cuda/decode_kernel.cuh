@@ -315,6 +315,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   cudaGridDependencySynchronize();
   // Q^T fragments: b0 = coords c, c+1 and b1 = c+2, c+3 with c = t*D/4 + 4*kk, head g.
   uint32_t qf[kSteps][2];
+  const bool valid = g < nheads;
+  const float* qrow;
   if constexpr (FUSEDQ) {
     // Row r (query head head0 + r) of this CTA: rotated by warp r % W into float slot r / W of
     // that warp's last ring slot (no page is issued there before the loop; a slot holds
@@ -324,26 +326,17 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     };
     for (int r = warp; r < nheads; r += W) rotate_row(r, qslot(r));
     __syncthreads();  // tables and rotated rows ready
-    const bool valid = g < nheads;
-    const float* qrow = qslot(valid ? g : 0);
-#pragma unroll
-    for (int kk = 0; kk < kSteps; ++kk) {
-      const int c = k_coord(t, 4 * kk);  // 4 consecutive coordinates
-      float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-      qf[kk][0] = pack_half2(v.x, v.y);
-      qf[kk][1] = pack_half2(v.z, v.w);
-    }
+    qrow = qslot(valid ? g : 0);
     // (the __syncthreads below: no warp issues into its last slot before every warp has read it)
   } else {
-    const bool valid = g < nheads;
-    const float* qrow = args.q_rot + ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + (valid ? g : 0)) * D;
+    qrow = args.q_rot + ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + (valid ? g : 0)) * D;
+  }
 #pragma unroll
-    for (int kk = 0; kk < kSteps; ++kk) {
-      const int c = k_coord(t, 4 * kk);  // 4 consecutive coordinates
-      float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-      qf[kk][0] = pack_half2(v.x, v.y);
-      qf[kk][1] = pack_half2(v.z, v.w);
-    }
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const int c = k_coord(t, 4 * kk);  // 4 consecutive coordinates
+    float4 v = valid ? *reinterpret_cast<const float4*>(qrow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    qf[kk][0] = pack_half2(v.x, v.y);
+    qf[kk][1] = pack_half2(v.z, v.w);
   }
   __syncthreads();  // tables ready
   // v3: the V half of the table by an immediate offset on the table base (lane4v = lane4k).
