@@ -46,7 +46,7 @@ OUT=${OUT:-device-out}
 mkdir -p "$OUT"
 LOGS=$(mktemp -d)
 WHAT=${WHAT:-tests sanitize bench runtime}
-unxz_py() { python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$1" "$2"; }
+source scripts/device_env.sh
 {
   echo "device_all.sh run, $(date -u +%FT%TZ), WHAT='$WHAT'"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -17,6 +17,7 @@
 #       GpuRealModel.* tests and the CLI comparisons. Logs: $OUT/full_models.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/device_env.sh
 step=${1:-run}
 B=${B:-build-gpu}
 S=.carry/full-stage
@@ -87,12 +88,10 @@ X=$K/x
   rm -rf $X && mkdir -p $X
   ls $K/part* | sort -V | xargs cat | tar xf - -C $X
   for b in tqkv test_gpu; do
-    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$X/$b.xz" "$X/$b"
+    unxz_py "$X/$b.xz" "$X/$b"
     chmod +x "$X/$b"
   done
-  libdirs="$PWD/$X/lib"
-  for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
-  export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+  device_library_path "$PWD/$X/lib"
   TQKV_GPU_FIXTURES="$PWD/$X" timeout 300 "$X/test_gpu" --gtest_filter='GpuRealModel.*' 2>&1 |
     grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error|Expected|Which|actual'
   echo "== test_gpu GpuRealModel.* rc=${PIPESTATUS[0]}"

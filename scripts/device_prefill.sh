@@ -67,8 +67,8 @@ if [[ $what == all || $what == sanitize ]]; then
   done
 fi
 if [[ $what == all || $what == gpu ]]; then
-  libdirs="$PWD/$C/lib"
-  for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
-  LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}" timeout 200 "$C/test_gpu" >"$OUT/test_gpu.log" 2>&1
+  source scripts/device_env.sh
+  device_library_path "$PWD/$C/lib"
+  timeout 200 "$C/test_gpu" >"$OUT/test_gpu.log" 2>&1
   note "test_gpu rc=$? $(grep -E '^\[  PASSED|^\[  FAILED|SKIPPED|tests? ran' "$OUT/test_gpu.log" | tr '\n' ' ')"
 fi

@@ -101,16 +101,14 @@ fi
 
 OUT=${OUT:-device-out}
 mkdir -p "$OUT"
-libdirs="$PWD/$D/lib"
-for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
-export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
-unxz_py() { python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$1" "$2"; }
+source scripts/device_env.sh
+device_library_path "$PWD/$D/lib"
 for m in smollm2-4l gemma3-6l; do
   [[ -f $D/$m.gguf || ! -f $D/$m.gguf.xz ]] || unxz_py "$D/$m.gguf.xz" "$D/$m.gguf"
 done
 for b in tqkv test_gpu; do
   if [[ -f $D/$b.xz ]]; then
-    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$D/$b.xz" "$D/$b"
+    unxz_py "$D/$b.xz" "$D/$b"
     chmod +x "$D/$b"
   else
     gunzip -kf "$D/$b.gz"

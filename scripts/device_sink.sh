@@ -35,9 +35,8 @@ fi
 
 OUT=${OUT:-device-out}
 mkdir -p "$OUT"
-libdirs="$PWD/$D/lib"
-for f in $(find / -xdev -name 'libcublas.so.13*' 2>/dev/null | head -4); do libdirs="$libdirs:$(dirname "$f")"; done
-export LD_LIBRARY_PATH="$libdirs:${LD_LIBRARY_PATH:-}"
+source scripts/device_env.sh
+device_library_path "$PWD/$D/lib"
 B=/tmp/sinkbin
 mkdir -p $B
 for f in test_cuda tqkv_sink_bench test_gpu; do gunzip -c "$D/$f.gz" >$B/$f && chmod +x $B/$f; done
