@@ -200,11 +200,11 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::ve
 // PerplexityOptions::per_layer: r.layers from GpuContext::set_attention_probe (the attention
 // error measured from the GPU run; K/V reconstruction errors and the codec figures NaN: not
 // measured on the GPU); k8_layers and emulate are kUnsupported (CPU runtime only).
-Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
-                                   const std::vector<int>& f16_layers, int64_t max_tokens,
+// gpu_generate takes the CPU runtime's KvOptions: format, f16_layers, max_tokens, center_keys,
+// sink_tokens, smooth_keys and scale_search (the fields the GPU runtime implements).
+Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                                   const std::function<void(int32_t)>& on_token, bool center_keys = false,
-                                   int sink_tokens = 0, bool smooth_keys = false, bool scale_search = false);
+                                   const std::function<void(int32_t)>& on_token);
 Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const std::vector<int32_t>& tokens,
                                                  const PerplexityOptions& opt,
                                                  const std::function<void(int done, int total)>& progress);

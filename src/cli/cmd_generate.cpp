@@ -47,19 +47,16 @@ int fail(const std::string& what, const tqkv::Status& st) {
 
 // --device cuda: the same loop on the GPU runtime (weights uploaded as fp16, KV cache on the device).
 tqkv::Result<tqkv::GenerateStats> generate_on_gpu(const tqkv::Model& model, const tqkv::Tokenizer& tok,
-                                                  tqkv::KvFormat fmt, int64_t max_tokens,
-                                                  const std::vector<int32_t>& ids, const tqkv::GenerateOptions& go,
-                                                  const std::function<void(int32_t)>& on_token, bool center_keys,
-                                                  int sink_tokens, bool smooth_keys, bool scale_search) {
+                                                  const tqkv::KvOptions& kv, const std::vector<int32_t>& ids,
+                                                  const tqkv::GenerateOptions& go,
+                                                  const std::function<void(int32_t)>& on_token) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
   TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
   std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
-  return tqkv::gpu_generate(*gm, tok, fmt, {}, max_tokens, ids, go, on_token, center_keys, sink_tokens, smooth_keys,
-                            scale_search);
+  return tqkv::gpu_generate(*gm, tok, kv, ids, go, on_token);
 #else
-  (void)model, (void)tok, (void)fmt, (void)max_tokens, (void)ids, (void)go, (void)on_token, (void)center_keys;
-  (void)sink_tokens, (void)smooth_keys, (void)scale_search;
+  (void)model, (void)tok, (void)kv, (void)ids, (void)go, (void)on_token;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -141,8 +138,7 @@ int run(const Options& o) {
       std::fflush(stdout);
     }
   };
-  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, *fmt, ko.max_tokens, *ids, go, on_token, ko.center_keys,
-                                                 ko.sink_tokens, ko.smooth_keys, ko.scale_search)
+  auto st = o.device == "cuda" ? generate_on_gpu(**model, **tok, ko, *ids, go, on_token)
                                : tqkv::generate(**model, **tok, **kv, *ids, go, on_token);
   if (!st.is_ok()) return fail("generate", st.status());
   echo();

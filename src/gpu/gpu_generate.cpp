@@ -10,21 +10,19 @@
 
 namespace tqkv {
 
-Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, KvFormat format,
-                                   const std::vector<int>& f16_layers, int64_t max_tokens,
+Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                                   const std::function<void(int32_t)>& on_token, bool center_keys,
-                                   int sink_tokens, bool smooth_keys, bool scale_search) {
+                                   const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
   GpuContextOptions co;
-  co.format = format;
-  co.f16_layers = f16_layers;
+  co.format = kv.format;
+  co.f16_layers = kv.f16_layers;
   co.max_seqs = 1;
-  co.max_tokens = max_tokens;
-  co.center_keys = center_keys;
-  co.smooth_keys = smooth_keys;
-  co.scale_search = scale_search;
-  co.sink_tokens = sink_tokens;
+  co.max_tokens = kv.max_tokens;
+  co.center_keys = kv.center_keys;
+  co.smooth_keys = kv.smooth_keys;
+  co.scale_search = kv.scale_search;
+  co.sink_tokens = kv.sink_tokens;
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
   auto prefill = [&](float* logits) {
     return ctx->prefill(0, prompt.data(), static_cast<int>(prompt.size()), logits, LogitsMode::kLast);
