@@ -14,6 +14,9 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
+  if (!kv.k8_layers.empty()) return unsupported("generate: per-layer 8-bit keys are implemented by the CPU runtime only");
+  if (kv.center_values) return unsupported("generate: value centering is implemented by the CPU runtime only");
+  if (!kv.emulate.empty()) return unsupported("generate: --emulate is implemented by the CPU runtime only");
   GpuContextOptions co;
   co.format = kv.format;
   co.f16_layers = kv.f16_layers;
