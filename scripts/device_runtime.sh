@@ -17,7 +17,7 @@
 # fixtures (reduced models, CPU logits and references) `prepare` copies instead of computing them,
 # PREFILL = N adds `--prefill N` (prefill tokens/s, tiled kernel vs decode path) to the bench,
 # XZ=1 = binaries packed with xz, not gzip; FORMATS = formats benchmarked against f16 (default k4v4), TEST_TIMEOUT / BENCH_TIMEOUT = seconds
-# for test_gpu (300) and each bench (240).
+# for test_gpu (300) and each bench (240). BENCH_ARGS = extra flags for the bench (e.g. "--scale-search on").
 #
 # cuBLAS is linked dynamically (libcublasLt is 540 MB, too large to carry): `run` finds the
 # device's own libcublas.so.13 (CUDA toolkit or PyTorch's wheel) and puts it on LD_LIBRARY_PATH.
@@ -142,6 +142,8 @@ tail -3 "$OUT/cli.err"
 
 args=(bench decode --backend cuda --synthetic llama3-8b --batch "${BATCH:-32}" --context "${CONTEXT:-16384}" --steps 20)
 [[ -n ${PREFILL:-} ]] && args+=(--prefill "$PREFILL" --prefill-chunk "${PREFILL_CHUNK:-2048}")
+# BENCH_ARGS: extra flags for every bench row, e.g. "--scale-search on" (the CLI default of generate).
+[[ -n ${BENCH_ARGS:-} ]] && read -ra extra <<<"$BENCH_ARGS" && args+=("${extra[@]}")
 for kv in ${FORMATS:-k4v4}; do
   timeout "${BENCH_TIMEOUT:-240}" "$D/tqkv" "${args[@]}" --kv "$kv" --json >"$OUT/bench_decode_$kv.json" 2>"$OUT/bench_decode_$kv.err"
   echo "== bench decode $kv rc=$?"
