@@ -81,15 +81,18 @@ Status quantize_and_store(const PagedKVView& view, const float* boundaries_k, co
   const bool aligned = reinterpret_cast<uintptr_t>(k_new) % 16 == 0 && reinterpret_cast<uintptr_t>(v_new) % 16 == 0;
   // Scale search: the tensor-core kernel searches at d = 128 with the Hadamard rotation (staged
   // inputs, the default variant); every other searching call goes to the generic kernel of
-  // quantize_old.cu, and so do searching calls of fewer than kSearchTcMinRows vectors (decode
-  // steps: batch x KV heads), where one warp per vector spreads better over the SMs than the
-  // searching tensor-core tiles (H200, 8B shape, batch 32: 11.66 ms per step with the tensor-core
-  // search, 11.13 with the generic kernel, 10.69 without the search).
-  constexpr long long kSearchTcMinRows = 4096;
-  const bool small_search = view.scale_search != 0 && static_cast<long long>(num_tokens) * view.num_kv_heads < kSearchTcMinRows;
-  if (aligned && !quantize_old_selected() && !small_search) {
+  // quantize_old.cu.
+  // Calls of fewer than kTcMinRows vectors at d = 128 (decode steps: batch x KV heads) go to the
+  // one-warp-per-vector kernels of quantize_old.cu, searching or not: the tensor-core tiles spread
+  // worse over the SMs there (H200, 32 tokens x 8 heads, tqkv_quant_bench: k4v4 2.9 us against
+  // 6.0 us without the search, 10.1 us against 16.1 with it; 8B shape, batch 32: 11.66 ms per
+  // step with the tensor-core search, 11.13 with the generic kernel). At d = 96 the tensor-core
+  // kernel stays faster at that size (9.7 us against 13.9 us), so it keeps every non-searching call.
+  constexpr long long kTcMinRows = 4096;
+  const bool small = static_cast<long long>(num_tokens) * view.num_kv_heads < kTcMinRows;
+  if (aligned && !quantize_old_selected()) {
     bool launched = false;
-    if (d == 128 && view.hadamard_signs) {
+    if (d == 128 && view.hadamard_signs && !small) {
       TQKV_RETURN_IF_ERROR(tc::quantize_tc_d128(a, stream, &launched));
     } else if (d == 96 && !view.scale_search) {
       TQKV_RETURN_IF_ERROR(tc::quantize_tc_d96(a, stream, &launched));

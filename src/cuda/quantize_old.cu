@@ -29,7 +29,19 @@ namespace {
 using detail::warp_sum;
 
 constexpr int kWarpsPerBlock = 8;
-constexpr int kMaxD = 256;
+// Head sizes whose dense rotation quantize_kernel keeps transposed in shared memory (D * D floats:
+// 25 KB at 80, 36 KB at 96, 16 KB at 64). 128 and 256 use the Hadamard rotation by default; a
+// configured dense P at those sizes (64 KB, 256 KB) is read from global memory as before.
+template <int D>
+inline constexpr bool kStagePT = D <= 96;
+template <int D>
+inline constexpr int kDenseSmemBytes = kStagePT<D> ? D * D * 4 : 0;
+// Static (xs, idx_scratch, tables) + dynamic shared memory within the 48 KB a launch gets without
+// the cudaFuncAttributeMaxDynamicSharedMemorySize opt-in (d = 96: 47,872 bytes), so no host call
+// that a stream capture could object to is needed.
+template <int D>
+inline constexpr bool kSmemFits = 72 * D + 4096 + kDenseSmemBytes<D> <= 48 * 1024;
+static_assert(kSmemFits<64> && kSmemFits<80> && kSmemFits<96> && kSmemFits<128> && kSmemFits<256>);
 
 __device__ __forceinline__ float load_in(const void* p, DType t, size_t i) {
   return t == DType::kF32 ? static_cast<const float*>(p)[i]
@@ -90,23 +102,54 @@ __device__ void encode_store(const float* ys, float norm, uint8_t* idx_scratch, 
   }
   float alpha = 1.f;
   if (search && norm > 0.f) {  // the caller passes search only where scale_search_applies
+    // The pre-scales are evaluated G at a time with their binary searches and warp sums
+    // interleaved (G * kPer independent lookup chains, 2 G independent shuffle chains): a decode
+    // step quantizes one vector per warp, so the latency of seven serial passes was the cost.
+    // Same sums in the same order as one pass per pre-scale, so the same choice.
+    constexpr int G = kPer <= 2 ? kScaleSearchSteps : kPer <= 4 ? 4 : 1;  // within the 80 registers of 3 blocks / SM
     float best = -1.f;
-    for (int ai = 0; ai < kScaleSearchSteps; ++ai) {
-      const float al = scale_search_alpha(ai);
-      float yc = 0.f, cc = 0.f;
 #pragma unroll
-      for (int k = 0; k < kPer; ++k) {
-        const float t = y[k] * al;
-        uint32_t i = 0;
-        for (int s = levels >> 1; s >= 1; s >>= 1) i += t > bnd[i + s - 1] ? s : 0;
-        const float c = lane + 32 * k < D ? centroids[i] : 0.f;
-        yc = fmaf(y[k], c, yc);
-        cc = fmaf(c, c, cc);
+    for (int a0 = 0; a0 < kScaleSearchSteps; a0 += G) {
+      uint32_t qi[G][kPer];
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) qi[g][k] = 0;
+      for (int s = levels >> 1; s >= 1; s >>= 1) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          if (a0 + g >= kScaleSearchSteps) continue;
+          const float al = scale_search_alpha(a0 + g);
+#pragma unroll
+          for (int k = 0; k < kPer; ++k) qi[g][k] += y[k] * al > bnd[qi[g][k] + s - 1] ? s : 0;
+        }
       }
-      yc = warp_sum(yc);
-      cc = warp_sum(cc);
-      const float jv = cc > 0.f ? yc * yc / cc : 0.f;
-      if (jv > best) best = jv, alpha = al;
+      float yc[G], cc[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        yc[g] = 0.f;
+        cc[g] = 0.f;
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) {
+          const float c = lane + 32 * k < D ? centroids[qi[g][k]] : 0.f;
+          yc[g] = fmaf(y[k], c, yc[g]);
+          cc[g] = fmaf(c, c, cc[g]);
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {  // warp_sum's order, all 2 G sums in step
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          yc[g] += __shfl_xor_sync(0xffffffffu, yc[g], o);
+          cc[g] += __shfl_xor_sync(0xffffffffu, cc[g], o);
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        if (a0 + g >= kScaleSearchSteps) continue;
+        const float jv = cc[g] > 0.f ? yc[g] * yc[g] / cc[g] : 0.f;
+        if (jv > best) best = jv, alpha = scale_search_alpha(a0 + g);
+      }
     }
     alpha = __shfl_sync(0xffffffffu, alpha, 0);  // one decision for the whole warp
 #pragma unroll
@@ -191,11 +234,25 @@ template <int D>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const QuantArgs a) {
   constexpr bool kPow2 = (D & (D - 1)) == 0;
   constexpr int E = kPow2 ? D / 32 : 1;
-  __shared__ float xs[kWarpsPerBlock][2][kMaxD];
-  __shared__ __align__(16) uint8_t idx_scratch[kWarpsPerBlock][kMaxD];
+  __shared__ float xs[kWarpsPerBlock][2][D];
+  __shared__ __align__(16) uint8_t idx_scratch[kWarpsPerBlock][D];
   __shared__ float tables[2][2][256];  // [side][boundaries, centroids]
+  // kStagePT: the dense rotation's transpose in shared memory (dynamic, kDenseSmemBytes), so that
+  // lane i reads P[i][j] at pt[j * D + i], 32 consecutive words per load; read from global memory
+  // instead, every load of the product touched 32 rows' cache lines, and the kernel was bound by
+  // those L1 wavefronts (about 90 us for a decode step of 256 vectors at d = 96, 20 ms for 32768).
+  extern __shared__ float pt[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const PagedKVView& v = a.view;
+  if constexpr (kStagePT<D>) {
+    // rotation is null when both sides are fp16 (nothing is rotated then)
+    if (v.rotation != nullptr && !(kPow2 && v.hadamard_signs != nullptr)) {
+      for (int e = threadIdx.x; e < D * D; e += blockDim.x) {  // coalesced reads, transposed writes
+        const int i = e / D, j = e - i * D;
+        pt[j * D + i] = v.rotation[e];
+      }
+    }
+  }
   for (int s = 0; s < 2; ++s) {
     const KVSideView& side = s == 0 ? v.k : v.v;
     if (side.bits == kF16Bits) continue;
@@ -285,15 +342,27 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
           if (lane + 32 * k < D) stage[lane + 32 * k] = xr[k];
         __syncwarp();
         float yr[(D + 31) / 32];
+        if constexpr (kStagePT<D>) {  // the same fmaf chain per output, P from the shared transpose
 #pragma unroll
-        for (int k = 0; k < (D + 31) / 32; ++k) {
-          const int i = lane + 32 * k;
-          float acc = 0.f;
-          if (i < D) {
-            const float* pr = v.rotation + static_cast<size_t>(i) * D;
-            for (int j = 0; j < D; ++j) acc = fmaf(pr[j], stage[j], acc);
+          for (int k = 0; k < (D + 31) / 32; ++k) yr[k] = 0.f;
+#pragma unroll 4
+          for (int j = 0; j < D; ++j) {
+            const float xj = stage[j];
+#pragma unroll
+            for (int k = 0; k < (D + 31) / 32; ++k)
+              if (lane + 32 * k < D) yr[k] = fmaf(pt[j * D + lane + 32 * k], xj, yr[k]);
           }
-          yr[k] = acc;
+        } else {
+#pragma unroll
+          for (int k = 0; k < (D + 31) / 32; ++k) {
+            const int i = lane + 32 * k;
+            float acc = 0.f;
+            if (i < D) {
+              const float* pr = v.rotation + static_cast<size_t>(i) * D;
+              for (int j = 0; j < D; ++j) acc = fmaf(pr[j], stage[j], acc);
+            }
+            yr[k] = acc;
+          }
         }
         __syncwarp();
 #pragma unroll
@@ -615,16 +684,19 @@ Status launch_quantize_old(const QuantArgs& a, cudaStream_t stream) {
   // the kernel loops over the rest (grid-stride), so per-block set-up is paid once per block.
   const long long blocks = (items + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const int grid = static_cast<int>(std::min<long long>(blocks, 3LL * sms));
+  auto launch = [&](auto kernel, int smem) -> Status {
+    kernel<<<grid, kWarpsPerBlock * 32, smem, stream>>>(a);
+    TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return Status::ok();
+  };
   switch (d) {
-    case 64: quantize_kernel<64><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
-    case 80: quantize_kernel<80><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
-    case 96: quantize_kernel<96><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
-    case 128: quantize_kernel<128><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
-    case 256: quantize_kernel<256><<<grid, kWarpsPerBlock * 32, 0, stream>>>(a); break;
+    case 64: return launch(quantize_kernel<64>, kDenseSmemBytes<64>);
+    case 80: return launch(quantize_kernel<80>, kDenseSmemBytes<80>);
+    case 96: return launch(quantize_kernel<96>, kDenseSmemBytes<96>);
+    case 128: return launch(quantize_kernel<128>, kDenseSmemBytes<128>);
+    case 256: return launch(quantize_kernel<256>, kDenseSmemBytes<256>);
     default: return unsupported("head_dim");
   }
-  TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return Status::ok();
 }
 
 }  // namespace tqkv::cuda

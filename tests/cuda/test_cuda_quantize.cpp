@@ -14,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/quantize_internal.h"
 #include "cuda/quantize_tc.cuh"
 #include "cuda_test_util.h"
 #include "paged_fixture.h"
@@ -261,9 +262,15 @@ void run_tc_case(int d, int kb, int vb, bool f32, bool crowd) {
       din[side] = up(h);
     }
   }
-  const Status st = quantize_and_store(view, dbnd[0], dbnd[1], din[0], din[1], f32 ? DType::kF32 : DType::kF16,
-                                       static_cast<const int64_t*>(up(slots)), n, nullptr);
+  // Called directly: quantize_and_store sends calls this small (265 vectors) at d = 128 to the
+  // one-warp-per-vector kernels (kTcMinRows in quantize.cu).
+  ASSERT_TRUE(check_quant_view(view).is_ok());
+  const QuantArgs qa{view, {dbnd[0], dbnd[1]}, {din[0], din[1]}, f32 ? DType::kF32 : DType::kF16,
+                     static_cast<const int64_t*>(up(slots)), n};
+  bool launched = false;
+  const Status st = d == 128 ? tc::quantize_tc_d128(qa, nullptr, &launched) : tc::quantize_tc_d96(qa, nullptr, &launched);
   ASSERT_TRUE(st.is_ok()) << st.to_string();
+  ASSERT_TRUE(launched) << "the tensor-core kernel did not take the call";
   TQKV_CUDA_ASSERT(cudaDeviceSynchronize());
   int near_ties = 0;
   std::vector<bool> written(pool_slots, false);

@@ -14,7 +14,7 @@
 // Kernels: at d = 128 (Hadamard) the tensor-core kernel searches (quantize_tc_impl.cuh); it is
 // called directly (tc::quantize_tc_d128, which must launch) and checked against the CPU like the
 // generic kernel (quantize_and_store sends these small calls to the generic kernel; see
-// kSearchTcMinRows in quantize.cu); the generic kernel (TQKV_CUDA_QUANT=old) is checked against
+// kTcMinRows in quantize.cu); the generic kernel (TQKV_CUDA_QUANT=old) is checked against
 // the CPU at d = 128 too.
 // Other head sizes: the generic kernel. fp16 inputs: the reference is the searching CPU codec on the
 // fp16-rounded inputs (the same codec object as the cache's).
