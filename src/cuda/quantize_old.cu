@@ -4,8 +4,8 @@
 // with the scale search (PagedKVView::scale_search) except d = 128 Hadamard calls of >= 4096
 // vectors, and every call when TQKV_CUDA_QUANT=old.
 //
-// quantize_kernel (any head size): one warp per (token, kv head): it loads the K and the V vector
-// together (both loads in flight before any arithmetic), then for each TurboQuant side rotates
+// quantize_kernel (any head size): one warp per (token, kv head, side), the next item's input
+// loaded while the current one is encoded; a TurboQuant side is rotated
 // (fast Walsh-Hadamard across the warp when view.hadamard_signs is set and head_dim is a power of
 // two, else the dense P), finds each coordinate's codebook index by binary search over the
 // decision boundaries, and stores the packed indices and the norm-corrected fp16 scale
@@ -264,24 +264,27 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
   }
   __syncthreads();
   const int H = v.num_kv_heads;
-  const long long total = static_cast<long long>(a.num_tokens) * H;
+  // One warp per (token, KV head, side): item 2 i is the K vector of (token, head) i, 2 i + 1 its V
+  // vector, so a decode step's K and V are encoded by two warps at once (the kernel's time there
+  // is one warp's instruction latency, ~3,700 instructions for both sides with the scale search).
+  const long long total = 2LL * a.num_tokens * H;
   const bool fast = kPow2 && v.hadamard_signs != nullptr;
   const float inv_sqrt_d = rsqrtf(static_cast<float>(D));
   float sg[kPow2 ? E : 1];  // this lane's Hadamard signs, loaded once
 #pragma unroll
   for (int e = 0; e < (kPow2 ? E : 1); ++e) sg[e] = fast ? v.hadamard_signs[lane * E + e] : 1.f;
 
-  auto process_item = [&](long long item, const float (&xcur)[2][kPow2 ? E : 1]) {
-    const int it32 = static_cast<int>(item);  // < 2^31 (checked on the host)
+  auto process_item = [&](long long item, const float (&xcur)[kPow2 ? E : 1]) {
+    const int it32 = static_cast<int>(item >> 1);  // < 2^31 (checked on the host)
+    const int s_item = static_cast<int>(item & 1);  // 0 = K, 1 = V
     const int token = it32 / H, head = it32 - token * H;
     const int64_t slot = a.slots[token];
     if (slot < 0) return;
     const int page = static_cast<int>(slot / v.page_size), row = static_cast<int>(slot % v.page_size);
-    const size_t base = static_cast<size_t>(item) * D;
+    const size_t base = static_cast<size_t>(it32) * D;
 
     const auto& x = xcur;
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
+    for (int s = s_item; s == s_item; ++s) {  // this item's side (a loop for its `continue`s)
       const KVSideView& side = s == 0 ? v.k : v.v;
       uint8_t* tile = s == 0 ? v.k_tile(page, head) : v.v_tile(page, head);
       float* ys = xs[warp][s];
@@ -290,7 +293,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
         if constexpr (kPow2) {  // E halves per lane, stored as E/2 words (rows are 2D-byte aligned)
           uint32_t* d32 = reinterpret_cast<uint32_t*>(dst + lane * E);
 #pragma unroll
-          for (int e = 0; e < E; e += 2) d32[e / 2] = detail::pack_half2(x[s][e], x[s][e + 1]);
+          for (int e = 0; e < E; e += 2) d32[e / 2] = detail::pack_half2(x[e], x[e + 1]);
         } else {
           for (int j = lane; j < D; j += 32)
             dst[j] = __half_as_ushort(__float2half_rn(load_in(a.src[s], a.in_type, base + j)));
@@ -303,7 +306,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
         if constexpr (kPow2) {
           float y[E];
 #pragma unroll
-          for (int e = 0; e < E; ++e) { y[e] = x[s][e]; n2 = fmaf(y[e], y[e], n2); }
+          for (int e = 0; e < E; ++e) { y[e] = x[e]; n2 = fmaf(y[e], y[e], n2); }
           fwht_warp<E>(y, sg, lane, inv_sqrt_d);
           if (search) {  // the searching encoder reads the rotated vector from shared memory
 #pragma unroll
@@ -334,8 +337,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
           xr[k] = j < D ? load_in(a.src[s], a.in_type, base + j) : 0.f;
           n2 = fmaf(xr[k], xr[k], n2);
         }
-        // Stage x in idx-free scratch (the other side's buffer is not in use yet for s == 0;
-        // for s == 1 side 0 has been stored already), then compute y into ys.
+        // Stage x in the other side's buffer (a warp encodes one side), then compute y into ys.
         float* stage = xs[warp][1 - s];
 #pragma unroll
         for (int k = 0; k < (D + 31) / 32; ++k)
@@ -377,23 +379,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
   };
   // Inputs of the next item are loaded while the current one is processed (one item is only
   // 2 * D * 2 bytes per warp).
-  float xc[2][kPow2 ? E : 1], xn[2][kPow2 ? E : 1];
-  auto load_item = [&](long long item, float (&x)[2][kPow2 ? E : 1]) {
-    const size_t base = static_cast<size_t>(item) * D;
+  float xc[kPow2 ? E : 1], xn[kPow2 ? E : 1];  // the item's side only
+  auto load_item = [&](long long item, float (&x)[kPow2 ? E : 1]) {
+    const size_t base = static_cast<size_t>(item >> 1) * D;
     if constexpr (kPow2) {
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
+      const int s = static_cast<int>(item & 1);  // only this item's side
+      {
         if (a.in_type == DType::kF16 && E % 2 == 0) {  // paired loads (lane chunks are 4-byte aligned)
           const __half2* src = reinterpret_cast<const __half2*>(static_cast<const __half*>(a.src[s]) + base + lane * E);
 #pragma unroll
           for (int e = 0; e < E; e += 2) {
             const float2 f = __half22float2(src[e / 2]);
-            x[s][e] = f.x;
-            x[s][e + 1] = f.y;
+            x[e] = f.x;
+            x[e + 1] = f.y;
           }
         } else {
 #pragma unroll
-          for (int e = 0; e < E; ++e) x[s][e] = load_in(a.src[s], a.in_type, base + lane * E + e);
+          for (int e = 0; e < E; ++e) x[e] = load_in(a.src[s], a.in_type, base + lane * E + e);
         }
       }
     }
@@ -405,9 +407,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3) quantize_kernel(const 
     if (item + stride < total) load_item(item + stride, xn);
     process_item(item, xc);
 #pragma unroll
-    for (int s = 0; s < 2; ++s)
-#pragma unroll
-      for (int e = 0; e < (kPow2 ? E : 1); ++e) xc[s][e] = xn[s][e];
+    for (int e = 0; e < (kPow2 ? E : 1); ++e) xc[e] = xn[e];
   }
 }
 
