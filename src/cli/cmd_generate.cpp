@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cli/command_registry.h"
+#include "cli/kv_transform_flags.h"
 #include "tqkv/chat_template.h"
 #include "tqkv/generate.h"
 #ifdef TQKV_HAVE_GPU_RUNTIME
@@ -31,9 +32,7 @@ struct Options {
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "keys";  // keys (the CPU default) or none
   std::vector<int> k8_layers;
-  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
-  std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
-  std::string scale_search = "default";  // on (the default, CPU and GPU runtimes) or off
+  tqkv::cli::KvTransformFlags tf;  // --smooth-keys, --scale-search, --sink-tokens
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -100,10 +99,10 @@ int run(const Options& o) {
   tqkv::KvOptions ko;
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
-  ko.smooth_keys = o.smooth_keys != "off";
-  ko.scale_search = o.scale_search != "off";
+  ko.smooth_keys = o.tf.smooth();
+  ko.scale_search = o.tf.search();
   ko.k8_layers = o.k8_layers;
-  ko.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
+  ko.sink_tokens = o.tf.sinks();
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +
@@ -149,6 +148,10 @@ int run(const Options& o) {
     json j;
     j["model"] = o.model;
     j["kv"] = o.kv;
+    j["center_keys"] = ko.center_keys;
+    j["smooth_keys"] = ko.smooth_keys;
+    j["scale_search"] = ko.scale_search;
+    j["sink_tokens"] = ko.sink_tokens;
     j["prompt_tokens"] = st->prompt_tokens;
     j["generated_tokens"] = st->generated;
     j["text"] = out_text;
@@ -189,19 +192,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "keys (default): exact key centering before quantization (docs/formats.md); none: the plain codec "
                  "(CPU and GPU runtimes)")
       ->check(CLI::IsMember({"keys", "none"}));
-  sub.add_option("--smooth-keys", o->smooth_keys,
-                 "on (default): exact per-channel key smoothing before quantization (docs/formats.md); off: "
-                 "without (CPU and GPU runtimes)")
-      ->check(CLI::IsMember({"default", "on", "off"}));
-  sub.add_option("--scale-search", o->scale_search,
-                 "on (default): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest (same format, "
-                 "lower error; docs/formats.md); off: plain encoding (CPU and GPU runtimes)")
-      ->check(CLI::IsMember({"default", "on", "off"}));
+  o->tf.add_to(sub, /*sinks_per_chunk=*/false);
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (CPU), e.g. 11")->delimiter(',')->allow_extra_args(false);
-  sub.add_option("--sink-tokens", o->sink_tokens,
-                 "Tokens at the start kept in f16 in compressed layers (attention sinks, docs/formats.md; default 4 "
-                 "on the CPU and the GPU runtime, 0 = off)")
-      ->check(CLI::Range(0, 16));
   sub.add_option("--ctx", o->ctx, "KV cache capacity in tokens (default: prompt + n)");
   sub.add_option("--temp", o->s.temperature, "Temperature; 0 = greedy (default 0)");
   sub.add_option("--top-k", o->s.top_k, "Top-k (default 40; 0 = off)");

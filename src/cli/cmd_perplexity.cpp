@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli/command_registry.h"
+#include "cli/kv_transform_flags.h"
 #include "tqkv/generate.h"
 #ifdef TQKV_HAVE_GPU_RUNTIME
 #include "tqkv/gpu_model.h"
@@ -27,9 +28,7 @@ struct Options {
   bool as_json = false;
   bool no_compare = false;
   std::vector<int> f16_layers, k8_layers;
-  int sink_tokens = -1;  // -1: KvOptions::kDefaultSinkTokens (CPU and GPU runtimes)
-  std::string smooth_keys = "default";  // on (the default, CPU and GPU runtimes) or off
-  std::string scale_search = "default";  // on (the default, CPU and GPU runtimes) or off
+  tqkv::cli::KvTransformFlags tf;  // --smooth-keys, --scale-search, --sink-tokens
   std::string device = "cpu";  // cpu or cuda (the GPU runtime, include/tqkv/gpu_model.h)
   std::string center = "default";  // none, keys, values, kv, default (KvOptions' defaults)
   std::string emulate;
@@ -87,7 +86,7 @@ int run(const Options& o) {
   if (o.device != "cpu" && !o.k8_layers.empty())
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
-  po.sink_tokens = o.sink_tokens >= 0 ? o.sink_tokens : tqkv::KvOptions::kDefaultSinkTokens;
+  po.sink_tokens = o.tf.sinks();
   // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
   // value centering is implemented by the CPU runtime only.
   const std::string center = o.center != "default" ? o.center : "keys";
@@ -95,8 +94,8 @@ int run(const Options& o) {
     return fail("--center", tqkv::unsupported("value centering is implemented by the CPU runtime only"));
   po.center_keys = center == "keys" || center == "kv";
   po.center_values = center == "values" || center == "kv";
-  po.smooth_keys = o.smooth_keys != "off";
-  po.scale_search = o.scale_search != "off";
+  po.smooth_keys = o.tf.smooth();
+  po.scale_search = o.tf.search();
   if (o.device != "cpu" && !o.emulate.empty())
     return fail("--emulate", tqkv::unsupported("this evaluation runs on the CPU runtime only"));
   po.emulate = o.emulate;
@@ -185,21 +184,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--k8-layers", o->k8_layers, "Layers that keep 8-bit keys (negative counts from the end), e.g. 11")
       ->delimiter(',')->allow_extra_args(false);
   sub.add_flag("--no-compare", o->no_compare, "Do not run the f16 comparison");
-  sub.add_option("--sink-tokens", o->sink_tokens,
-                 "Tokens at the start of each chunk kept in f16 in compressed layers (attention sinks, "
-                 "docs/formats.md; default 4 on the CPU and the GPU runtime, 0 = off)")
-      ->check(CLI::Range(0, 16));
+  o->tf.add_to(sub, /*sinks_per_chunk=*/true);
   sub.add_option("--center", o->center,
                  "Exact centering before quantization: keys (default), none, values, kv (values: CPU only)")
       ->check(CLI::IsMember({"default", "none", "keys", "values", "kv"}));
-  sub.add_option("--scale-search", o->scale_search,
-                 "on (default): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest (same format, "
-                 "lower error; docs/formats.md); off: plain encoding (CPU and GPU runtimes)")
-      ->check(CLI::IsMember({"default", "on", "off"}));
-  sub.add_option("--smooth-keys", o->smooth_keys,
-                 "on (default): exact per-channel key smoothing before quantization (docs/formats.md); off: "
-                 "without (CPU and GPU runtimes)")
-      ->check(CLI::IsMember({"default", "on", "off"}));
   sub.add_option("--emulate", o->emulate,
                  "Evaluation only: q4_0h = llama.cpp's Hadamard-rotated q4_0 KV cache (4.5 bits), emulated in an f16 cache")
       ->check(CLI::IsMember({"q4_0h"}));

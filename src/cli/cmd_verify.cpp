@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cli/command_registry.h"
+#include "cli/kv_transform_flags.h"
 #include "tqkv/generate.h"
 #include "tqkv/tokenizer.h"
 #ifdef TQKV_HAVE_GPU_RUNTIME
@@ -43,9 +44,7 @@ struct Options {
   int ctx = 512;
   int chunks = 4;
   std::vector<int> f16_layers, k8_layers;
-  int sink_tokens = tqkv::KvOptions::kDefaultSinkTokens;  // attention sinks (docs/formats.md)
-  std::string smooth_keys = "on";  // exact per-channel key smoothing (docs/formats.md)
-  std::string scale_search = "default";  // on (the default, CPU and GPU runtimes) or off
+  tqkv::cli::KvTransformFlags tf;  // --smooth-keys, --scale-search, --sink-tokens
   std::string center = "keys";       // exact key centering, as tqkv generate / perplexity default to
   double max_kld = 0.05;             // mean KL(P_f16 || P_format), nats
   double min_top1 = 0.85;            // fraction of positions with the same argmax
@@ -132,9 +131,9 @@ int run(const Options& o) {
   po.per_layer = true;
   po.center_keys = o.center == "keys" || o.center == "kv";
   po.center_values = o.center == "values" || o.center == "kv";
-  po.sink_tokens = o.sink_tokens;
-  po.smooth_keys = o.smooth_keys == "on";
-  po.scale_search = o.scale_search != "off";
+  po.sink_tokens = o.tf.sinks();
+  po.smooth_keys = o.tf.smooth();
+  po.scale_search = o.tf.search();
   po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
@@ -178,7 +177,7 @@ int run(const Options& o) {
     j["layer_error_source"] = layer_source;
     j["verdict"] = pass ? "PASS" : "FAIL";
     j["center"] = o.center;
-    j["sink_tokens"] = o.sink_tokens;
+    j["sink_tokens"] = po.sink_tokens;
     j["smooth_keys"] = po.smooth_keys;
     j["scale_search"] = po.scale_search;
     j["ppl"] = r->ppl;
@@ -254,17 +253,7 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--center", o->center,
                  "Exact mean subtraction before quantizing: none, keys (default), values, kv (docs/formats.md)")
       ->check(CLI::IsMember({"none", "keys", "values", "kv"}));
-  sub.add_option("--scale-search", o->scale_search,
-                 "on (default): the TurboQuant encoder tries 7 pre-scales per vector and keeps the closest (same format, "
-                 "lower error; docs/formats.md); off: plain encoding (CPU and GPU runtimes)")
-      ->check(CLI::IsMember({"default", "on", "off"}));
-  sub.add_option("--smooth-keys", o->smooth_keys,
-                 "Exact per-channel key smoothing before quantizing: on (default), off (docs/formats.md)")
-      ->check(CLI::IsMember({"on", "off"}));
-  sub.add_option("--sink-tokens", o->sink_tokens,
-                 "Tokens at the start of each chunk kept in f16 in compressed layers (attention sinks, "
-                 "docs/formats.md; default 4, 0 = off)")
-      ->check(CLI::Range(0, 16));
+  o->tf.add_to(sub, /*sinks_per_chunk=*/true);
   sub.add_option("--max-kld", o->max_kld, "PASS needs mean KL divergence vs f16 at most this (nats; default 0.05)");
   sub.add_option("--min-top1", o->min_top1, "PASS needs top-1 agreement with f16 at least this (default 0.85)");
   sub.add_option("--max-ppl-increase", o->max_ppl_increase,
