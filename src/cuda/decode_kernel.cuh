@@ -128,12 +128,16 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   // Head size 96, 4-bit side: the chunk as two aligned runs (SplitChunk).
   constexpr bool kKRuns = MODE == 6 && D == 96 && KB == 4;
   constexpr bool kVRuns = MODE == 6 && D == 96 && VB == 4;
-  // Head size 128, 4-bit V (64-byte rows): the V tile's 16-byte chunks XOR-swizzled inside each
-  // 128-byte line (chunk j of line L at j ^ 2 (L & 3)), so the 8-byte row loads of the lanes
-  // (rows 2t, 2t + 1, ...: all rows 2t start in bank 0) hit 32 different banks instead of 4-way
-  // conflicts. The tile's scales (line 8) stay in place.
-  constexpr bool kVSwz = MODE == 6 && D == 128 && VB == 4;
-  auto vswz = [](int b) { return kVSwz ? (b & ~0x70) | ((((b >> 4) & 7) ^ (((b >> 7) & 3) << 1)) << 4) : b; };
+  // Head sizes 128 and 256, 4-bit V (rows of 64 / 128 bytes): the V tile's 16-byte chunks
+  // XOR-swizzled inside each 128-byte line, chunk j of line L at j ^ 2 ((b >> S) & 3) with
+  // S = log2(2 x row bytes) (d128: the line's own index, L & 3; d256: the row pair's, (L >> 1) & 3),
+  // so the row loads of the lanes (rows 2t, 2t + 1, ...: all rows 2t start in bank 0) hit
+  // different banks instead of 4-way conflicts. The tile's scales (line 8 / 16) stay in place.
+  constexpr bool kVSwz = MODE == 6 && (D == 128 || D == 256) && VB == 4;
+  constexpr int kVSwzShift = D == 256 ? 8 : 7;
+  auto vswz = [](int b) {
+    return kVSwz ? (b & ~0x70) | ((((b >> 4) & 7) ^ (((b >> kVSwzShift) & 3) << 1)) << 4) : b;
+  };
   // v2 merge rows: coordinate c of head h at h * kSx + c + c / (D / 8) (one pad word per lane
   // group g), so one store instruction of the 32 lanes hits 32 different banks.
   constexpr int kSx = V2 ? D + 12 : D;
@@ -260,7 +264,10 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const uint8_t* k_base = view.k.pages + static_cast<size_t>(kv_head) * Cfg::kTileK + lane * 16;
   const uint8_t* v_base = view.v.pages + static_cast<size_t>(kv_head) * Cfg::kTileV + lane * 16;
   uint8_t* ring_lane = my_ring + lane * 16;
-  const int vdelta = vswz(lane * 16) - lane * 16;  // (kVSwz) the lane's V chunk, swizzled; o % 512 == 0
+  // (kVSwz) the lane's V chunk, swizzled: the shift for copy offset o depends on o only through
+  // (o >> kVSwzShift) & 3, i.e. on o % 1024 at d = 256 (o is a multiple of 512), not at all at 128.
+  const int vdelta = vswz(lane * 16) - lane * 16;
+  const int vdelta512 = vswz(512 + lane * 16) - (512 + lane * 16);
   int issue_slot = 0;  // ring slot of the next page to issue (= i % kStages, kept incrementally)
   uint64_t* my_mbar = mbar + warp * Cfg::kStages;
   if constexpr (BULK) {
@@ -297,7 +304,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       if (o + lane * 16 < Cfg::kTileK) cp_async16(dst + o, ksrc + o);
 #pragma unroll
     for (int o = 0; o < Cfg::kTileV; o += 32 * 16)
-      if (o + lane * 16 < Cfg::kTileV) cp_async16(dst + Cfg::kTileK + o + vdelta, vsrc + o);
+      if (o + lane * 16 < Cfg::kTileV)
+        cp_async16(dst + Cfg::kTileK + o + (o % 1024 == 512 && o < 16 * D * VB / 8 ? vdelta512 : vdelta), vsrc + o);
   };
 #pragma unroll
   for (int i = 0; i < Cfg::kStages - 1; ++i) {
@@ -477,7 +485,15 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
         v1.load(vtile, (2 * t + 1) * row + 4 * g, (2 * t + 1) * row + 32 + 2 * g);
         v8.load(vtile, (2 * t + 8) * row + 4 * g, (2 * t + 8) * row + 32 + 2 * g);
         v9.load(vtile, (2 * t + 9) * row + 4 * g, (2 * t + 9) * row + 32 + 2 * g);
-      } else if constexpr (kVSwz) {  // rows of 64 bytes, chunk g at byte 8g, swizzled:
+      } else if constexpr (kVSwz && D == 256) {  // rows of 128 bytes, chunk g at byte 16g, swizzled
+        // (loop-invariant offsets: t and g are fixed per lane)
+        constexpr int row = D * VB / 8;
+        const int b0 = 2 * t * row + 16 * g;
+        v0.load(vtile, vswz(b0) * 8);
+        v1.load(vtile, vswz(b0 + row) * 8);
+        v8.load(vtile, vswz(b0 + 8 * row) * 8);
+        v9.load(vtile, vswz(b0 + 9 * row) * 8);
+      } else if constexpr (kVSwz) {  // d = 128: rows of 64 bytes, chunk g at byte 8g, swizzled:
         // vswz(128 t + 8 g) = 128 t + (8 g ^ 32 t); row 2t + 1 is chunk ^ 4, rows + 8 are + 512
         const int vo = 128 * t + ((8 * g) ^ (32 * t));
         v0.load(vtile, vo * 8);
