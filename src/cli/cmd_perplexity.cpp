@@ -12,6 +12,7 @@
 
 #include "cli/command_registry.h"
 #include "cli/kv_transform_flags.h"
+#include "cli/text_eval_input.h"
 #include "tqkv/generate.h"
 #ifdef TQKV_HAVE_GPU_RUNTIME
 #include "tqkv/gpu_model.h"
@@ -57,24 +58,11 @@ tqkv::Result<tqkv::PerplexityResult> perplexity_on_gpu(const tqkv::Model& model,
 int run(const Options& o) {
   auto fmt = tqkv::parse_kv_format(o.kv);
   if (!fmt.is_ok()) return fail("--kv", fmt.status());
-  std::ifstream in(o.text, std::ios::binary);
-  if (!in) return fail(o.text, tqkv::io_error("cannot open the text file"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
-  // Tokenize only what the chunks need (English runs ~4 bytes per token; 16 leaves room).
-  if (o.chunks > 0) {
-    const size_t want = static_cast<size_t>(o.chunks) * o.ctx * 16;
-    if (text.size() > want) text.resize(want);
-  }
-  std::fprintf(stderr, "loading %s ...\n", o.model.c_str());
-  auto model = tqkv::Model::load(o.model);
-  if (!model.is_ok()) return fail(o.model, model.status());
-  auto tok = tqkv::Tokenizer::from_gguf((*model)->gguf());
-  if (!tok.is_ok()) return fail("tokenizer", tok.status());
-  std::fprintf(stderr, "tokenizing %zu bytes ...\n", text.size());
-  auto ids = (*tok)->encode(text, false, false);
-  if (!ids.is_ok()) return fail("tokenize", ids.status());
+  // Tokenize only what the chunks need (all of the text without --chunks).
+  std::string what;
+  auto in = tqkv::cli::load_text_eval_input(o.model, o.text, o.chunks > 0 ? static_cast<size_t>(o.chunks) * o.ctx * 16 : 0,
+                                            "", &what);
+  if (!in.is_ok()) return fail(what, in.status());
 
   tqkv::PerplexityOptions po;
   po.ctx = o.ctx;
@@ -85,7 +73,7 @@ int run(const Options& o) {
   po.k8_layers = o.k8_layers;
   if (o.device != "cpu" && !o.k8_layers.empty())
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
-  po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
+  po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
   po.sink_tokens = o.tf.sinks();
   // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
   // value centering is implemented by the CPU runtime only.
@@ -107,8 +95,8 @@ int run(const Options& o) {
                  done, total);
     if (done == total) std::fprintf(stderr, "\n");
   };
-  auto r = o.device == "cuda" ? perplexity_on_gpu(**model, *ids, po, progress)
-                              : tqkv::evaluate_perplexity(**model, *ids, po, progress);
+  auto r = o.device == "cuda" ? perplexity_on_gpu(*in->model, in->ids, po, progress)
+                              : tqkv::evaluate_perplexity(*in->model, in->ids, po, progress);
   if (!r.is_ok()) return fail("perplexity", r.status());
   if (o.as_json) {
     json j;

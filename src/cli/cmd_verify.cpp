@@ -29,6 +29,7 @@
 
 #include "cli/command_registry.h"
 #include "cli/kv_transform_flags.h"
+#include "cli/text_eval_input.h"
 #include "tqkv/generate.h"
 #include "tqkv/tokenizer.h"
 #ifdef TQKV_HAVE_GPU_RUNTIME
@@ -101,24 +102,12 @@ int run(const Options& o) {
   if (!fmt.is_ok()) return fail("--kv", fmt.status());
   if (fmt->k_bits == 16 && fmt->v_bits == 16)
     return fail("--kv", tqkv::invalid_argument("f16 is the reference; verify a compressed format (k8v4, k4v4, ...)"));
-  std::ifstream in(o.text, std::ios::binary);
-  if (!in)
-    return fail(o.text, tqkv::io_error("cannot open the text file (`make models` fetches data/pride_and_prejudice.txt)"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
-  const size_t want = static_cast<size_t>(o.chunks) * o.ctx * 16;  // ~4 bytes a token; 4x margin
-  if (text.size() > want) text.resize(want);
-
-  std::fprintf(stderr, "loading %s ...\n", o.model.c_str());
-  auto model = tqkv::Model::load(o.model);
-  if (!model.is_ok()) return fail(o.model, model.status());
-  auto tok = tqkv::Tokenizer::from_gguf((*model)->gguf());
-  if (!tok.is_ok()) return fail("tokenizer", tok.status());
-  auto ids = (*tok)->encode(text, false, false);
-  if (!ids.is_ok()) return fail("tokenize", ids.status());
-  if (static_cast<int64_t>(ids->size()) < o.ctx)
-    return fail(o.text, tqkv::invalid_argument("the text holds " + std::to_string(ids->size()) +
+  std::string what;
+  auto in = tqkv::cli::load_text_eval_input(o.model, o.text, static_cast<size_t>(o.chunks) * o.ctx * 16,
+                                            " (`make models` fetches data/pride_and_prejudice.txt)", &what);
+  if (!in.is_ok()) return fail(what, in.status());
+  if (static_cast<int64_t>(in->ids.size()) < o.ctx)
+    return fail(o.text, tqkv::invalid_argument("the text holds " + std::to_string(in->ids.size()) +
                                                " tokens, fewer than one chunk of --ctx " + std::to_string(o.ctx)));
 
   tqkv::PerplexityOptions po;
@@ -134,14 +123,14 @@ int run(const Options& o) {
   po.sink_tokens = o.tf.sinks();
   po.smooth_keys = o.tf.smooth();
   po.scale_search = o.tf.search();
-  po.bos_id = (*tok)->add_bos() ? (*tok)->bos_id() : -1;
+  po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;
     std::fprintf(stderr, "\r  [%.*s%*s] %d/%d chunks", fill, "==============================", width - fill, "",
                  done, total);
     if (done == total) std::fprintf(stderr, "\n");
   };
-  auto r = gpu ? evaluate_on_gpu(**model, *ids, po, progress) : tqkv::evaluate_perplexity(**model, *ids, po, progress);
+  auto r = gpu ? evaluate_on_gpu(*in->model, in->ids, po, progress) : tqkv::evaluate_perplexity(*in->model, in->ids, po, progress);
   if (!r.is_ok()) return fail("evaluation", r.status());
 
   // Per-layer attention fidelity: relative L2 error of the attention output.
