@@ -2,7 +2,8 @@
 # The numbers of docs/benchmarks.md, "Model quality and CPU decode speed":
 #   perplexity + KLD vs f16 + top-1 for each KV format, both models, on data/pride_and_prejudice.txt;
 #   decode tokens/s with f16 and k4v4 after a 512- and an 8192-token prompt.
-# Usage: scripts/bench_model.sh [BUILD] [quality|speed|all]. Takes tens of minutes on 2 cores.
+# Usage: scripts/bench_model.sh [BUILD] [quality|speed|defaults|all]. Takes tens of minutes on 2 cores.
+# defaults: only the formats with the CLI's defaults and the q4_0 peer (~15 minutes).
 set -euo pipefail
 BUILD=${1:-build}
 WHAT=${2:-all}
@@ -20,6 +21,15 @@ ppl() {
   "$TQKV" perplexity --model "$model" --text "$TEXT" --ctx 512 --chunks "$chunks" --json "$@" 2>/dev/null |
     python3 -c "import json,sys; j=json.load(sys.stdin); print('$(basename "$model")', '$*', 'ppl %.4f f16_ppl %.4f kld_mean %.5f kld_p99 %.5f top1 %.4f kv_bytes %d f16_bytes %d' % (j['ppl'], j['f16_ppl'], j['kld_mean'], j['kld_p99'], j['top1_agreement'], j['kv_bytes'], j['kv_bytes_f16']))"
 }
+# defaults: every format with the CLI's defaults (keys centered and smoothed, 4 sinks, the scale
+# search) and the peer (rotated q4_0, emulated) with the same transforms: the main quality table.
+if [ "$WHAT" = defaults ]; then
+  for m in "$SMOL:$CHUNKS_SMOL" "$GEMMA:$CHUNKS_GEMMA"; do
+    model=${m%%:*}; chunks=${m##*:}
+    for kv in k8v4 k4v4 k4v3 k3v3 k2v2; do ppl "$model" "$chunks" --kv "$kv"; done
+    ppl "$model" "$chunks" --kv f16 --emulate q4_0h
+  done
+fi
 if [ "$WHAT" = quality ] || [ "$WHAT" = all ]; then
   for m in "$SMOL:$CHUNKS_SMOL" "$GEMMA:$CHUNKS_GEMMA"; do
     model=${m%%:*}; chunks=${m##*:}
