@@ -682,7 +682,8 @@ Status launch_quantize_old(const QuantArgs& a, cudaStream_t stream) {
   }
   // Enough resident blocks to fill the device (__launch_bounds__(256, 3): 3 per SM, one wave);
   // the kernel loops over the rest (grid-stride), so per-block set-up is paid once per block.
-  const long long blocks = (items + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  // quantize_kernel's items are (token, head, side): two per (token, head), one warp each.
+  const long long blocks = (2 * items + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const int grid = static_cast<int>(std::min<long long>(blocks, 3LL * sms));
   auto launch = [&](auto kernel, int smem) -> Status {
     kernel<<<grid, kWarpsPerBlock * 32, smem, stream>>>(a);
