@@ -27,8 +27,8 @@ std::vector<float> random_unit_vectors(int64_t n, int d, uint32_t seed) {
 }
 
 TurboQuantCodec make(int d, int bits, RotationKind rot, uint64_t seed = kDefaultRotationSeed,
-                     bool norm_correction = true) {
-  auto r = TurboQuantCodec::create({d, bits, rot, seed, norm_correction});
+                     bool norm_correction = true, bool scale_search = false) {
+  auto r = TurboQuantCodec::create({d, bits, rot, seed, norm_correction, scale_search});
   EXPECT_TRUE(r.is_ok()) << r.status().to_string();
   return std::move(r).value();
 }
@@ -211,14 +211,7 @@ TEST(Codec, CrossPathAgreement) {
 // 3 bits d 64, and never higher; 1 and 8 bits are unchanged (bit for bit).
 TEST(Codec, ScaleSearchLowersTheErrorInTheSameFormat) {
   auto codec = [](int d, int bits, bool search) {
-    CodecConfig cc;
-    cc.head_dim = d;
-    cc.bits = bits;
-    cc.rotation = (d & (d - 1)) ? RotationKind::kDense : RotationKind::kHadamard;
-    cc.scale_search = search;
-    auto r = TurboQuantCodec::create(cc);
-    EXPECT_TRUE(r.is_ok());
-    return std::move(r).value();
+    return make(d, bits, default_rotation(d), kDefaultRotationSeed, true, search);
   };
   struct Case { int d, bits; double min_gain; };
   for (const Case k : {Case{64, 4, 0.12}, Case{128, 4, 0.08}, Case{256, 4, 0.04}, Case{64, 3, 0.05}, Case{96, 3, 0.0},
@@ -247,14 +240,7 @@ TEST(Codec, ScaleSearchLowersTheErrorInTheSameFormat) {
 TEST(Codec, ScaleSearchCrossPathAgreement) {
   for (int d : {64, 96, 128, 256})
     for (int bits : {2, 3, 4}) {
-      CodecConfig cc;
-      cc.head_dim = d;
-      cc.bits = bits;
-      cc.rotation = (d & (d - 1)) ? RotationKind::kDense : RotationKind::kHadamard;
-      cc.scale_search = true;
-      auto r = TurboQuantCodec::create(cc);
-      ASSERT_TRUE(r.is_ok());
-      const TurboQuantCodec& c = *r;
+      const TurboQuantCodec c = make(d, bits, default_rotation(d), kDefaultRotationSeed, true, /*scale_search=*/true);
       const int64_t n = 200, ib = c.index_bytes();
       auto x = random_unit_vectors(n, d, 123);
       for (auto& v : x) v *= 2.5f;
