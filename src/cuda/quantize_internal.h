@@ -1,7 +1,9 @@
 // Internals shared by the quantize-on-write and page dequantization files (not a public header):
 //   quantize.cu       the public entry points: argument checks and the choice of kernel
 //   quantize_tc*.cu*  tensor-core quantize-on-write (head size 128 Hadamard, 96 dense)
-//   quantize_old.cu   the earlier quantize-on-write kernels (every other shape; TQKV_CUDA_QUANT=old)
+//   quantize_old.cu   the earlier quantize-on-write kernels (every other shape; TQKV_CUDA_QUANT=old):
+//                     the generic one-warp-per-vector kernel and the launcher
+//   quantize_hadamard.cu  their Hadamard fast path (half a warp per side)
 //   dequantize.cu     page dequantization (tests and debugging)
 #pragma once
 
@@ -39,7 +41,12 @@ struct QuantArgs {
 // The view checks shared by quantize_and_store and dequantize_pages (quantize.cu).
 Status check_quant_view(const PagedKVView& view);
 
-// The pre-tensor-core quantize-on-write kernels, any supported shape (quantize_old.cu).
+// The pre-tensor-core quantize-on-write kernels, any supported shape (quantize_old.cu): the
+// Hadamard fast path when it applies, else the generic kernel.
 Status launch_quantize_old(const QuantArgs& a, cudaStream_t stream);
+// The Hadamard fast path alone (quantize_hadamard.cu): power-of-two head sizes with the Hadamard
+// rotation, aligned inputs, no scale search, the decode format pairs; *launched = false (and
+// nothing runs) for any other call. sms: the device's multiprocessor count.
+Status launch_quantize_hadamard(const QuantArgs& a, int sms, cudaStream_t stream, bool* launched);
 
 }  // namespace tqkv::cuda
