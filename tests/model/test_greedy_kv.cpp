@@ -38,9 +38,6 @@ struct Setup {
 // need_same: prompts identical for all 32 tokens; need_total: tokens agreeing before the first
 // difference, summed over the 20 prompts (of 640), a steadier measure than the count.
 void run(const std::string& model_name, const std::string& kv_name, int need_same, int need_total, const Setup& su = {}) {
-  const bool center = su.center, smooth = su.smooth, chat = su.chat, search = su.search;
-  const std::vector<int>& k8_layers = su.k8_layers;
-  const int sink_tokens = su.sink_tokens;
   if (!std::getenv("TQKV_LONG_TESTS")) GTEST_SKIP() << "set TQKV_LONG_TESTS=1 to run";
   const std::string path = source_dir() + "/models/" + model_name + ".gguf";
   if (!std::ifstream(path).good()) GTEST_SKIP() << path << " absent: run `make models`";
@@ -55,7 +52,7 @@ void run(const std::string& model_name, const std::string& kv_name, int need_sam
     if (!line.empty()) prompts.push_back(line);
   ASSERT_EQ(prompts.size(), 20u);
   tqkv::ChatTemplate tmpl;
-  if (chat) {
+  if (su.chat) {
     auto t = tqkv::chat_template_from_gguf((*model)->gguf());
     ASSERT_TRUE(t.is_ok()) << t.status().to_string();
     tmpl = *t;
@@ -67,18 +64,18 @@ void run(const std::string& model_name, const std::string& kv_name, int need_sam
   for (const std::string& p : prompts) {
     // chat: the prompt as the user turn of the file's chat template (what `tqkv generate --chat`
     // sends), the way these instruct models are meant to be prompted; otherwise raw text to continue.
-    auto ids = chat ? (*tok)->encode(tmpl.render_user_turn(p), (*tok)->add_bos(), true)
+    auto ids = su.chat ? (*tok)->encode(tmpl.render_user_turn(p), (*tok)->add_bos(), true)
                     : (*tok)->encode(p, (*tok)->add_bos(), false);
     ASSERT_TRUE(ids.is_ok());
     const int n = static_cast<int>(ids->size());
     tqkv::KvOptions a, b;
     a.format = *tqkv::parse_kv_format("f16");
     b.format = *tqkv::parse_kv_format(kv_name);
-    b.center_keys = center;
-    b.k8_layers = k8_layers;
-    b.sink_tokens = sink_tokens;
-    b.smooth_keys = smooth;
-    b.scale_search = search;
+    b.center_keys = su.center;
+    b.k8_layers = su.k8_layers;
+    b.sink_tokens = su.sink_tokens;
+    b.smooth_keys = su.smooth;
+    b.scale_search = su.search;
     b.emulate = su.emulate;
     a.max_tokens = b.max_tokens = n + kTokens;
     auto kva = tqkv::make_kv_backend((*model)->config(), a);
@@ -94,7 +91,7 @@ void run(const std::string& model_name, const std::string& kv_name, int need_sam
       if (ta != tb) break;
       ++agree;
       if (s + 1 == kTokens) break;
-      if (chat && (*tok)->is_eog(ta)) {  // both replies ended, identically: the whole output agrees
+      if (su.chat && (*tok)->is_eog(ta)) {  // both replies ended, identically: the whole output agrees
         ++ended;
         agree = kTokens;
         break;
@@ -109,10 +106,10 @@ void run(const std::string& model_name, const std::string& kv_name, int need_sam
   std::printf("[greedy] %s %s%s vs f16: %d of 20 prompts identical for %d tokens; %d of %d tokens agree "
               "before the first difference (per prompt:%s)\n",
               model_name.c_str(), kv_name.c_str(),
-              (std::string(center ? "" : " (keys not centered)") + (k8_layers.empty() ? "" : " (8-bit keys in some layers)") +
-               (sink_tokens > 0 ? " (" + std::to_string(sink_tokens) + " sink tokens in f16)" : std::string()) +
-               (smooth ? " (keys smoothed)" : "") + (chat ? " (chat template; " + std::to_string(ended) + " replies ended before 32 tokens)" : std::string()) +
-               (search ? " (scale search)" : "") + (su.emulate.empty() ? "" : " (emulating " + su.emulate + ")")).c_str(),
+              (std::string(su.center ? "" : " (keys not centered)") + (su.k8_layers.empty() ? "" : " (8-bit keys in some layers)") +
+               (su.sink_tokens > 0 ? " (" + std::to_string(su.sink_tokens) + " sink tokens in f16)" : std::string()) +
+               (su.smooth ? " (keys smoothed)" : "") + (su.chat ? " (chat template; " + std::to_string(ended) + " replies ended before 32 tokens)" : std::string()) +
+               (su.search ? " (scale search)" : "") + (su.emulate.empty() ? "" : " (emulating " + su.emulate + ")")).c_str(),
               same, kTokens, total,
               20 * kTokens, detail.c_str());
   EXPECT_GE(same, need_same);
