@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 #pragma unroll
     for (int o = 0; o < Cfg::kTileV; o += 32 * 16)
       if (o + lane * 16 < Cfg::kTileV)
-        cp_async16(dst + Cfg::kTileK + o + (o % 1024 == 512 && o < 16 * D * VB / 8 ? vdelta512 : vdelta), vsrc + o);
+        cp_async16(dst + Cfg::kTileK + o + (o % 1024 == 512 ? vdelta512 : vdelta), vsrc + o);
   };
 #pragma unroll
   for (int i = 0; i < Cfg::kStages - 1; ++i) {
