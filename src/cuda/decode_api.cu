@@ -23,6 +23,13 @@ bool decode_copy_bulk() {
   }();
   return bulk;
 }
+bool fused_merge_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("TQKV_CUDA_DECODE_MERGE");
+    return !(e != nullptr && std::string(e) == "kernel");
+  }();
+  return on;
+}
 int decode_kernel_mode() {
   static const int mode = [] {
     const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
@@ -390,6 +397,19 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   }
 
   const int kb = view.k.bits, vb = view.v.bits;
+  // Fused merge (decode_fused_merge.cuh): decode calls of the v3 kernel with at most 8 splits
+  // (one cluster each) finish inside the decode kernel; the rest take merge_splits_kernel. fp16
+  // pages only with one split: the fp16 kernel (4 warps, several CTAs per SM) ran 6-40% slower in
+  // clusters of 3-6 CTAs (docs/benchmarks.md, "Fused merge"), and 1-5% faster with one split.
+  const bool tq = kb != kF16Bits || vb != kF16Bits;
+  if (!middle && !row_seq && plan.num_splits <= kMaxFusedSplits && (tq || plan.num_splits == 1) &&
+      decode_mode_selected() == 6 && fused_merge_enabled()) {
+    args.out = out;
+    args.out_f32 = out_type == DType::kF32 ? 1 : 0;
+    args.out_rotation = v_rot;
+    args.out_signs = signs;
+    return dispatch_decode(d, kb, vb, &args, stream, nullptr);
+  }
   const Status st = middle ? middle(args, middle_ctx, stream) : dispatch_decode(d, kb, vb, &args, stream, nullptr);
   TQKV_RETURN_IF_ERROR(st);
 

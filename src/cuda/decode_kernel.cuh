@@ -25,6 +25,7 @@
 
 #include "cuda/device_utils.cuh"
 #include "cuda/kv_fetch.cuh"
+#include "cuda/decode_fused_merge.cuh"
 #include "tqkv/kv_layout.h"
 
 namespace tqkv::cuda::detail {
@@ -52,6 +53,15 @@ struct DecodeArgs {
   int32_t q_f32 = 1;  // q_in is fp32 (else fp16)
   const float* q_signs = nullptr;
   float q_scale = 1.f;
+  // Fused merge (decode_fused_merge.cuh; decode, MODE 6, launched as clusters of num_splits <= 8
+  // CTAs along x): non-null `out` = the CTAs combine their partials in the cluster and write
+  // out[num_seqs][num_q_heads][D] (fp32 or fp16) rotated back by x = P^T y; part_o / part_lse and
+  // merge_splits_kernel are not used. out_rotation: V's rotation (null: fp16 V, no rotation);
+  // out_signs: its Hadamard signs (P^T y by the fast transform), null for a dense P.
+  void* out = nullptr;
+  int32_t out_f32 = 1;
+  const float* out_rotation = nullptr;
+  const float* out_signs = nullptr;
 };
 
 // Shared-memory plan of one instantiation; also evaluated on the host by plan_decode.
@@ -76,7 +86,8 @@ constexpr DecodeShape decode_shape(int d, int kb, int vb) {
     }
   }
   const int ring = warps * stages * stage;
-  const int merge = warps * (16 + 8 * (d + 12)) * 4;  // per warp: m[8], l[8], O[8][d + 12] (padded rows)
+  // per warp: m[8], l[8], O[8][d + 12] (padded rows); then the fused merge's area
+  const int merge = warps * (16 + 8 * (d + 12)) * 4 + fused_merge_bytes(d);
   return {warps, stages, lut, ring, merge, lut + kScratchBytes + kMbarBytes + (ring > merge ? ring : merge)};
 }
 
@@ -125,6 +136,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   constexpr bool V3 = MODE >= 6;
   constexpr bool kFold = V3;      // log2(e) in the K token scales and in the soft-cap constant
   constexpr bool kFullPath = V3;  // mask-free body for fully visible pages
+  constexpr bool kFusedOk = MODE == 6;  // the fused merge (DecodeArgs::out) is built into v3 only
   // Head size 96, 4-bit side: the chunk as two aligned runs (SplitChunk).
   constexpr bool kKRuns = MODE == 6 && D == 96 && KB == 4;
   constexpr bool kVRuns = MODE == 6 && D == 96 && VB == 4;
@@ -242,6 +254,13 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     if constexpr (FUSEDQ) {
       if (split == 0)
         for (int r = warp; r < nheads; r += W) rotate_row(r, nullptr);
+    }
+    if (kFusedOk && args.out) {  // fused merge: an empty partial in this CTA's shared memory
+      float* res = reinterpret_cast<float*>(ring) + W * (16 + 8 * kSx);
+      for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) res[FusedMergeSmem<D>::kResO + i] = 0.f;
+      if (threadIdx.x < nheads) res[FusedMergeSmem<D>::kResLse + threadIdx.x] = -INFINITY;
+      fused_merge<D>(args, res, seq, kv_head, head0, nheads);
+      return;
     }
     for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) {
       args.part_o[(part_row + head0 + i / D) * D + i % D] = 0.f;
@@ -550,6 +569,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     if constexpr (kVRuns) return c < 64 ? (c >> 3) * 13 + (c & 7) : ((c - 64) >> 2) * 13 + 8 + ((c - 64) & 3);
     else return c + c / kPadDiv;
   };
+  float* res = mrg + W * (16 + 8 * kSx);  // the fused merge's area (after every warp's rows)
   float* wm = mrg + warp * (16 + 8 * kSx);  // m[8], l[8], O[8][kSx] (v2: padded rows)
   if (g == 0) {
     wm[2 * t] = m_run[0]; wm[2 * t + 1] = m_run[1];
@@ -580,9 +600,16 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
         den += f * b[8 + h];
       }
     }
-    args.part_o[(part_row + head0 + h) * D + c] = den > 0.f ? num / den : 0.f;
-    if (c == 0) args.part_lse[part_row + head0 + h] = den > 0.f ? mx + log2f(den) : -INFINITY;
+    const float o = den > 0.f ? num / den : 0.f, lse = den > 0.f ? mx + log2f(den) : -INFINITY;
+    if (kFusedOk && args.out) {  // fused merge: this CTA's partial stays in its shared memory
+      res[FusedMergeSmem<D>::kResO + h * D + c] = o;
+      if (c == 0) res[FusedMergeSmem<D>::kResLse + h] = lse;
+    } else {
+      args.part_o[(part_row + head0 + h) * D + c] = o;
+      if (c == 0) args.part_lse[part_row + head0 + h] = lse;
+    }
   }
+  if (kFusedOk && args.out) fused_merge<D>(args, res, seq, kv_head, head0, nheads);
 }
 
 }  // namespace tqkv::cuda::detail

@@ -17,6 +17,11 @@ bool decode_copy_bulk();
 // Kernel version, environment TQKV_CUDA_DECODE_KERNEL (read once): "v3" (default, MODE 6), "v2"
 // (MODE 2) or "v1" (MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
 int decode_kernel_mode();
+// Fused merge of the splits inside the v3 decode kernel (decode_fused_merge.cuh) for decode calls
+// of at most kMaxFusedSplits splits (the portable cluster size); environment
+// TQKV_CUDA_DECODE_MERGE=kernel (read once) keeps merge_splits_kernel for every call instead.
+inline constexpr int kMaxFusedSplits = 8;
+bool fused_merge_enabled();
 
 // The MODE that launches run: decode_kernel_mode(), or 5 for TQKV_CUDA_DECODE_KERNEL=fusedq (v2
 // rotating its own queries; launch_chain then skips rotate_query_kernel where it can). Read once.
@@ -49,11 +54,22 @@ Status launch_decode_mode(const DecodeArgs* args, cudaStream_t stream, int* occu
   cfg.blockDim = dim3(Cfg::kWarps * 32);
   cfg.dynamicSmemBytes = Cfg::kSmem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (MODE != 5) {  // MODE 5 is the chain's first kernel: it reads q at once
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  // Fused merge: the splits of one (sequence, head chunk) form one cluster. One split needs no
+  // attribute (every launch is a cluster of one CTA; cluster barriers then act as CTA barriers).
+  if (MODE == 6 && args->out && args->num_splits > 1) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = static_cast<unsigned>(args->num_splits);
+    attr[na].val.clusterDim.y = 1;
+    attr[na++].val.clusterDim.z = 1;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = MODE == 5 ? 0 : 1;  // MODE 5 is the chain's first kernel: it reads q at once
+  cfg.numAttrs = na;
   TQKV_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, *args));
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::ok();

@@ -214,6 +214,7 @@ struct AttnCase {
   int group;
   float softcap;
   int window;
+  int splits = 0;  // decode: the split count (0 = plan_decode's choice)
 };
 
 // Compares every output row (the tolerance at the top); empty when all pass. At least
@@ -263,7 +264,8 @@ inline std::string run_decode(const PagedKVView& hv, const PagedKVView& dv, int 
   std::vector<float> ref(q.size());
   Status st = attention_decode_reference(hv, ap, q.data(), ref.data());
   if (!st.is_ok()) return "CPU reference: " + st.to_string();
-  const DecodeParams p = decode_params(ap);
+  DecodeParams p = decode_params(ap);
+  p.num_splits = a.splits;
   const PagedKVView& gv = gpu_view ? *gpu_view : dv;
   auto plan = plan_decode(gv, p, sm_count());
   if (!plan.is_ok()) return "plan: " + plan.status().to_string();

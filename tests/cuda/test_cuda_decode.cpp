@@ -166,33 +166,36 @@ TEST(CudaDecode, WindowSoftcapEvictionAndEmptySequence) {
   }
 }
 
-// The split-KV partition count must not change the result beyond rounding; fp16 in/out works;
-// a group of 12 query heads (two head chunks) works.
+// The split-KV partition count must not change the result beyond rounding (up to 8 splits the
+// CTAs of a row merge in a cluster, fp16 pages only with one split; beyond, merge_splits_kernel);
+// fp16 in/out works; a group of 12 query heads (two head chunks) works.
 TEST(CudaDecode, SplitCountsHalfIoAndLargeGroups) {
   TQKV_REQUIRE_GPU();
-  PagedFixture fx;
-  fx.d = 128; fx.kb = 4; fx.vb = 4;
-  fx.num_kv_heads = 2;
-  fx.lens = {3000, 700, 16};
-  fx.build(99, true);
-  fx.decode_all();
-  const PagedKVView view = fx.upload();
-  const int hq = 24;  // group 12
-  const auto q = random_q(fx.num_seqs(), hq, fx.d, 11, 1.5f);
-  const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(128.0), 0.0, 0);
-  for (int splits : {1, 2, 5, 64, 200}) {
+  for (auto kv : {std::pair{4, 4}, {16, 16}}) {
+    PagedFixture fx;
+    fx.d = 128; fx.kb = kv.first; fx.vb = kv.second;
+    fx.num_kv_heads = 2;
+    fx.lens = {3000, 700, 16};
+    fx.build(99, true);
+    fx.decode_all();
+    const PagedKVView view = fx.upload();
+    const int hq = 24;  // group 12
+    const auto q = random_q(fx.num_seqs(), hq, fx.d, 11, 1.5f);
+    const auto ref = fx.reference(q, hq, 1.0 / std::sqrt(128.0), 0.0, 0);
+    for (int splits : {1, 2, 5, 8, 9, 64, 200}) {
+      Status st;
+      const auto got = run_decode(fx, view, q, {hq, 0.f, 0, splits}, &st);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+      const std::string err = check_rows(got, ref, fx.d);
+      EXPECT_TRUE(err.empty()) << "k" << kv.first << " splits " << splits << ": " << err;
+    }
     Status st;
-    const auto got = run_decode(fx, view, q, {hq, 0.f, 0, splits}, &st);
+    const auto got = run_decode(fx, view, q, {hq, 0.f, 0, 0, true}, &st);
     ASSERT_TRUE(st.is_ok()) << st.to_string();
+    // fp16 output adds one more rounding of the result (relative 2^-11).
     const std::string err = check_rows(got, ref, fx.d);
-    EXPECT_TRUE(err.empty()) << "splits " << splits << ": " << err;
+    EXPECT_TRUE(err.empty()) << "k" << kv.first << " fp16 io: " << err;
   }
-  Status st;
-  const auto got = run_decode(fx, view, q, {hq, 0.f, 0, 0, true}, &st);
-  ASSERT_TRUE(st.is_ok()) << st.to_string();
-  // fp16 output adds one more rounding of the result (relative 2^-11).
-  const std::string err = check_rows(got, ref, fx.d);
-  EXPECT_TRUE(err.empty()) << "fp16 io: " << err;
 }
 
 // Dense rotations (head sizes 80, 96): the query-rotation kernel reads P rows as 16-byte loads

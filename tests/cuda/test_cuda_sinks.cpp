@@ -89,9 +89,11 @@ TEST(CudaSinks, DecodeEverySinkCount) {
     c.lens = {1, sinks, sinks + 1, 33, 200};
     ASSERT_TRUE(c.build(500 + sinks).is_ok());
     const PagedKVView dv = c.upload();
-    for (AttnCase a : {AttnCase{4, 0.f, 0}, AttnCase{8, 5.f, 0}}) {
+    // Split counts: the planned one, 3 (the fused merge: a cluster of 3 CTAs combines the splits
+    // and adds the sink split) and 12 (more than a cluster: merge_splits_kernel does it).
+    for (AttnCase a : {AttnCase{4, 0.f, 0}, AttnCase{8, 5.f, 0}, AttnCase{4, 0.f, 0, 3}, AttnCase{8, 5.f, 0, 12}}) {
       const std::string e = run_decode(c.host, dv, c.H, 128, a, 20 + a.group, kMinNonzero);
-      EXPECT_TRUE(e.empty()) << "group " << a.group << ": " << e;
+      EXPECT_TRUE(e.empty()) << "group " << a.group << " splits " << a.splits << ": " << e;
     }
   }
 }
