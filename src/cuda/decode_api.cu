@@ -385,7 +385,7 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   // The fast transform needs a power-of-two head size (kv_layout.h: signs are set only then).
   const float* signs = (view.hadamard_signs && (d & (d - 1)) == 0) ? view.hadamard_signs : nullptr;
   // TQKV_CUDA_DECODE_KERNEL=fusedq: the decode kernel rotates its own queries (Hadamard or none).
-  if (!middle && detail::decode_mode_selected() == 5 && (!k_rot || signs)) {
+  if (!middle && !row_seq && detail::decode_mode_selected() == 5 && (!k_rot || signs)) {
     args.q_in = q;
     args.q_f32 = q_type == DType::kF32 ? 1 : 0;
     args.q_signs = k_rot ? signs : nullptr;
@@ -403,7 +403,7 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   // clusters of 3-6 CTAs (docs/benchmarks.md, "Fused merge"), and 1-5% faster with one split.
   const bool tq = kb != kF16Bits || vb != kF16Bits;
   if (!middle && !row_seq && plan.num_splits <= kMaxFusedSplits && (tq || plan.num_splits == 1) &&
-      decode_mode_selected() == 6 && fused_merge_enabled()) {
+      (decode_mode_selected() == 6 || decode_mode_selected() == 5) && fused_merge_enabled()) {
     args.out = out;
     args.out_f32 = out_type == DType::kF32 ? 1 : 0;
     args.out_rotation = v_rot;

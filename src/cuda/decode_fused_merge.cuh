@@ -52,6 +52,7 @@ __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
 
   // ---- the sink split of this rank's heads (local data only: may run before the cluster sync) ----
+  __syncthreads();  // q_rot rows this CTA rotated itself (fused query rotation) are written
   const int len = view.seq_lens[seq];
   int s_lo = 0, s_hi = 0;
   const __half* sk = nullptr;

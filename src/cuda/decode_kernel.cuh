@@ -113,9 +113,10 @@ struct DecodeConfig {
 //   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
 //   that skips the max reduction (and the rescale) when no score of the page exceeds the running
 //   max, which is most pages once the max has settled.
-// MODE 5 (TQKV_CUDA_DECODE_KERNEL=fusedq): v2 that rotates its own queries (DecodeArgs::q_in;
+// MODE 5 (TQKV_CUDA_DECODE_KERNEL=fusedq): v3 that rotates its own queries (DecodeArgs::q_in;
 //   launched without rotate_query_kernel, power-of-two head sizes or fp16 K only): one warp per
 //   query row, the transform by shuffles, rows exchanged through each warp's free ring slot.
+//   (Until session 7 it was v2-based.)
 // MODE 6 (v3, the default; TQKV_CUDA_DECODE_KERNEL=v3 or unset): v2 with a cheaper page loop:
 //   log2(e) folded into the two K token scales and the soft-cap constant (was 4 multiplies of the scores; the soft-cap
 //   divides by a reciprocal computed once); pages entirely inside [lo_pos, len) take a copy of
@@ -133,19 +134,19 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   constexpr bool V2 = MODE >= 2;
   constexpr bool FASTSM = MODE >= 2;
   constexpr bool FUSEDQ = MODE == 5;
-  constexpr bool V3 = MODE >= 6;
+  constexpr bool V3 = MODE >= 5;  // MODE 5: v3 with the fused query rotation
   constexpr bool kFold = V3;      // log2(e) in the K token scales and in the soft-cap constant
   constexpr bool kFullPath = V3;  // mask-free body for fully visible pages
-  constexpr bool kFusedOk = MODE == 6;  // the fused merge (DecodeArgs::out) is built into v3 only
+  constexpr bool kFusedOk = V3;  // the fused merge (DecodeArgs::out) is built into v3 only
   // Head size 96, 4-bit side: the chunk as two aligned runs (SplitChunk).
-  constexpr bool kKRuns = MODE == 6 && D == 96 && KB == 4;
-  constexpr bool kVRuns = MODE == 6 && D == 96 && VB == 4;
+  constexpr bool kKRuns = V3 && D == 96 && KB == 4;
+  constexpr bool kVRuns = V3 && D == 96 && VB == 4;
   // Head sizes 128 and 256, 4-bit V (rows of 64 / 128 bytes): the V tile's 16-byte chunks
   // XOR-swizzled inside each 128-byte line, chunk j of line L at j ^ 2 ((b >> S) & 3) with
   // S = log2(2 x row bytes) (d128: the line's own index, L & 3; d256: the row pair's, (L >> 1) & 3),
   // so the row loads of the lanes (rows 2t, 2t + 1, ...: all rows 2t start in bank 0) hit
   // different banks instead of 4-way conflicts. The tile's scales (line 8 / 16) stay in place.
-  constexpr bool kVSwz = MODE == 6 && (D == 128 || D == 256) && VB == 4;
+  constexpr bool kVSwz = V3 && (D == 128 || D == 256) && VB == 4;
   constexpr int kVSwzShift = D == 256 ? 8 : 7;
   auto vswz = [](int b) {
     return kVSwz ? (b & ~0x70) | ((((b >> 4) & 7) ^ (((b >> kVSwzShift) & 3) << 1)) << 4) : b;
@@ -202,9 +203,12 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const size_t part_row = (static_cast<size_t>(split) * view.num_seqs + seq) * args.num_q_heads;
   // FUSEDQ: rotates query row r (head head0 + r) into dst (shared, may be null) and, in split 0,
   // into the workspace q_rot that the merge kernel's sink split reads. Whole warp.
+  // The CTA that writes row r to the workspace q_rot for the sinks: split 0 for merge_splits_kernel;
+  // with the fused merge the rank that merges head r (it reads the row itself, after barriers).
+  auto writes_q = [&](int r) { return kFusedOk && args.out ? r % args.num_splits == split : split == 0; };
   auto rotate_row = [&](int r, float* dst) {
     const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
-    float* gdst = split == 0 ? const_cast<float*>(args.q_rot) + qoff : nullptr;  // for the sink merge
+    float* gdst = writes_q(r) ? const_cast<float*>(args.q_rot) + qoff : nullptr;  // for the sink merge
     auto qload = [&](int i) {
       return args.q_f32 ? static_cast<const float*>(args.q_in)[qoff + i]
                         : __half2float(static_cast<const __half*>(args.q_in)[qoff + i]);
@@ -252,8 +256,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   if (cta_n == 0) {  // nothing visible in this split: an empty partial
     cudaGridDependencySynchronize();  // the previous call's merge must not see these writes early
     if constexpr (FUSEDQ) {
-      if (split == 0)
-        for (int r = warp; r < nheads; r += W) rotate_row(r, nullptr);
+      for (int r = warp; r < nheads; r += W)
+        if (writes_q(r)) rotate_row(r, nullptr);
     }
     if (kFusedOk && args.out) {  // fused merge: an empty partial in this CTA's shared memory
       float* res = reinterpret_cast<float*>(ring) + W * (16 + 8 * kSx);

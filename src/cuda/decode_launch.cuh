@@ -23,13 +23,16 @@ int decode_kernel_mode();
 inline constexpr int kMaxFusedSplits = 8;
 bool fused_merge_enabled();
 
-// The MODE that launches run: decode_kernel_mode(), or 5 for TQKV_CUDA_DECODE_KERNEL=fusedq (v2
-// rotating its own queries; launch_chain then skips rotate_query_kernel where it can). Read once.
+// The MODE that launches run: 5 (the default, or TQKV_CUDA_DECODE_KERNEL=fusedq: v3 rotating its
+// own queries; launch_chain then skips rotate_query_kernel where it can), else
+// decode_kernel_mode() (v3 = 6 after the rotation kernel, v2, v1). Read once.
 inline int decode_mode_selected() {
   static const int mode = [] {
     const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
     const std::string s = e ? e : "";
-    if (s == "fusedq") return 5;
+    // Unset (the default) or "fusedq": v3 rotating its own queries where the rotation allows it
+    // (launch_chain; elsewhere v3 after rotate_query_kernel). "v3": always the rotation kernel.
+    if ((s.empty() || s == "fusedq") && !decode_copy_bulk()) return 5;
     return decode_kernel_mode();
   }();
   return mode;
@@ -62,7 +65,7 @@ Status launch_decode_mode(const DecodeArgs* args, cudaStream_t stream, int* occu
   }
   // Fused merge: the splits of one (sequence, head chunk) form one cluster. One split needs no
   // attribute (every launch is a cluster of one CTA; cluster barriers then act as CTA barriers).
-  if (MODE == 6 && args->out && args->num_splits > 1) {
+  if ((MODE == 5 || MODE == 6) && args->out && args->num_splits > 1) {
     attr[na].id = cudaLaunchAttributeClusterDimension;
     attr[na].val.clusterDim.x = static_cast<unsigned>(args->num_splits);
     attr[na].val.clusterDim.y = 1;
@@ -80,7 +83,7 @@ Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occ
   switch (decode_mode_selected()) {
     case 5:  // fused query rotation only where launch_chain handed over the raw queries
       return args && args->q_in ? launch_decode_mode<D, KB, VB, 5>(args, stream, occupancy)
-                                : launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
+                                : launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
     case 6: return launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
     case 2: return launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
     case 1: return launch_decode_mode<D, KB, VB, 1>(args, stream, occupancy);
