@@ -3,7 +3,7 @@
 # Binaries come xz-compressed in $CARRY (default .carry/dec; built here with build-dec, stripped). Usage:
 #   bench/cuda/decode_device_run.sh [tests] [v1tests] [sanitize] [bench] [profile] [sweep]
 # KERNELS (bench; KERNELS96 for head size 96 if set) and TESTKERNELS (v1tests) pick
-# TQKV_CUDA_DECODE_KERNEL values (v1, v2, fusedq, v3 = the default; v3a existed in commit 096d991);
+# TQKV_CUDA_DECODE_KERNEL values (v1, v2, v3, fusedq = the default since session 7; v3a existed in commit 096d991);
 # TESTKERNEL (tests) and SANKERNEL (sanitize) one such value each (default: the built-in default). SANTIME caps each sanitizer run
 # (seconds); TESTTIME the test run, TESTFILTER its gtest filter; SANM / SANR replace the memcheck / racecheck filters.
 # Logs go to $OUT; a summary is printed last.

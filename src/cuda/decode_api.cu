@@ -384,7 +384,7 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   const float* v_rot = view.v.bits == kF16Bits ? nullptr : view.rotation;
   // The fast transform needs a power-of-two head size (kv_layout.h: signs are set only then).
   const float* signs = (view.hadamard_signs && (d & (d - 1)) == 0) ? view.hadamard_signs : nullptr;
-  // TQKV_CUDA_DECODE_KERNEL=fusedq: the decode kernel rotates its own queries (Hadamard or none).
+  // The default (MODE 5): the decode kernel rotates its own queries (Hadamard or none; decode only).
   if (!middle && !row_seq && detail::decode_mode_selected() == 5 && (!k_rot || signs)) {
     args.q_in = q;
     args.q_f32 = q_type == DType::kF32 ? 1 : 0;

@@ -113,11 +113,11 @@ struct DecodeConfig {
 //   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
 //   that skips the max reduction (and the rescale) when no score of the page exceeds the running
 //   max, which is most pages once the max has settled.
-// MODE 5 (TQKV_CUDA_DECODE_KERNEL=fusedq): v3 that rotates its own queries (DecodeArgs::q_in;
+// MODE 5 (the default since session 7; TQKV_CUDA_DECODE_KERNEL=fusedq or unset): v3 that rotates its own queries (DecodeArgs::q_in;
 //   launched without rotate_query_kernel, power-of-two head sizes or fp16 K only): one warp per
 //   query row, the transform by shuffles, rows exchanged through each warp's free ring slot.
 //   (Until session 7 it was v2-based.)
-// MODE 6 (v3, the default; TQKV_CUDA_DECODE_KERNEL=v3 or unset): v2 with a cheaper page loop:
+// MODE 6 (v3; TQKV_CUDA_DECODE_KERNEL=v3, and the default's kernel where the rotation is dense): v2 with a cheaper page loop:
 //   log2(e) folded into the two K token scales and the soft-cap constant (was 4 multiplies of the scores; the soft-cap
 //   divides by a reciprocal computed once); pages entirely inside [lo_pos, len) take a copy of
 //   the page body without the visibility tests and selects (one warp vote per page); the V

@@ -14,7 +14,8 @@ namespace tqkv::cuda::detail {
 // Tile copy of the decode kernel: "cpasync" (16-byte cp.async by every lane, the default) or
 // "bulk" (one bulk copy per tile on an mbarrier); environment TQKV_CUDA_DECODE_COPY, read once.
 bool decode_copy_bulk();
-// Kernel version, environment TQKV_CUDA_DECODE_KERNEL (read once): "v3" (default, MODE 6), "v2"
+// Kernel version without the fused query rotation, environment TQKV_CUDA_DECODE_KERNEL (read
+// once): "v3" (MODE 6; also what the default uses where the rotation cannot be fused), "v2"
 // (MODE 2) or "v1" (MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
 int decode_kernel_mode();
 // Fused merge of the splits inside the v3 decode kernel (decode_fused_merge.cuh) for decode calls
