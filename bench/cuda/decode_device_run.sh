@@ -3,7 +3,9 @@
 # Binaries come xz-compressed in $CARRY (default .carry/dec; built here with build-dec, stripped). Usage:
 #   bench/cuda/decode_device_run.sh [tests] [v1tests] [sanitize] [bench] [profile] [sweep]
 # KERNELS (bench; KERNELS96 for head size 96 if set) and TESTKERNELS (v1tests) pick
-# TQKV_CUDA_DECODE_KERNEL values (v1, v2, v3, fusedq = the default since session 7; v3a existed in commit 096d991);
+# TQKV_CUDA_DECODE_KERNEL values: v3 (the rotation kernel first) or fusedq (the default: the
+# decode kernel rotates its own queries). v1, v2 and the bulk-copy variant were removed after
+# commit f67be94 (which still selects them); v3a existed in commit 096d991.
 # TESTKERNEL (tests) and SANKERNEL (sanitize) one such value each (default: the built-in default). SANTIME caps each sanitizer run
 # (seconds); TESTTIME the test run, TESTFILTER its gtest filter; SANM / SANR replace the memcheck / racecheck filters.
 # Logs go to $OUT; a summary is printed last.
@@ -35,7 +37,7 @@ for what in "$@"; do
       env $(kenv "${TESTKERNEL:-}") timeout ${TESTTIME:-240} $B/test_cuda --gtest_brief=1 --gtest_filter="${TESTFILTER:-*}" >"$OUT/tests_main.log" 2>&1
       note "tests (${TESTKERNEL:-default}): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_main.log" | tr '\n' ' ')";;
     v1tests)  # the decode tests under the other kernel versions
-      for k in ${TESTKERNELS:-v1}; do
+      for k in ${TESTKERNELS:-v3}; do
         env $(kenv $k) timeout 120 $B/test_cuda --gtest_brief=1 --gtest_filter="$dec" >"$OUT/tests_$k.log" 2>&1
         note "decode tests ($k): rc=$? $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$k.log" | tr '\n' ' ')"
       done;;
@@ -49,15 +51,15 @@ for what in "$@"; do
       done;;
     bench)
       for d in ${DIMS:-128 96}; do  # kernels interleaved per head size (drift hits each alike)
-        ks=${KERNELS:-v1 v2}; [[ $d == 96 && -n ${KERNELS96:-} ]] && ks=$KERNELS96
+        ks=${KERNELS:-v3 fusedq}; [[ $d == 96 && -n ${KERNELS96:-} ]] && ks=$KERNELS96
         for k in $ks; do
           bench $k --head-dim $d --formats ${FORMATS:-f16,k4v4,k3v3} --batch 8,32 --context ${CONTEXTS:-8192,16384,32768}
         done
         note "bench d=$d done"
       done
       note "bench: $(wc -l <"$OUT/bench.txt") rows";;
-    profile)  # Nsight Compute: per-SASS-instruction stall samples, k4v4 8 x 8K, v1 and v2
-      for k in ${PROFILE:-v2}; do
+    profile)  # Nsight Compute: per-SASS-instruction stall samples, k4v4 8 x 8K
+      for k in ${PROFILE:-fusedq}; do
         TQKV_CUDA_DECODE_KERNEL=$k timeout 120 ncu --clock-control none --section SpeedOfLight --section WarpStateStats \
           --section SourceCounters --section LaunchStats --section Occupancy -k regex:decode_split -c 1 -f -o "$OUT/prof_$k" \
           $B/tqkv_cuda_bench --formats k4v4 --batch 8 --context 8192 --no-quantize --no-prefill --reps 1 --iters 2 \

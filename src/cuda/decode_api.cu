@@ -16,30 +16,12 @@
 
 namespace tqkv::cuda {
 namespace detail {
-bool decode_copy_bulk() {
-  static const bool bulk = [] {
-    const char* e = std::getenv("TQKV_CUDA_DECODE_COPY");
-    return e != nullptr && std::string(e) == "bulk";
-  }();
-  return bulk;
-}
 bool fused_merge_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("TQKV_CUDA_DECODE_MERGE");
     return !(e != nullptr && std::string(e) == "kernel");
   }();
   return on;
-}
-int decode_kernel_mode() {
-  static const int mode = [] {
-    const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
-    if (decode_copy_bulk()) return 1;
-    const std::string s = e ? e : "";
-    if (s == "v1") return 0;
-    if (s == "v2") return 2;
-    return 6;  // v3, the default (docs/benchmarks.md, "Decode attention v3")
-  }();
-  return mode;
 }
 }  // namespace detail
 namespace {
@@ -397,13 +379,13 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   }
 
   const int kb = view.k.bits, vb = view.v.bits;
-  // Fused merge (decode_fused_merge.cuh): decode calls of the v3 kernel with at most 8 splits
+  // Fused merge (decode_fused_merge.cuh): decode calls with at most 8 splits
   // (one cluster each) finish inside the decode kernel; the rest take merge_splits_kernel. fp16
   // pages only with one split: the fp16 kernel (4 warps, several CTAs per SM) ran 6-40% slower in
   // clusters of 3-6 CTAs (docs/benchmarks.md, "Fused merge"), and 1-5% faster with one split.
   const bool tq = kb != kF16Bits || vb != kF16Bits;
   if (!middle && !row_seq && plan.num_splits <= kMaxFusedSplits && (tq || plan.num_splits == 1) &&
-      (decode_mode_selected() == 6 || decode_mode_selected() == 5) && fused_merge_enabled()) {
+      fused_merge_enabled()) {
     args.out = out;
     args.out_f32 = out_type == DType::kF32 ? 1 : 0;
     args.out_rotation = v_rot;

@@ -53,7 +53,7 @@ struct DecodeArgs {
   int32_t q_f32 = 1;  // q_in is fp32 (else fp16)
   const float* q_signs = nullptr;
   float q_scale = 1.f;
-  // Fused merge (decode_fused_merge.cuh; decode, MODE 6, launched as clusters of num_splits <= 8
+  // Fused merge (decode_fused_merge.cuh; decode, launched as clusters of num_splits <= 8
   // CTAs along x): non-null `out` = the CTAs combine their partials in the cluster and write
   // out[num_seqs][num_q_heads][D] (fp32 or fp16) rotated back by x = P^T y; part_o / part_lse and
   // merge_splits_kernel are not used. out_rotation: V's rotation (null: fp16 V, no rotation);
@@ -70,7 +70,9 @@ struct DecodeShape {
 };
 inline constexpr int kSmemBudget = 225 * 1024;
 inline constexpr int kScratchBytes = 2 * 256 * 4;  // centroids staged while building tables
-inline constexpr int kMbarBytes = 16 * 4 * 8;       // one mbarrier per (warp, ring slot), bulk-copy variant
+// 512 bytes that held the removed bulk-copy variant's mbarriers: kept, so that the shared-memory
+// layout and the ring depths stay the ones measured on the device.
+inline constexpr int kMbarBytes = 16 * 4 * 8;
 constexpr DecodeShape decode_shape(int d, int kb, int vb) {
   const int stage = static_cast<int>(tile_bytes(kPage, d, kb) + tile_bytes(kPage, d, vb));
   const int lut = lut_bytes_of(kb, vb);
@@ -104,57 +106,48 @@ struct DecodeConfig {
   static_assert(kSmem <= 227 * 1024, "decode kernel shared memory over the sm_90 limit");
 };
 
-// MODE 0 (v1): the previous kernel, selectable with TQKV_CUDA_DECODE_KERNEL=v1.
-// MODE 1 (v1, bulk): tiles reach shared memory by one bulk copy per tile (lane 0 issues, the
-//   stage's mbarrier counts the bytes) instead of 16-byte cp.async by every lane.
-// MODE 2 (v2, TQKV_CUDA_DECODE_KERNEL=v2): the CTA's set-up and wind-down made cheaper: tables
-//   of <= 4-bit sides joined by shuffles from centroids each lane loads at entry (no staging
-//   round trip and barrier), and the warp merge through padded rows (the v1 layout put the 32 lanes' stores of
-//   one instruction into 2 banks: 16-way conflicts on 32 stores per lane); and an online softmax
-//   that skips the max reduction (and the rescale) when no score of the page exceeds the running
-//   max, which is most pages once the max has settled.
-// MODE 5 (the default since session 7; TQKV_CUDA_DECODE_KERNEL=fusedq or unset): v3 that rotates its own queries (DecodeArgs::q_in;
-//   launched without rotate_query_kernel, power-of-two head sizes or fp16 K only): one warp per
-//   query row, the transform by shuffles, rows exchanged through each warp's free ring slot.
-//   (Until session 7 it was v2-based.)
-// MODE 6 (v3; TQKV_CUDA_DECODE_KERNEL=v3, and the default's kernel where the rotation is dense): v2 with a cheaper page loop:
-//   log2(e) folded into the two K token scales and the soft-cap constant (was 4 multiplies of the scores; the soft-cap
-//   divides by a reciprocal computed once); pages entirely inside [lo_pos, len) take a copy of
-//   the page body without the visibility tests and selects (one warp vote per page); the V
-//   lookups address the V half of the table by an immediate offset; V nibble joins by one bit
-//   select each; K rows addressed as lane * chunk; at head size 96 the 4-bit sides load each
-//   row's chunk as two aligned runs (SplitChunk, kv_fetch.cuh) instead of an unaligned chunk
-//   realigned by funnel shifts; at head size 128 with 4-bit V the V tile is swizzled in shared
-//   memory so its row loads are free of bank conflicts. (Run G2 also measured "v3a", MODE 7: v3
-//   without the two layout changes; removed after the run, commit 096d991 has it.)
+// The kernel (v3; docs/benchmarks.md has its history, and commit f67be94 still holds v1, v2 and
+// the bulk-copy variant, which were selectable until then):
+// - tables of <= 4-bit sides joined by shuffles from centroids each lane loads at entry; the warp
+//   merge through padded rows (no bank conflicts); an online softmax that skips the max reduction
+//   (and the rescale) when no score of the page exceeds the running max, which is most pages once
+//   the max has settled;
+// - log2(e) folded into the two K token scales and the soft-cap constant (the soft-cap divides by
+//   a reciprocal computed once); pages entirely inside [lo_pos, len) take a copy of the page body
+//   without the visibility tests and selects (one warp vote per page); the V lookups address the V
+//   half of the table by an immediate offset; V nibble joins by one bit select each; K rows
+//   addressed as lane * chunk; at head size 96 the 4-bit sides load each row's chunk as two aligned
+//   runs (SplitChunk, kv_fetch.cuh); at head sizes 128 and 256 with 4-bit V the V tile is swizzled
+//   in shared memory so its row loads are free of bank conflicts;
+// - with DecodeArgs::out, the fused merge (decode_fused_merge.cuh).
+// MODE 5 (the default where the rotation allows it; TQKV_CUDA_DECODE_KERNEL=fusedq or unset): the
+//   kernel rotates its own queries (DecodeArgs::q_in; launched without rotate_query_kernel,
+//   power-of-two head sizes or fp16 K only): one warp per query row, the transform by shuffles,
+//   rows exchanged through each warp's free ring slot.
+// MODE 6 (TQKV_CUDA_DECODE_KERNEL=v3, and the default at head sizes 80 and 96): the queries come
+//   rotated from rotate_query_kernel (decode_api.cu), a programmatic-dependent launch.
 template <int D, int KB, int VB, int MODE>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
-  constexpr bool BULK = MODE == 1;
-  constexpr bool V2 = MODE >= 2;
-  constexpr bool FASTSM = MODE >= 2;
+  static_assert(MODE == 5 || MODE == 6, "built kernels: v3 (6) and v3 rotating its own queries (5)");
   constexpr bool FUSEDQ = MODE == 5;
-  constexpr bool V3 = MODE >= 5;  // MODE 5: v3 with the fused query rotation
-  constexpr bool kFold = V3;      // log2(e) in the K token scales and in the soft-cap constant
-  constexpr bool kFullPath = V3;  // mask-free body for fully visible pages
-  constexpr bool kFusedOk = V3;  // the fused merge (DecodeArgs::out) is built into v3 only
   // Head size 96, 4-bit side: the chunk as two aligned runs (SplitChunk).
-  constexpr bool kKRuns = V3 && D == 96 && KB == 4;
-  constexpr bool kVRuns = V3 && D == 96 && VB == 4;
+  constexpr bool kKRuns = D == 96 && KB == 4;
+  constexpr bool kVRuns = D == 96 && VB == 4;
   // Head sizes 128 and 256, 4-bit V (rows of 64 / 128 bytes): the V tile's 16-byte chunks
   // XOR-swizzled inside each 128-byte line, chunk j of line L at j ^ 2 ((b >> S) & 3) with
   // S = log2(2 x row bytes) (d128: the line's own index, L & 3; d256: the row pair's, (L >> 1) & 3),
   // so the row loads of the lanes (rows 2t, 2t + 1, ...: all rows 2t start in bank 0) hit
   // different banks instead of 4-way conflicts. The tile's scales (line 8 / 16) stay in place.
-  constexpr bool kVSwz = V3 && (D == 128 || D == 256) && VB == 4;
+  constexpr bool kVSwz = (D == 128 || D == 256) && VB == 4;
   constexpr int kVSwzShift = D == 256 ? 8 : 7;
   auto vswz = [](int b) {
     return kVSwz ? (b & ~0x70) | ((((b >> 4) & 7) ^ (((b >> kVSwzShift) & 3) << 1)) << 4) : b;
   };
-  // v2 merge rows: coordinate c of head h at h * kSx + c + c / (D / 8) (one pad word per lane
+  // Merge rows: coordinate c of head h at h * kSx + c + c / (D / 8) (one pad word per lane
   // group g), so one store instruction of the 32 lanes hits 32 different banks.
-  constexpr int kSx = V2 ? D + 12 : D;
-  constexpr int kPadDiv = V2 ? D / 8 : (1 << 30);
+  constexpr int kSx = D + 12;
+  constexpr int kPadDiv = D / 8;
   using Cfg = DecodeConfig<D, KB, VB>;
   constexpr int W = Cfg::kWarps;
   constexpr int kSteps = D / 16;
@@ -167,12 +160,11 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* lut = smem;  // interleaved K/V tables at the start: offsets fold into the LDS
   float* scratch = reinterpret_cast<float*>(smem + Cfg::kLut);
-  uint64_t* mbar = reinterpret_cast<uint64_t*>(smem + Cfg::kLut + kScratchBytes);  // [W][kStages]
   uint8_t* ring = smem + Cfg::kLut + kScratchBytes + kMbarBytes;
 
   const PagedKVView& view = args.view;
-  // v2: centroids of <= 4-bit sides straight into registers first (K: lanes 0-15, V: 16-31).
-  constexpr bool kShflK = V2 && KB <= 4, kShflV = V2 && VB <= 4;
+  // Centroids of <= 4-bit sides straight into registers first (K: lanes 0-15, V: 16-31).
+  constexpr bool kShflK = KB <= 4, kShflV = VB <= 4;
   float held_c = 0.f;
   if constexpr (kShflK || kShflV) {
     const int l = threadIdx.x & 31;
@@ -205,7 +197,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   // into the workspace q_rot that the merge kernel's sink split reads. Whole warp.
   // The CTA that writes row r to the workspace q_rot for the sinks: split 0 for merge_splits_kernel;
   // with the fused merge the rank that merges head r (it reads the row itself, after barriers).
-  auto writes_q = [&](int r) { return kFusedOk && args.out ? r % args.num_splits == split : split == 0; };
+  auto writes_q = [&](int r) { return args.out ? r % args.num_splits == split : split == 0; };
   auto rotate_row = [&](int r, float* dst) {
     const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
     float* gdst = writes_q(r) ? const_cast<float*>(args.q_rot) + qoff : nullptr;  // for the sink merge
@@ -259,7 +251,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       for (int r = warp; r < nheads; r += W)
         if (writes_q(r)) rotate_row(r, nullptr);
     }
-    if (kFusedOk && args.out) {  // fused merge: an empty partial in this CTA's shared memory
+    if (args.out) {  // fused merge: an empty partial in this CTA's shared memory
       float* res = reinterpret_cast<float*>(ring) + W * (16 + 8 * kSx);
       for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) res[FusedMergeSmem<D>::kResO + i] = 0.f;
       if (threadIdx.x < nheads) res[FusedMergeSmem<D>::kResLse + threadIdx.x] = -INFINITY;
@@ -292,14 +284,6 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const int vdelta = vswz(lane * 16) - lane * 16;
   const int vdelta512 = vswz(512 + lane * 16) - (512 + lane * 16);
   int issue_slot = 0;  // ring slot of the next page to issue (= i % kStages, kept incrementally)
-  uint64_t* my_mbar = mbar + warp * Cfg::kStages;
-  if constexpr (BULK) {
-    if (lane == 0) {
-      for (int st = 0; st < Cfg::kStages; ++st) mbar_init(smem_addr(&my_mbar[st]), 1);
-      mbar_init_fence();
-    }
-    __syncwarp();
-  }
   auto issue = [&](int i) {  // i-th page of this warp -> ring slot i % kStages (warp-uniform call)
     if (i >= ids_base + 32) {
       ids_base = i;
@@ -307,17 +291,6 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       ids = ii < n_mine ? page_row[cta_begin + warp + ii * W] : 0;
     }
     const int phys = __shfl_sync(0xffffffffu, ids, i - ids_base);
-    if constexpr (BULK) {
-      if (lane == 0) {
-        const uint32_t bar = smem_addr(&my_mbar[issue_slot]);
-        const uint32_t dst = smem_addr(my_ring + issue_slot * Cfg::kStageBytes);
-        mbar_arrive_expect_tx(bar, Cfg::kStageBytes);
-        bulk_copy_g2s(dst, k_base - lane * 16 + static_cast<size_t>(phys) * k_stride, Cfg::kTileK, bar);
-        bulk_copy_g2s(dst + Cfg::kTileK, v_base - lane * 16 + static_cast<size_t>(phys) * v_stride, Cfg::kTileV, bar);
-      }
-      issue_slot = issue_slot + 1 == Cfg::kStages ? 0 : issue_slot + 1;
-      return;
-    }
     const uint8_t* ksrc = k_base + static_cast<size_t>(phys) * k_stride;
     const uint8_t* vsrc = v_base + static_cast<size_t>(phys) * v_stride;
     uint8_t* dst = ring_lane + issue_slot * Cfg::kStageBytes;
@@ -333,7 +306,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 #pragma unroll
   for (int i = 0; i < Cfg::kStages - 1; ++i) {
     if (i < n_mine) issue(i);
-    if constexpr (!BULK) cp_async_commit();
+    cp_async_commit();
   }
 
   if constexpr (kShflK) build_lut_shfl<KB>(lut, 0, held_c, 0);
@@ -370,10 +343,10 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     qf[kk][1] = pack_half2(v.z, v.w);
   }
   __syncthreads();  // tables ready
-  // v3: the V half of the table by an immediate offset on the table base (lane4v = lane4k).
-  const uint32_t lane4k = 4u * lane, lane4v = V3 ? 4u * lane : 4u * lane + 128u;
-  // Soft-cap in the domain of the scores (v3: log2 domain, c' = c log2(e)), by its reciprocal.
-  const float cap = kFold ? args.softcap * kLog2e : args.softcap;
+  // The V half of the table by an immediate offset on the table base (VPairs), so lane4v = lane4k.
+  const uint32_t lane4k = 4u * lane, lane4v = 4u * lane;
+  // Soft-cap in the domain of the scores (log2 domain, c' = c log2(e)), by its reciprocal.
+  const float cap = args.softcap * kLog2e;
   const float inv_cap = args.softcap > 0.f ? 1.f / cap : 0.f;
 
   // O^T fragments: acc[mt][0..1] = coordinate g*D/8 + 2mt, heads 2t, 2t+1;
@@ -383,17 +356,11 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   for (int i = 0; i < kSteps; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY};  // per head column 2t, 2t+1 (uniform over g)
   float l_run[2] = {0.f, 0.f};              // this lane's share of the denominators
-  float m_use[2] = {0.f, 0.f};              // FASTSM: m_run, or 0 while it is -inf (exp2 reference)
+  float m_use[2] = {0.f, 0.f};              // m_run, or 0 while it is -inf (exp2 reference)
 
   int read_slot = 0;  // = i % kStages
-  uint32_t read_phase = 0;  // parity of the slot's mbarrier phase (BULK): flips each lap of the ring
   for (int i = 0; i < n_mine; ++i) {
-    if constexpr (BULK) {
-      mbar_wait_parity(smem_addr(&my_mbar[read_slot]), read_phase);
-      if (read_slot + 1 == Cfg::kStages) read_phase ^= 1u;
-    } else {
-      cp_async_wait<Cfg::kStages - 2>();
-    }
+    cp_async_wait<Cfg::kStages - 2>();
     __syncwarp();
     const uint8_t* ktile = my_ring + read_slot * Cfg::kStageBytes;
     read_slot = read_slot + 1 == Cfg::kStages ? 0 : read_slot + 1;
@@ -413,12 +380,9 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
         constexpr int row = D * KB / 8;
         r0.load(ktile, g * row + 8 * t, g * row + 32 + 4 * t);
         r1.load(ktile, (g + 8) * row + 8 * t, (g + 8) * row + 32 + 4 * t);
-      } else if constexpr (V3) {  // (g * D + t * D / 4) * KB = lane * D * KB / 4: one multiply
+      } else {  // (g * D + t * D / 4) * KB = lane * D * KB / 4: one multiply
         r0.load(ktile, lane * (D * KB / 4));
         r1.load(ktile, lane * (D * KB / 4) + 8 * D * KB);
-      } else {
-        r0.load(ktile, (g * D + t * (D / 4)) * KB);
-        r1.load(ktile, ((g + 8) * D + t * (D / 4)) * KB);
       }
       float se[4] = {0.f, 0.f, 0.f, 0.f}, so[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -431,17 +395,13 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[e] = se[e] + so[e];
     }
-    // (v3: log2(e) folded into the two K token scales instead of the four scores)
-    const float ks0 = token_scale<D, KB>(ktile, g) * (kFold ? kLog2e : 1.f);
-    const float ks1 = token_scale<D, KB>(ktile, g + 8) * (kFold ? kLog2e : 1.f);
+    // (log2(e) folded into the two K token scales instead of the four scores)
+    const float ks0 = token_scale<D, KB>(ktile, g) * kLog2e;
+    const float ks1 = token_scale<D, KB>(ktile, g + 8) * kLog2e;
     float x[4] = {s[0] * ks0, s[1] * ks0, s[2] * ks1, s[3] * ks1};
     if (args.softcap > 0.f) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = V3 ? cap * tanhf(x[e] * inv_cap) : cap * tanhf(x[e] / cap);
-    }
-    if constexpr (!kFold) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] *= kLog2e;
+      for (int e = 0; e < 4; ++e) x[e] = cap * tanhf(x[e] * inv_cap);
     }
     if constexpr (!FULL) {
       x[0] = ok0 ? x[0] : -INFINITY;
@@ -453,7 +413,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     // ---- online softmax per head column ----
     float p[4];
     bool slow = true;
-    if constexpr (FASTSM) {  // no score above the running max anywhere in the warp: no max reduction
+    {  // no score above the running max anywhere in the warp: no max reduction
       const bool grow = fmaxf(x[0], x[2]) > m_run[0] || fmaxf(x[1], x[3]) > m_run[1];
       slow = __any_sync(0xffffffffu, grow);
       if (!slow) {
@@ -480,7 +440,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
           p[h + 2] = fast_exp2(x[h + 2] - m_new);
         }
         m_run[h] = m_new;
-        if constexpr (FASTSM) m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+        m_use[h] = m_new == -INFINITY ? 0.f : m_new;
         l_run[h] = l_run[h] * alpha[h] + p[h] + p[h + 2];
       }
       // Rescale only when some column's running max moved (rare once the max has settled).
@@ -535,7 +495,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
         mlo = (visible(2 * t) ? 0x0000ffffu : 0u) | (visible(2 * t + 1) ? 0xffff0000u : 0u);
         mhi = (visible(2 * t + 8) ? 0x0000ffffu : 0u) | (visible(2 * t + 9) ? 0xffff0000u : 0u);
       }
-      VPairs<VB, VChunk, V3 ? 128 : 0, V3> lo, hi;
+      VPairs<VB, VChunk, 128, true> lo, hi;
       lo.init(v0, v1);
       hi.init(v8, v9);
 #pragma unroll
@@ -548,19 +508,15 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       }
     }
     };  // page
-    if constexpr (kFullPath) {
-      // (a vote: the compiler then knows the branch is warp-uniform and keeps the table base in
-      // a uniform register inside both copies)
-      if (__all_sync(0xffffffffu, pos0 >= lo_pos && pos0 + kPage <= len)) page(std::true_type{});
-      else page(std::false_type{});
-    } else {
-      page(std::false_type{});
-    }
+    // (a vote: the compiler then knows the branch is warp-uniform and keeps the table base in a
+    // uniform register inside both copies)
+    if (__all_sync(0xffffffffu, pos0 >= lo_pos && pos0 + kPage <= len)) page(std::true_type{});
+    else page(std::false_type{});
     __syncwarp();
     if (i + Cfg::kStages - 1 < n_mine) issue(i + Cfg::kStages - 1);
-    if constexpr (!BULK) cp_async_commit();
+    cp_async_commit();
   }
-  if constexpr (!BULK) cp_async_wait<0>();  // (BULK: every issued page was waited for in the loop)
+  cp_async_wait<0>();
 
   // ---- merge the warps (shared memory reused: all tiles are consumed) ----
   l_run[0] = warp_sum_over_g(l_run[0]);
@@ -568,13 +524,13 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   __syncthreads();
   float* mrg = reinterpret_cast<float*>(ring);
   // Where coordinate c sits in a merge row: lane group g's D/8 coordinates (in its chunk's order)
-  // at g * (D / 8 + 1) (v2: one pad word per group; v1: none).
+  // at g * (D / 8 + 1) (one pad word per group).
   auto merge_slot = [](int c) {
     if constexpr (kVRuns) return c < 64 ? (c >> 3) * 13 + (c & 7) : ((c - 64) >> 2) * 13 + 8 + ((c - 64) & 3);
     else return c + c / kPadDiv;
   };
   float* res = mrg + W * (16 + 8 * kSx);  // the fused merge's area (after every warp's rows)
-  float* wm = mrg + warp * (16 + 8 * kSx);  // m[8], l[8], O[8][kSx] (v2: padded rows)
+  float* wm = mrg + warp * (16 + 8 * kSx);  // m[8], l[8], O[8][kSx] (padded rows)
   if (g == 0) {
     wm[2 * t] = m_run[0]; wm[2 * t + 1] = m_run[1];
     wm[8 + 2 * t] = l_run[0]; wm[8 + 2 * t + 1] = l_run[1];
@@ -582,7 +538,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   float* wo = wm + 16;
 #pragma unroll
   for (int mt = 0; mt < kSteps; ++mt) {
-    const int ca = g * (D / 8) + 2 * mt + (V2 ? g : 0);  // (v2: + c / (D / 8) = g)
+    const int ca = g * (D / 8) + 2 * mt + g;  // (+ c / (D / 8) = g: the pad word)
     wo[(2 * t) * kSx + ca] = acc[mt][0];
     wo[(2 * t + 1) * kSx + ca] = acc[mt][1];
     wo[(2 * t) * kSx + ca + 1] = acc[mt][2];
@@ -605,7 +561,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       }
     }
     const float o = den > 0.f ? num / den : 0.f, lse = den > 0.f ? mx + log2f(den) : -INFINITY;
-    if (kFusedOk && args.out) {  // fused merge: this CTA's partial stays in its shared memory
+    if (args.out) {  // fused merge: this CTA's partial stays in its shared memory
       res[FusedMergeSmem<D>::kResO + h * D + c] = o;
       if (c == 0) res[FusedMergeSmem<D>::kResLse + h] = lse;
     } else {
@@ -613,7 +569,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       if (c == 0) args.part_lse[part_row + head0 + h] = lse;
     }
   }
-  if (kFusedOk && args.out) fused_merge<D>(args, res, seq, kv_head, head0, nheads);
+  if (args.out) fused_merge<D>(args, res, seq, kv_head, head0, nheads);
 }
 
 }  // namespace tqkv::cuda::detail

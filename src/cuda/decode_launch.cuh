@@ -10,35 +10,24 @@
 
 namespace tqkv::cuda::detail {
 
-// With `occupancy` non-null: only reports how many CTAs fit on one SM (for plan_decode).
-// Tile copy of the decode kernel: "cpasync" (16-byte cp.async by every lane, the default) or
-// "bulk" (one bulk copy per tile on an mbarrier); environment TQKV_CUDA_DECODE_COPY, read once.
-bool decode_copy_bulk();
-// Kernel version without the fused query rotation, environment TQKV_CUDA_DECODE_KERNEL (read
-// once): "v3" (MODE 6; also what the default uses where the rotation cannot be fused), "v2"
-// (MODE 2) or "v1" (MODE 0; MODE 1 with TQKV_CUDA_DECODE_COPY=bulk). Returns the MODE.
-int decode_kernel_mode();
-// Fused merge of the splits inside the v3 decode kernel (decode_fused_merge.cuh) for decode calls
+// Fused merge of the splits inside the decode kernel (decode_fused_merge.cuh) for decode calls
 // of at most kMaxFusedSplits splits (the portable cluster size); environment
 // TQKV_CUDA_DECODE_MERGE=kernel (read once) keeps merge_splits_kernel for every call instead.
 inline constexpr int kMaxFusedSplits = 8;
 bool fused_merge_enabled();
 
-// The MODE that launches run: 5 (the default, or TQKV_CUDA_DECODE_KERNEL=fusedq: v3 rotating its
-// own queries; launch_chain then skips rotate_query_kernel where it can), else
-// decode_kernel_mode() (v3 = 6 after the rotation kernel, v2, v1). Read once.
+// The MODE that launches run (environment TQKV_CUDA_DECODE_KERNEL, read once): 5 (unset or
+// "fusedq": the kernel rotates its own queries where launch_chain hands it the raw ones, else 6)
+// or 6 ("v3": always after rotate_query_kernel).
 inline int decode_mode_selected() {
   static const int mode = [] {
     const char* e = std::getenv("TQKV_CUDA_DECODE_KERNEL");
-    const std::string s = e ? e : "";
-    // Unset (the default) or "fusedq": v3 rotating its own queries where the rotation allows it
-    // (launch_chain; elsewhere v3 after rotate_query_kernel). "v3": always the rotation kernel.
-    if ((s.empty() || s == "fusedq") && !decode_copy_bulk()) return 5;
-    return decode_kernel_mode();
+    return e != nullptr && std::string(e) == "v3" ? 6 : 5;
   }();
   return mode;
 }
 
+// With `occupancy` non-null: only reports how many CTAs fit on one SM (for plan_decode).
 template <int D, int KB, int VB, int MODE>
 Status launch_decode_mode(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
   using Cfg = DecodeConfig<D, KB, VB>;
@@ -66,7 +55,7 @@ Status launch_decode_mode(const DecodeArgs* args, cudaStream_t stream, int* occu
   }
   // Fused merge: the splits of one (sequence, head chunk) form one cluster. One split needs no
   // attribute (every launch is a cluster of one CTA; cluster barriers then act as CTA barriers).
-  if ((MODE == 5 || MODE == 6) && args->out && args->num_splits > 1) {
+  if (args->out && args->num_splits > 1) {
     attr[na].id = cudaLaunchAttributeClusterDimension;
     attr[na].val.clusterDim.x = static_cast<unsigned>(args->num_splits);
     attr[na].val.clusterDim.y = 1;
@@ -81,15 +70,10 @@ Status launch_decode_mode(const DecodeArgs* args, cudaStream_t stream, int* occu
 
 template <int D, int KB, int VB>
 Status launch_decode_split(const DecodeArgs* args, cudaStream_t stream, int* occupancy) {
-  switch (decode_mode_selected()) {
-    case 5:  // fused query rotation only where launch_chain handed over the raw queries
-      return args && args->q_in ? launch_decode_mode<D, KB, VB, 5>(args, stream, occupancy)
-                                : launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
-    case 6: return launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
-    case 2: return launch_decode_mode<D, KB, VB, 2>(args, stream, occupancy);
-    case 1: return launch_decode_mode<D, KB, VB, 1>(args, stream, occupancy);
-    default: return launch_decode_mode<D, KB, VB, 0>(args, stream, occupancy);
-  }
+  // MODE 5 only where launch_chain handed over the raw queries (and the occupancy query, which
+  // is the same for both).
+  if (decode_mode_selected() == 5 && (!args || args->q_in)) return launch_decode_mode<D, KB, VB, 5>(args, stream, occupancy);
+  return launch_decode_mode<D, KB, VB, 6>(args, stream, occupancy);
 }
 
 // Expands to one `case` per head size for a fixed (KB, VB) pair.
