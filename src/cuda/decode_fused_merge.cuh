@@ -33,7 +33,11 @@ struct FusedMergeSmem {
   static constexpr int kSinkStat = kSinkX + 8 * kPage;
   static constexpr int kFloats = kSinkStat + 8 * 4;
 };
+// FusedMergeSmem<d>::kFloats * 4, for a head size known only at run time (decode_shape).
 constexpr int fused_merge_bytes(int d) { return (16 * d + 8 + 8 * kPage + 32) * 4; }
+static_assert(FusedMergeSmem<64>::kFloats * 4 == fused_merge_bytes(64) &&
+                  FusedMergeSmem<256>::kFloats * 4 == fused_merge_bytes(256),
+              "the fused merge's area: FusedMergeSmem and fused_merge_bytes disagree");
 
 // Whole CTA. `res` = this CTA's FusedMergeSmem area (res_o and res_lse written); every CTA of the
 // cluster must call it (it synchronises the cluster twice). Decode only: row = sequence.
