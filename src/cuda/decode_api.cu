@@ -12,6 +12,7 @@
 #include "cuda/attention_internal.h"
 #include "cuda/cuda_check.h"
 #include "cuda/decode_launch.cuh"
+#include "cuda/split_merge.cuh"
 #include "tqkv/cuda_attention.h"
 
 namespace tqkv::cuda {
@@ -35,20 +36,6 @@ __device__ __forceinline__ float load_elem(const void* p, DType t, size_t i) {
                           : __half2float(static_cast<const __half*>(p)[i]);
 }
 
-// In-place fast Walsh-Hadamard transform of x[0..d) in shared memory (d a power of two), by the
-// whole block; leaves the block synchronised.
-__device__ void block_fwht(float* x, int d) {
-  for (int h = 1; h < d; h <<= 1) {
-    for (int p = threadIdx.x; p < d / 2; p += blockDim.x) {
-      const int i = (p / h) * 2 * h + (p % h);
-      const float a = x[i], b = x[i + h];
-      x[i] = a + b;
-      x[i + h] = a - b;
-    }
-    __syncthreads();
-  }
-}
-
 // q_rot[s][h] = scale * P q[s][h] (rotate only when K is TurboQuant). Grid: num_seqs * num_q_heads.
 // P = H diag(signs) / sqrt(d) through the fast transform when `signs` is set; else row i of the
 // dense P is one warp's coalesced dot product.
@@ -66,7 +53,7 @@ __global__ void rotate_query_kernel(const void* q, DType q_type, const float* ro
     return;
   }
   if (hadamard) {
-    block_fwht(xq, d);
+    detail::hadamard_rows_block(xq, 1, d);
     const float f = scale * rsqrtf(static_cast<float>(d));
     for (int i = threadIdx.x; i < d; i += blockDim.x) q_rot[row * d + i] = f * xq[i];
     return;
@@ -153,21 +140,14 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     const float* qr = sk.q_rot + row * d;
     const int wp = threadIdx.x >> 5, ln = threadIdx.x & 31, nwp = (blockDim.x + 31) >> 5;
     for (int j = s_lo + wp; j < s_hi; j += nwp) {  // one warp per sink position
-      float dot = 0.f;
-      for (int i = ln; i < d; i += 32) dot = fmaf(qr[i], __half2float(kt[static_cast<size_t>(j) * d + i]), dot);
-      dot = detail::warp_sum(dot);
-      if (sk.softcap > 0.f) dot = sk.softcap * tanhf(dot / sk.softcap);
-      if (ln == 0) sink_x[j] = dot * 1.4426950408889634f;
+      const float x = detail::sink_score(qr, kt + static_cast<size_t>(j) * d, d, sk.softcap);
+      if (ln == 0) sink_x[j] = x;
     }
     __syncthreads();  // scores and V rows in shared memory
-    float m = -INFINITY, l = 0.f;
-    for (int j = s_lo; j < s_hi; ++j) m = fmaxf(m, sink_x[j]);
-    for (int j = s_lo; j < s_hi; ++j) l += exp2f(sink_x[j] - m);
-    if (s_hi > s_lo) {
-      sink_lse = m + log2f(l);
-      sink_m = m;
-      sink_inv_l = 1.f / l;
-    }
+    const detail::SinkStats st = detail::sink_stats(sink_x, s_lo, s_hi);
+    sink_lse = st.lse;
+    sink_m = st.m;
+    sink_inv_l = st.inv_l;
   }
   __shared__ float red[32];
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -199,28 +179,14 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     if (den > 0.f) {
 #pragma unroll 4
       for (int k = 0; k < num_splits; ++k) num = fmaf(wts[k], part_o[(k * split_stride_rows + row) * d + i], num);
-      if (w_sink > 0.f) {
-        float o = 0.f;
-        for (int j = s_lo; j < s_hi; ++j) o = fmaf(exp2f(sink_x[j] - sink_m), __half2float(svs[j * d + i]), o);
-        num = fmaf(w_sink * sink_inv_l, o, num);
-      }
+      if (w_sink > 0.f) num = fmaf(w_sink * sink_inv_l, detail::sink_output(sink_x, sink_m, svs, d, i, s_lo, s_hi), num);
     }
     y[i] = num * inv_den;
   }
   __syncthreads();
-  if (rotation && signs) block_fwht(y, d);
-  const float inv_sqrt_d = rsqrtf(static_cast<float>(d));
+  if (rotation && signs) detail::hadamard_rows_block(y, 1, d);
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float x;
-    if (rotation && signs) {
-      x = y[i] * signs[i] * inv_sqrt_d;
-    } else if (rotation) {  // x_i = sum_j P[j][i] y_j  (column i of P: coalesced across threads)
-      x = 0.f;
-#pragma unroll 16
-      for (int j = 0; j < d; ++j) x = fmaf(rotation[static_cast<size_t>(j) * d + i], y[j], x);
-    } else {
-      x = y[i];
-    }
+    const float x = detail::rotate_back(y, i, d, rotation, signs);
     if (out_type == DType::kF32) {
       static_cast<float*>(out)[row * d + i] = x;
     } else {

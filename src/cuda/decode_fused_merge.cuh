@@ -14,18 +14,21 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "cuda/device_utils.cuh"
 #include "cuda/kv_fetch.cuh"
+#include "cuda/split_merge.cuh"
 #include "tqkv/kv_layout.h"
 
 namespace tqkv::cuda::detail {
 
 // Shared memory of the fused merge, in floats, after the warp-merge rows: [8][D] res_o, [8]
 // res_lse (read by the other CTAs of the cluster), then this CTA's own [8][D] y, [8][kPage] sink
-// scores and [8][4] sink statistics.
+// scores and [8][4] sink statistics (lse, max, 1 / sum, unused).
 template <int D>
 struct FusedMergeSmem {
+  static constexpr int kMaxSplits = 8;  // the portable cluster size (decode_launch.cuh: kMaxFusedSplits)
   static constexpr int kResO = 0;
   static constexpr int kResLse = 8 * D;
   static constexpr int kY = kResLse + 8;
@@ -40,7 +43,7 @@ static_assert(FusedMergeSmem<64>::kFloats * 4 == fused_merge_bytes(64) &&
               "the fused merge's area: FusedMergeSmem and fused_merge_bytes disagree");
 
 // Whole CTA. `res` = this CTA's FusedMergeSmem area (res_o and res_lse written); every CTA of the
-// cluster must call it (it synchronises the cluster twice). Decode only: row = sequence.
+// cluster must call it (it passes the cluster's barrier twice). Decode only: row = sequence.
 template <int D, typename Args>
 __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, int head0, int nheads) {
   namespace cg = cooperative_groups;
@@ -52,110 +55,120 @@ __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, 
   const int nmine = nheads > rank ? (nheads - rank + S - 1) / S : 0;  // heads rank, rank + S, ...
   float* y = res + L::kY;
   float* sink_x = res + L::kSinkX;
-  float* sink_stat = res + L::kSinkStat;  // per local head: lse, m, 1 / l, unused
+  float* sink_stat = res + L::kSinkStat;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  // The Hadamard signs of the rotation back, loaded now: they arrive while the cluster merges.
+  constexpr bool kPow2 = (D & (D - 1)) == 0;
+  constexpr int E = kPow2 ? D / 32 : 1;
+  const bool hadamard = kPow2 && args.out_rotation && args.out_signs;
+  float sg[E] = {};
+  if (hadamard) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) sg[e] = __ldg(args.out_signs + lane * E + e);
+  }
 
-  // ---- the sink split of this rank's heads (local data only: may run before the cluster sync) ----
   __syncthreads();  // q_rot rows this CTA rotated itself (fused query rotation) are written
-  const int len = view.seq_lens[seq];
+  // Arrive now (this CTA's res_o / res_lse are written), wait only before reading the others':
+  // the sink scores below run while the cluster's barrier completes.
+  auto arrived = cluster.barrier_arrive();
+
+  // ---- the sink split of this rank's heads (local data only) ----
+  const bool sinks = view.sink_tokens > 0;
   int s_lo = 0, s_hi = 0;
-  const __half* sk = nullptr;
   const __half* sv = nullptr;
-  if (view.sink_tokens > 0) {
+  if (sinks) {
+    const int len = view.seq_lens[seq];
     s_lo = args.window > 0 ? max(0, len - args.window) : 0;
     s_hi = min(view.sink_tokens, len);
     const size_t tile_halves = static_cast<size_t>(tile_bytes(view.sink_tokens, D, kF16Bits) / 2);
     const size_t tile = (static_cast<size_t>(view.sink_slot[seq]) * view.num_kv_heads + kv_head) * tile_halves;
-    sk = reinterpret_cast<const __half*>(view.sink_k) + tile;
+    const __half* sk = reinterpret_cast<const __half*>(view.sink_k) + tile;
     sv = reinterpret_cast<const __half*>(view.sink_v) + tile;
     const int np = s_hi - s_lo;
     for (int pr = warp; pr < nmine * np; pr += nw) {  // one warp per (head, sink position)
       const int hl = pr / np, j = s_lo + pr % np;
       const float* qr = args.q_rot + (static_cast<size_t>(seq) * args.num_q_heads + head0 + rank + hl * S) * D;
-      float dot = 0.f;
-      for (int i = lane; i < D; i += 32) dot = fmaf(qr[i], __half2float(sk[static_cast<size_t>(j) * D + i]), dot);
-      dot = warp_sum(dot);
-      if (args.softcap > 0.f) dot = args.softcap * tanhf(dot / args.softcap);
-      if (lane == 0) sink_x[hl * kPage + j] = dot * 1.4426950408889634f;
+      const float x = sink_score(qr, sk + static_cast<size_t>(j) * D, D, args.softcap);
+      if (lane == 0) sink_x[hl * kPage + j] = x;
     }
-  }
-  cluster.sync();  // every CTA's res_o / res_lse written (and this CTA's sink scores)
-  if (threadIdx.x < nmine) {
-    const int hl = threadIdx.x;
-    float m = -INFINITY, l = 0.f, lse = -INFINITY, inv_l = 0.f;
-    for (int j = s_lo; j < s_hi; ++j) m = fmaxf(m, sink_x[hl * kPage + j]);
-    for (int j = s_lo; j < s_hi; ++j) l += exp2f(sink_x[hl * kPage + j] - m);
-    if (s_hi > s_lo) {
-      lse = m + log2f(l);
-      inv_l = 1.f / l;
+    __syncthreads();
+    if (threadIdx.x < nmine) {
+      const int hl = threadIdx.x;
+      const SinkStats st = sink_stats(sink_x + hl * kPage, s_lo, s_hi);
+      sink_stat[4 * hl] = st.lse;
+      sink_stat[4 * hl + 1] = st.m;
+      sink_stat[4 * hl + 2] = st.inv_l;
     }
-    sink_stat[4 * hl] = lse;
-    sink_stat[4 * hl + 1] = m;
-    sink_stat[4 * hl + 2] = inv_l;
+    __syncthreads();
   }
-  __syncthreads();
+  // The cluster's partials as seen from here (distributed shared memory), mapped once.
+  const float* part[L::kMaxSplits];
+#pragma unroll
+  for (int r = 0; r < L::kMaxSplits; ++r) {
+    part[r] = res;
+    if (r < S) part[r] = cluster.map_shared_rank(res, r);
+  }
+  cluster.barrier_wait(std::move(arrived));  // every CTA's res_o / res_lse written
 
   // ---- y = (sum_r w_r o_r + w_sink o_sink) / (sum_r w_r + w_sink), w = 2^(lse - max) ----
+  // (the weights are recomputed per coordinate: a pass per head first would put one more
+  // round trip and barrier on the critical path)
   for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
     const int hl = idx / D, c = idx - hl * D, h = rank + hl * S;
-    const float sink_lse = sink_stat[4 * hl];
+    const float sink_lse = sinks ? sink_stat[4 * hl] : -INFINITY;
     float mx = sink_lse;
-    for (int r = 0; r < S; ++r) mx = fmaxf(mx, cluster.map_shared_rank(res, r)[L::kResLse + h]);
+#pragma unroll
+    for (int r = 0; r < L::kMaxSplits; ++r)
+      if (r < S) mx = fmaxf(mx, part[r][L::kResLse + h]);
     float num = 0.f, den = 0.f;
     if (mx != -INFINITY) {
-      for (int r = 0; r < S; ++r) {
-        const float* rr = cluster.map_shared_rank(res, r);
-        const float w = exp2f(rr[L::kResLse + h] - mx);
-        den += w;
-        num = fmaf(w, rr[L::kResO + h * D + c], num);
+#pragma unroll
+      for (int r = 0; r < L::kMaxSplits; ++r) {
+        if (r < S) {
+          const float w = exp2f(part[r][L::kResLse + h] - mx);
+          den += w;
+          num = fmaf(w, part[r][L::kResO + h * D + c], num);
+        }
       }
       const float w_sink = exp2f(sink_lse - mx);  // 0 without sinks
       den += w_sink;
       if (w_sink > 0.f) {
-        const float sm = sink_stat[4 * hl + 1];
-        float o = 0.f;
-        for (int j = s_lo; j < s_hi; ++j)
-          o = fmaf(exp2f(sink_x[hl * kPage + j] - sm), __half2float(sv[static_cast<size_t>(j) * D + c]), o);
+        const float o = sink_output(sink_x + hl * kPage, sink_stat[4 * hl + 1], sv, D, c, s_lo, s_hi);
         num = fmaf(w_sink * sink_stat[4 * hl + 2], o, num);
       }
     }
     y[hl * D + c] = num * (den > 0.f ? 1.f / den : 0.f);
   }
-  cluster.sync();  // the other CTAs' shared memory is not read after this: they may exit
+  // Done with the other CTAs' shared memory: arrive, and wait only before exiting (a CTA must not
+  // leave while another may still read its partials), after the rotation back below.
+  arrived = cluster.barrier_arrive();
+  __syncthreads();  // this CTA's y rows complete
 
   // ---- back to the model's space: x = P^T y ----
-  const float* rot = args.out_rotation;
-  const bool hadamard = rot && args.out_signs;
-  if (hadamard) {  // fast Walsh-Hadamard transform of each head's row, then signs / sqrt(D)
-    for (int hs = 1; hs < D; hs <<= 1) {
-      for (int p = threadIdx.x; p < nmine * D / 2; p += blockDim.x) {
-        const int hl = p / (D / 2), q = p - hl * (D / 2);
-        const int i = hl * D + (q / hs) * 2 * hs + (q % hs);
-        const float a = y[i], b = y[i + hs];
-        y[i] = a + b;
-        y[i + hs] = a - b;
-      }
-      __syncthreads();
-    }
-  }
-  const float inv_sqrt_d = rsqrtf(static_cast<float>(D));
-  for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
-    const int hl = idx / D, i = idx - hl * D, h = rank + hl * S;
-    float x;
-    if (hadamard) {
-      x = y[idx] * args.out_signs[i] * inv_sqrt_d;
-    } else if (rot) {  // dense P: x_i = sum_j P[j][i] y_j (column i: coalesced across threads)
-      x = 0.f;
-      const float* yh = y + hl * D;
-#pragma unroll 16
-      for (int j = 0; j < D; ++j) x = fmaf(rot[static_cast<size_t>(j) * D + i], yh[j], x);
-    } else {
-      x = y[idx];
-    }
+  auto store = [&](int h, int i, float x) {
     const size_t o = (static_cast<size_t>(seq) * args.num_q_heads + head0 + h) * D + i;
     if (args.out_f32) static_cast<float*>(args.out)[o] = x;
     else static_cast<__half*>(args.out)[o] = __float2half_rn(x);
+  };
+  if (hadamard) {  // one warp per head, in registers
+    if constexpr (kPow2) {
+      const float inv_sqrt_d = rsqrtf(static_cast<float>(D));
+      for (int hl = warp; hl < nmine; hl += nw) {
+        float x[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[e] = y[hl * D + lane * E + e];
+        hadamard_in_lanes<E, 32>(x, lane);
+#pragma unroll
+        for (int e = 0; e < E; ++e) store(rank + hl * S, lane * E + e, x[e] * sg[e] * inv_sqrt_d);
+      }
+    }
+  } else {  // dense P (column products) or no rotation (fp16 V)
+    for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
+      const int hl = idx / D, i = idx - hl * D;
+      store(rank + hl * S, i, rotate_back(y + hl * D, i, D, args.out_rotation, nullptr));
+    }
   }
+  cluster.barrier_wait(std::move(arrived));
 }
 
 }  // namespace tqkv::cuda::detail

@@ -19,6 +19,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/hadamard.cuh"
 #include "cuda/quantize_internal.h"
 #include "tqkv/kv_layout.h"
 
@@ -195,26 +196,7 @@ __global__ void __launch_bounds__(kFastWarps * 32, D >= 256 ? 2 : 4) quantize_ha
     float n2 = 0.f, y[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) { n2 = fmaf(x[e], x[e], n2); y[e] = x[e] * sg[e]; }
-#pragma unroll
-    for (int hs = 1; hs < E; hs <<= 1) {
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        if ((e & hs) == 0) {
-          const float p = y[e], q = y[e + hs];
-          y[e] = p + q;
-          y[e + hs] = p - q;
-        }
-      }
-    }
-#pragma unroll
-    for (int lm = 1; lm < 16; lm <<= 1) {
-      const float sgn = (hl & lm) ? -1.f : 1.f;  // upper lane: partner - own; lower: own + partner
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const float u = __shfl_xor_sync(0xffffffffu, y[e], lm);
-        y[e] = fmaf(sgn, y[e], u);  // exact: one rounding, like the add it replaces
-      }
-    }
+    detail::hadamard_in_lanes<E, 16>(y, hl);
     const float norm = sqrtf(half_sum(n2));
     const float inv = norm > 0.f ? 1.f / norm : 0.f;
 #pragma unroll

@@ -21,6 +21,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/hadamard.cuh"
 #include "codec/scale_search.h"
 #include "cuda/quantize_internal.h"
 #include "tqkv/kv_layout.h"
@@ -51,30 +52,12 @@ __device__ __forceinline__ float load_in(const void* p, DType t, size_t i) {
 }
 
 // Lane `lane` holds coordinates lane*E .. lane*E+E-1 (E = D/32) and their signs (registers);
-// returns H diag(signs) x / sqrt(D).
+// returns P x = H diag(signs) x / sqrt(D).
 template <int E>
 __device__ __forceinline__ void fwht_warp(float (&v)[E], const float (&sg)[E], int lane, float inv_sqrt_d) {
 #pragma unroll
   for (int e = 0; e < E; ++e) v[e] *= sg[e];
-#pragma unroll
-  for (int h = 1; h < E; h <<= 1) {  // strides inside the lane
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      if ((e & h) == 0) {
-        const float a = v[e], b = v[e + h];
-        v[e] = a + b;
-        v[e + h] = a - b;
-      }
-    }
-  }
-#pragma unroll
-  for (int lm = 1; lm < 32; lm <<= 1) {  // strides across lanes: h = lm * E
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const float u = __shfl_xor_sync(0xffffffffu, v[e], lm);
-      v[e] = (lane & lm) ? u - v[e] : v[e] + u;
-    }
-  }
+  detail::hadamard_in_lanes<E, 32>(v, lane);
 #pragma unroll
   for (int e = 0; e < E; ++e) v[e] *= inv_sqrt_d;
 }
