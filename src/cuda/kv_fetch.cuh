@@ -45,8 +45,8 @@ __device__ __forceinline__ void build_lut(uint8_t* lut, int side, const float* c
   constexpr int E = LutTraits<B>::kEntries;
   for (int i = threadIdx.x; i < L; i += blockDim.x) scratch[i] = centroids[i];
   __syncthreads();
-  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
-    const int e = i >> 5, l = i & 31;
+  for (int i = threadIdx.x; i < E * 8; i += blockDim.x) {  // entry e, copies of lanes 4q .. 4q + 3
+    const int e = i >> 3, q = i & 7;
     uint32_t v;
     if constexpr (B == 8) {
       v = static_cast<uint32_t>(__half_as_ushort(__float2half_rn(scratch[e])));
@@ -54,25 +54,30 @@ __device__ __forceinline__ void build_lut(uint8_t* lut, int side, const float* c
       constexpr int m = (1 << B) - 1;
       v = pack_half2(scratch[e & m], scratch[e >> B]);
     }
-    *reinterpret_cast<uint32_t*>(lut + e * 256 + side * 128 + l * 4) = v;
+    *reinterpret_cast<uint4*>(lut + e * 256 + side * 128 + q * 16) = make_uint4(v, v, v, v);
   }
 }
 
 // Like build_lut for B <= 4 (at most 16 centroids), without staging through shared memory: lane
 // `src_lane0 + i` of every warp holds centroid i in `held` (loaded straight from global memory at
 // kernel entry, so that load overlaps the others), and entries are joined by shuffles. All
-// threads take part; entries per side (E * 32) are a multiple of blockDim.x, so every warp runs
-// the same iterations. The caller synchronises afterwards.
+// threads take part; the E * 8 stores per side are a multiple of 32, so a warp runs each of its
+// iterations whole (full-mask shuffles). The caller synchronises afterwards.
+// Both builders write four lanes' copies of an entry with one 16-byte store: a quarter of the
+// stores and shuffles of one copy per thread (a CTA writes 16K words of table before its first
+// page can be scored, and the pages in flight wait meanwhile).
 template <int B>
 __device__ __forceinline__ void build_lut_shfl(uint8_t* lut, int side, float held, int src_lane0) {
   static_assert(B <= 4, "16 centroids at most");
   constexpr int E = LutTraits<B>::kEntries;
+  static_assert(E * 8 % 32 == 0, "whole warps");
   constexpr int m = (1 << B) - 1;
-  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
-    const int e = i >> 5, l = i & 31;
+  for (int i = threadIdx.x; i < E * 8; i += blockDim.x) {  // entry e, copies of lanes 4q .. 4q + 3
+    const int e = i >> 3, q = i & 7;
     const float lo = __shfl_sync(0xffffffffu, held, src_lane0 + (e & m));
     const float hi = __shfl_sync(0xffffffffu, held, src_lane0 + (e >> B));
-    *reinterpret_cast<uint32_t*>(lut + e * 256 + side * 128 + l * 4) = pack_half2(lo, hi);
+    const uint32_t v = pack_half2(lo, hi);
+    *reinterpret_cast<uint4*>(lut + e * 256 + side * 128 + q * 16) = make_uint4(v, v, v, v);
   }
 }
 
