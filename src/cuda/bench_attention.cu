@@ -128,6 +128,41 @@ Result<double> measure_copy_gbps(cudaStream_t stream, std::vector<CudaBenchRow>&
   return best;
 }
 
+// The floor under every decode call: an empty kernel with the decode kernel's launch shape (one
+// CTA of 512 threads per SM, most of the shared memory), alone and as clusters of 2 (the fused
+// merge), timed like the decode rows (back-to-back calls in one graph).
+__global__ void empty_kernel() {}
+
+Status measure_launch_floor(cudaStream_t stream, int sms, std::vector<CudaBenchRow>& rows) {
+  const int smem = 200 * 1024;
+  TQKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  for (int cluster : {1, 2}) {
+    TQKV_ASSIGN_OR_RETURN(const double us, time_graph([&](int) -> Status {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(sms / 2 * 2);
+      cfg.blockDim = dim3(512);
+      cfg.dynamicSmemBytes = smem;
+      cfg.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = cluster;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      TQKV_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, empty_kernel));
+      return Status::ok();
+    }, 20, 7, stream));
+    CudaBenchRow r;
+    r.op = "launch";
+    r.kv = "empty";
+    r.splits = cluster;
+    r.time_us = us;
+    rows.push_back(r);
+  }
+  return Status::ok();
+}
+
 constexpr int kPageSize = 16;
 
 struct CacheSet {  // `copies` replicas of one batch's pages, sharing tables
@@ -233,6 +268,7 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
   std::vector<CudaBenchRow> rows;
   TQKV_ASSIGN_OR_RETURN(const double copy_gbps, measure_copy_gbps(stream, rows));
   if (progress) progress("copy bandwidth " + std::to_string(copy_gbps) + " GB/s");
+  TQKV_RETURN_IF_ERROR(measure_launch_floor(stream, sms, rows));
 
   for (int d : cfg.head_dims) {
     for (int batch : cfg.batches) {

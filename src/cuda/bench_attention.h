@@ -32,7 +32,7 @@ struct CudaBenchConfig {
 };
 
 struct CudaBenchRow {
-  std::string op;       // "copy", "decode", "quantize"
+  std::string op;       // "copy", "launch" (an empty kernel: the floor per call), "decode", "quantize", "prefill"
   std::string kv;       // format name ("f16", "k4v4", ...)
   int batch = 0, context = 0, head_dim = 0, splits = 0;
   double time_us = 0;   // median per call
