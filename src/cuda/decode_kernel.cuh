@@ -327,7 +327,12 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   }
   __syncthreads();  // tables ready
   // The V half of the table by an immediate offset on the table base (VPairs), so lane4v = lane4k.
-  const uint32_t lane4k = 4u * lane, lane4v = 4u * lane;
+  // 4 * lane passes through a register move the compiler cannot see into: knowing its value, it
+  // rebuilt it as (tid << 2) & 0x7c inside every 2/3-bit table offset, so the field's mask and
+  // this OR took two LOP3 instead of one (one instruction more per K and per V pair).
+  uint32_t lane4k;
+  asm("mov.b32 %0, %1;" : "=r"(lane4k) : "r"(4u * static_cast<uint32_t>(lane)));
+  const uint32_t lane4v = lane4k;
   // Soft-cap in the domain of the scores (log2 domain, c' = c log2(e)), by its reciprocal.
   const float cap = args.softcap * kLog2e;
   const float inv_cap = args.softcap > 0.f ? 1.f / cap : 0.f;
