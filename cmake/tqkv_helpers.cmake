@@ -1,7 +1,8 @@
 # tqkv_add_module(NAME DIR [DEPS ...])
 # One static library per src/ folder; every .cpp in the folder belongs to it (so adding a file
-# needs no CMake edit). Files named *_avx2.cpp are compiled with AVX2/FMA/F16C and must only be
-# called after a run-time CPU check (see src/core/cpu_features.h).
+# needs no CMake edit). Files named *_avx2.cpp are compiled with AVX2/FMA/F16C, *_avx512.cpp with
+# those plus AVX-512 F/BW, and must only be called after a run-time CPU check (see
+# src/core/cpu_features.h).
 function(tqkv_add_module NAME DIR)
   cmake_parse_arguments(M "" "" "DEPS" ${ARGN})
   file(GLOB _srcs CONFIGURE_DEPENDS ${DIR}/*.cpp)
@@ -18,6 +19,8 @@ function(tqkv_add_module NAME DIR)
   foreach(_s ${_srcs})
     if(_s MATCHES "_avx2\\.cpp$")
       set_source_files_properties(${_s} PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+    elseif(_s MATCHES "_avx512\\.cpp$")
+      set_source_files_properties(${_s} PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw")
     endif()
   endforeach()
 endfunction()

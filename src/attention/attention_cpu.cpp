@@ -91,8 +91,9 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
   // Sink tiles hold each side in that side's space (rotated when TurboQuant): the fp16 path over
   // them lines up with the rotated queries and the rotated V accumulator of the other items.
   const PagedKVView sink_view = kv.sink_tokens > 0 ? kv.sinks() : kv;
-  const attn_detail::ChunkFn fn =
-      cpu_has_avx2_fma_f16c() ? &attn_detail::process_chunk_avx2 : &attn_detail::process_chunk_scalar;
+  const attn_detail::ChunkFn fn = cpu_has_avx512bw_kernels() ? &attn_detail::process_chunk_avx512
+                                  : cpu_has_avx2_fma_f16c()   ? &attn_detail::process_chunk_avx2
+                                                              : &attn_detail::process_chunk_scalar;
 #pragma omp parallel
   {
     std::vector<float> scratch(static_cast<size_t>(attn_detail::scratch_floats(ps, d, G)));

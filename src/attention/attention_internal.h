@@ -30,5 +30,7 @@ void process_chunk_scalar(const PagedKVView& kv, const AttentionParams& p, const
                           float* m, float* l, float* acc, float* scratch);
 void process_chunk_avx2(const PagedKVView& kv, const AttentionParams& p, const WorkItem& w, const float* qr,
                         float* m, float* l, float* acc, float* scratch);
+void process_chunk_avx512(const PagedKVView& kv, const AttentionParams& p, const WorkItem& w, const float* qr,
+                          float* m, float* l, float* acc, float* scratch);
 
 }  // namespace tqkv::attn_detail

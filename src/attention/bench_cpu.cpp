@@ -125,6 +125,7 @@ Result<CpuAttentionBenchResult> run_cpu_attention_bench(const CpuAttentionBenchC
   res.cfg = cfg;
   res.threads = omp_get_max_threads();
   res.avx2 = cpu_has_avx2_fma_f16c();
+  res.avx512 = cpu_has_avx512bw_kernels();
 
   FastRng rng{cfg.seed + 99};
   std::vector<float> q(static_cast<size_t>(cfg.batch) * cfg.num_q_heads * cfg.head_dim);

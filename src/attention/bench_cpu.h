@@ -29,6 +29,7 @@ struct CpuAttentionBenchResult {
   CpuAttentionBenchConfig cfg;
   int32_t threads = 0;
   bool avx2 = false;
+  bool avx512 = false;  // the AVX-512 BW build of the chunk loop ran (8-bit sides by word permutes)
   double time_ms = 0, baseline_f16_time_ms = 0, speedup_vs_f16 = 0;  // medians
   // Fastest call of each path: on a shared machine the median picks up scheduler stalls.
   double time_min_ms = 0, baseline_f16_time_min_ms = 0, speedup_vs_f16_min = 0;

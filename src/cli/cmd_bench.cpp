@@ -77,6 +77,7 @@ int run_attention(const Options& o) {
                         {"window", cfg.window},
                         {"threads", x.threads},
                         {"avx2", x.avx2},
+                        {"avx512", x.avx512},
                         {"iters", cfg.iters},
                         {"time_ms", x.time_ms},
                         {"baseline_f16_time_ms", x.baseline_f16_time_ms},
@@ -97,7 +98,7 @@ int run_attention(const Options& o) {
     return 0;
   }
   std::printf("decode attention, cpu (%d threads, %s): context %lld, batch %d, heads %d:%d, head_dim %d%s\n",
-              x.threads, x.avx2 ? "avx2" : "scalar", static_cast<long long>(cfg.context), cfg.batch, cfg.num_q_heads,
+              x.threads, x.avx512 ? "avx512" : x.avx2 ? "avx2" : "scalar", static_cast<long long>(cfg.context), cfg.batch, cfg.num_q_heads,
               cfg.num_kv_heads, cfg.head_dim, cfg.window ? (", window " + std::to_string(cfg.window)).c_str() : "");
   std::printf("%-6s %10s %12s %8s %16s\n", "kv", "time_ms", "bytes_read", "GB/s", "rel_err_vs_ref");
   std::printf("%-6s %10.3f %12lld %8.2f %16.2e\n", cfg.kv.c_str(), x.time_ms, static_cast<long long>(x.bytes_read),

@@ -15,8 +15,9 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
 #else
     std::printf("cuda backend: not compiled\n");
 #endif
-    std::printf("cpu: avx2=%s fma=%s f16c=%s\n", tqkv::cpu_has_avx2() ? "yes" : "no",
-                tqkv::cpu_has_fma() ? "yes" : "no", tqkv::cpu_has_f16c() ? "yes" : "no");
+    std::printf("cpu: avx2=%s fma=%s f16c=%s avx512bw=%s\n", tqkv::cpu_has_avx2() ? "yes" : "no",
+                tqkv::cpu_has_fma() ? "yes" : "no", tqkv::cpu_has_f16c() ? "yes" : "no",
+                tqkv::cpu_has_avx512bw_kernels() ? "yes" : "no");
     return 0;
   };
 }

@@ -24,4 +24,14 @@ bool cpu_has_avx2_fma_f16c() {
   return ok;
 }
 
+bool cpu_has_avx512bw_kernels() {
+  static const bool ok = [] {
+    const char* off = std::getenv("TQKV_NO_AVX512");
+    if (off && off[0] == '1') return false;
+    // (libgcc sets the AVX-512 bits only when XGETBV says the OS saves the mask and zmm state)
+    return cpu_has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  }();
+  return ok;
+}
+
 }  // namespace tqkv
