@@ -50,6 +50,18 @@ TEST(AttentionDecode, EveryFormatHeadSizeAndGqaAgainstReference) {
     }
 }
 
+// Head sizes that are multiples of 8 but not of 16 (valid: kv_layout.h): a 4-bit row is then an
+// odd number of 8-coordinate groups, so vector loops that step by 16 coordinates need a tail.
+TEST(AttentionDecode, HeadSizesNotMultiplesOf16) {
+  uint64_t seed = 300;
+  for (const int32_t d : {72, 88, 136}) {
+    for (const Format& f : {Format{4, 4}, Format{8, 8}, Format{4, 3}, Format{2, 2}, Format{16, 4}}) {
+      AttentionParams p{0, 1.f / std::sqrt(static_cast<float>(d))};
+      check_decode(f, d, 4, {1, 17, 129, 301}, seed++, p);
+    }
+  }
+}
+
 TEST(AttentionDecode, LongContext5000EveryFormat) {
   // One head size per format (covering all five), GQA rotating; split-K is exercised.
   const int32_t dims[] = {256, 128, 64, 80, 96, 128, 256, 64, 96};
