@@ -14,7 +14,7 @@ namespace tqkv::cuda::detail {
 // of at most kMaxFusedSplits splits (the portable cluster size); environment
 // TQKV_CUDA_DECODE_MERGE=kernel (read once) keeps merge_splits_kernel for every call instead.
 inline constexpr int kMaxFusedSplits = 8;
-static_assert(FusedMergeSmem<128>::kMaxSplits == kMaxFusedSplits, "the fused merge's weight rows hold every split");
+static_assert(FusedMergeSmem<128>::kMaxSplits == kMaxFusedSplits, "the fused merge maps the shared memory of every split in the cluster");
 bool fused_merge_enabled();
 
 // The MODE that launches run (environment TQKV_CUDA_DECODE_KERNEL, read once): 5 (unset or
