@@ -28,6 +28,7 @@
 #include "cuda/decode_kernel.cuh"
 #include "cuda/device_utils.cuh"
 #include "cuda/kv_fetch.cuh"
+#include "cuda/page_stream.cuh"
 #include "tqkv/kv_layout.h"
 
 namespace tqkv::cuda::detail {
@@ -165,34 +166,10 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
   const size_t v_stride = static_cast<size_t>(view.num_kv_heads) * Cfg::kTileV;
   const uint8_t* k_base = view.k.pages + static_cast<size_t>(kv_head) * Cfg::kTileK + lane * 16;
   const uint8_t* v_base = view.v.pages + static_cast<size_t>(kv_head) * Cfg::kTileV + lane * 16;
-  uint8_t* ring_lane = my_ring + lane * 16;
-  int issue_slot = 0;
-  // Physical page ids, 32 at a time: lane l holds the id of this warp's page ids_base + l, so the
-  // page-table read is off the per-page critical path.
-  int ids_base = -1000000, ids = 0;
-  auto issue = [&](int i) {  // i-th page of this warp -> ring slot i % kStages (warp-uniform)
-    if (i >= ids_base + 32) {
-      ids_base = i;
-      const int ii = i + lane;
-      ids = ii < n_mine ? page_row[cta_begin + warp + ii * W] : 0;
-    }
-    const int phys = __shfl_sync(0xffffffffu, ids, i - ids_base);
-    const uint8_t* ksrc = k_base + static_cast<size_t>(phys) * k_stride;
-    const uint8_t* vsrc = v_base + static_cast<size_t>(phys) * v_stride;
-    uint8_t* dst = ring_lane + issue_slot * Cfg::kStageBytes;
-    issue_slot = issue_slot + 1 == Cfg::kStages ? 0 : issue_slot + 1;
-#pragma unroll
-    for (int o = 0; o < Cfg::kTileK; o += 32 * 16)
-      if (o + lane * 16 < Cfg::kTileK) cp_async16(dst + o, ksrc + o);
-#pragma unroll
-    for (int o = 0; o < Cfg::kTileV; o += 32 * 16)
-      if (o + lane * 16 < Cfg::kTileV) cp_async16(dst + Cfg::kTileK + o, vsrc + o);
-  };
-#pragma unroll
-  for (int i = 0; i < Cfg::kStages - 1; ++i) {
-    if (i < n_mine) issue(i);
-    cp_async_commit();
-  }
+  PageStream<Cfg::kTileK, Cfg::kTileV, Cfg::kStages> pages{page_row, cta_begin + warp, W, n_mine, k_base, v_base,
+                                                          k_stride, v_stride, my_ring + lane * 16, lane};
+  static_assert(decltype(pages)::kStageBytes == Cfg::kStageBytes, "ring slots: one K tile and one V tile");
+  pages.start();
 
   if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
   if constexpr (VB != 16) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
@@ -379,7 +356,7 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
       }
     }
     __syncwarp();
-    if (i + Cfg::kStages - 1 < n_mine) issue(i + Cfg::kStages - 1);
+    if (i + Cfg::kStages - 1 < n_mine) pages.issue(i + Cfg::kStages - 1);
     cp_async_commit();
   }
   cp_async_wait<0>();
