@@ -28,6 +28,8 @@ if [[ $step == prepare ]]; then
   wt=$(mktemp -d)
   git worktree add --detach "$wt" "$rev" >/dev/null
   trap 'git worktree remove --force "$wt"' EXIT
+  # (the worktree's path is new each time: a cache from an earlier one would refuse the source)
+  rm -f build-ab-base/CMakeCache.txt
   cmake -S "$wt" -B build-ab-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
     -DTQKV_BUILD_BENCH=OFF >/dev/null
   cmake --build build-ab-base -j "${JOBS:-2}" --target tqkv_cuda_bench
