@@ -18,6 +18,7 @@
 
 #include "cuda/bench_attention.h"
 #include "cuda/cuda_check.h"
+#include "cuda/decode_probe.cuh"
 #include "cuda/graph_timer.cuh"
 #include "tqkv/cuda_attention.h"
 #include "tqkv/kv_layout.h"
@@ -248,6 +249,77 @@ Status build_cache(CacheSet& cs, int batch, int context, int hkv, int d, Format 
   return Status::ok();
 }
 
+#ifdef TQKV_DECODE_PROBE
+// Probe build only (decode_probe.cuh): one decode call (the third of three back-to-back calls)
+// with every CTA's phase times recorded, summarised as min / median / max over the CTAs in us
+// from the first CTA's entry.
+Result<std::string> probe_decode(CacheSet& cs, const DecodeParams& p, const DecodePlan& plan, void* q, void* out,
+                                 void* ws, int batch, int num_kv_heads, cudaStream_t stream) {
+  const size_t ctas = static_cast<size_t>(plan.num_splits) * num_kv_heads * plan.head_chunks * batch;
+  const size_t n = ctas * detail::kProbeSlots;
+  DevMem buf;
+  TQKV_RETURN_IF_ERROR(dev_alloc(buf, n * 8));
+  TQKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(buf.p, 0, n * 8, stream));
+  detail::g_decode_probe = static_cast<unsigned long long*>(buf.p);
+  for (int i = 0; i < 3; ++i) {
+    const Status st = attention_decode(cs.copy_view(i % cs.copies), p, plan, q, DType::kF32, out, DType::kF32, ws,
+                                       plan.workspace_bytes, stream);
+    if (!st.is_ok()) {
+      detail::g_decode_probe = nullptr;
+      return st;
+    }
+  }
+  detail::g_decode_probe = nullptr;
+  std::vector<unsigned long long> h(n);
+  TQKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h.data(), buf.p, n * 8, cudaMemcpyDeviceToHost, stream));
+  TQKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  unsigned long long t0 = ~0ull;
+  for (size_t c = 0; c < ctas; ++c) t0 = std::min(t0, h[c * detail::kProbeSlots + detail::kProbeEntry]);
+  auto us = [&](unsigned long long t) { return t ? (static_cast<double>(t) - static_cast<double>(t0)) * 1e-3 : -1.0; };
+  auto stats = [](std::vector<double> v) {
+    v.erase(std::remove_if(v.begin(), v.end(), [](double x) { return x < 0; }), v.end());
+    if (v.empty()) return std::string("-");
+    std::sort(v.begin(), v.end());
+    char b[64];
+    std::snprintf(b, sizeof b, "%.2f/%.2f/%.2f", v.front(), v[v.size() / 2], v.back());
+    return std::string(b);
+  };
+  std::vector<double> ph[15], life, spread, stream_t, pages;
+  std::vector<int> per_sm(1024, 0);
+  for (size_t c = 0; c < ctas; ++c) {
+    const unsigned long long* r = &h[c * detail::kProbeSlots];
+    for (int k = 0; k < 15; ++k)
+      if (k != detail::kProbeSm && k != detail::kProbeCtaPages) ph[k].push_back(us(r[k]));
+    if (r[detail::kProbeEnd]) life.push_back(us(r[detail::kProbeEnd]) - us(r[detail::kProbeEntry]));
+    if (r[detail::kProbeSm] < 1024) ++per_sm[r[detail::kProbeSm]];
+    pages.push_back(static_cast<double>(r[detail::kProbeCtaPages]));
+    double lo = 1e30, hi = -1;
+    for (int w = 0; w < 16; ++w) {
+      const unsigned long long t = r[detail::kProbeWarpEnd + w];
+      if (!t) continue;
+      lo = std::min(lo, us(t));
+      hi = std::max(hi, us(t));
+    }
+    if (hi >= 0) spread.push_back(hi - lo);
+    if (hi >= 0 && r[detail::kProbeFirstPage]) stream_t.push_back(hi - us(r[detail::kProbeFirstPage]));
+  }
+  const int sms_used = static_cast<int>(std::count_if(per_sm.begin(), per_sm.end(), [](int x) { return x > 0; }));
+  const int max_per_sm = *std::max_element(per_sm.begin(), per_sm.end());
+  std::ostringstream o;
+  o << ctas << " CTAs on " << sms_used << " SMs (max " << max_per_sm << " per SM), pages/CTA " << stats(pages)
+    << "; us min/med/max from the first entry: entry " << stats(ph[detail::kProbeEntry]) << ", tables "
+    << stats(ph[detail::kProbeTables]) << " (first pages issued " << stats(ph[detail::kProbeStarted])
+    << ", row rotated " << stats(ph[detail::kProbeRotated]) << ", last warp " << stats(ph[detail::kProbeLastWarpTables])
+    << "), ready " << stats(ph[detail::kProbeReady]) << ", first page "
+    << stats(ph[detail::kProbeFirstPage]) << ", loops done " << stats(ph[detail::kProbeLoopsDone]) << " (rows stored "
+    << stats(ph[detail::kProbeRowsStored]) << "), warp merge " << stats(ph[detail::kProbeWarpMerge])
+    << ", cluster in " << stats(ph[detail::kProbeClusterIn]) << ", merged " << stats(ph[detail::kProbeMerged])
+    << ", end " << stats(ph[detail::kProbeEnd]) << "; CTA life " << stats(life)
+    << ", streaming (first page to last warp) " << stats(stream_t) << ", warp-end spread " << stats(spread);
+  return o.str();
+}
+#endif
+
 }  // namespace
 
 Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig& cfg,
@@ -295,6 +367,13 @@ Result<std::vector<CudaBenchRow>> run_cuda_attention_bench(const CudaBenchConfig
             return attention_decode(cs.copy_view(i % cs.copies), p, plan, q.p, DType::kF32, out.p,
                                     DType::kF32, ws.p, plan.workspace_bytes, stream);
           }, cfg.iters, cfg.reps, stream));
+#ifdef TQKV_DECODE_PROBE
+          if (progress) {
+            TQKV_ASSIGN_OR_RETURN(const std::string line, probe_decode(cs, p, plan, q.p, out.p, ws.p, batch, cfg.num_kv_heads, stream));
+            progress("probe " + name + " d=" + std::to_string(d) + " batch=" + std::to_string(batch) + " context=" +
+                     std::to_string(context) + " splits=" + std::to_string(plan.num_splits) + ": " + line);
+          }
+#endif
           CudaBenchRow r;
           r.op = "decode"; r.kv = name; r.batch = batch; r.context = context; r.head_dim = d;
           r.splits = plan.num_splits;

@@ -24,6 +24,9 @@ bool fused_merge_enabled() {
   }();
   return on;
 }
+#ifdef TQKV_DECODE_PROBE
+unsigned long long* g_decode_probe = nullptr;
+#endif
 }  // namespace detail
 namespace {
 
@@ -325,6 +328,9 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   args.window = params.window;
   args.row_seq = row_seq;
   args.row_len = row_len;
+#ifdef TQKV_DECODE_PROBE
+  args.probe = detail::g_decode_probe;
+#endif
 
   const int rows = view.num_seqs * params.num_q_heads;
   const int threads = 128;

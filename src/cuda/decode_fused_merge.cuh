@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "cuda/decode_probe.cuh"
 #include "cuda/device_utils.cuh"
 #include "cuda/kv_fetch.cuh"
 #include "cuda/split_merge.cuh"
@@ -42,10 +43,12 @@ static_assert(FusedMergeSmem<64>::kFloats * 4 == fused_merge_bytes(64) &&
                   FusedMergeSmem<256>::kFloats * 4 == fused_merge_bytes(256),
               "the fused merge's area: FusedMergeSmem and fused_merge_bytes disagree");
 
-// Whole CTA. `res` = this CTA's FusedMergeSmem area (res_o and res_lse written); every CTA of the
-// cluster must call it (it passes the cluster's barrier twice). Decode only: row = sequence.
-template <int D, typename Args>
-__device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, int head0, int nheads) {
+// Whole CTA of kWarps warps; kVRotated: V is quantized (rotated), so the output is rotated back. `res` = this CTA's FusedMergeSmem area (res_o and res_lse written);
+// `scratch` = shared memory free after the CTA's first barrier here (the warp-merge rows), at least
+// (kWarps * 32 / D) * 8 * D floats. Every CTA of the cluster must call it (it passes the cluster's
+// barrier twice). Decode only: row = sequence.
+template <int D, int kWarps, bool kVRotated, typename Args>
+__device__ void fused_merge(const Args& args, float* res, float* scratch, int seq, int kv_head, int head0, int nheads) {
   namespace cg = cooperative_groups;
   using L = FusedMergeSmem<D>;
   cg::cluster_group cluster = cg::this_cluster();
@@ -65,6 +68,27 @@ __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, 
   if (hadamard) {
 #pragma unroll
     for (int e = 0; e < E; ++e) sg[e] = __ldg(args.out_signs + lane * E + e);
+  }
+  // A dense P (head sizes 80, 96): thread t computes the slice [kLen sl, kLen (sl + 1)) of the sums
+  // x_i = sum_j P[j][i] y_j for coordinate i = t % D, sl = t / D, for every head of this rank; its
+  // kLen entries of column i are loaded now, so that their latency passes under the cluster's
+  // barrier instead of a chain of dependent L2 round trips after it (run V2: the fused merge took
+  // 4.6 us at head size 96 against 2.0 at 128, where the rotation is a transform in registers).
+  constexpr int kThreads = kWarps * 32;
+  constexpr bool kDense = !kPow2 && kVRotated;
+  constexpr int kSlices = kDense ? (kThreads / D > 0 ? kThreads / D : 1) : 1;
+  constexpr int kLen = kDense ? (D + kSlices - 1) / kSlices : 1;
+  const bool dense = kDense && args.out_rotation != nullptr;
+  const int col = static_cast<int>(threadIdx.x) % D, sl = static_cast<int>(threadIdx.x) / D;
+  float pcol[kLen];
+  if constexpr (kDense) {
+    if (dense && sl < kSlices) {
+#pragma unroll
+      for (int jj = 0; jj < kLen; ++jj) {
+        const int j = sl * kLen + jj;
+        pcol[jj] = j < D ? __ldg(args.out_rotation + static_cast<size_t>(j) * D + col) : 0.f;
+      }
+    }
   }
 
   __syncthreads();  // q_rot rows this CTA rotated itself (fused query rotation) are written
@@ -109,6 +133,7 @@ __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, 
     if (r < S) part[r] = cluster.map_shared_rank(res, r);
   }
   cluster.barrier_wait(std::move(arrived));  // every CTA's res_o / res_lse written
+  TQKV_PROBE(kProbeClusterIn, threadIdx.x == 0);
 
   // ---- y = (sum_r w_r o_r + w_sink o_sink) / (sum_r w_r + w_sink), w = 2^(lse - max) ----
   // (the weights are recomputed per coordinate: a pass per head first would put one more
@@ -143,6 +168,7 @@ __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, 
   // leave while another may still read its partials), after the rotation back below.
   arrived = cluster.barrier_arrive();
   __syncthreads();  // this CTA's y rows complete
+  TQKV_PROBE(kProbeMerged, threadIdx.x == 0);
 
   // ---- back to the model's space: x = P^T y ----
   auto store = [&](int h, int i, float x) {
@@ -162,7 +188,29 @@ __device__ void fused_merge(const Args& args, float* res, int seq, int kv_head, 
         for (int e = 0; e < E; ++e) store(rank + hl * S, lane * E + e, x[e] * sg[e] * inv_sqrt_d);
       }
     }
-  } else {  // dense P (column products) or no rotation (fp16 V)
+  } else if (dense) {  // slices of the column products in registers, then their sum in slice order
+    if constexpr (kDense) {
+      if (sl < kSlices) {
+        for (int hl = 0; hl < nmine; ++hl) {
+          float x = 0.f;
+#pragma unroll
+          for (int jj = 0; jj < kLen; ++jj) {
+            const int j = sl * kLen + jj;
+            if (j < D) x = fmaf(pcol[jj], y[hl * D + j], x);
+          }
+          scratch[(sl * 8 + hl) * D + col] = x;
+        }
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
+        const int hl = idx / D, i = idx - hl * D;
+        float x = 0.f;
+#pragma unroll
+        for (int k = 0; k < kSlices; ++k) x += scratch[(k * 8 + hl) * D + i];
+        store(rank + hl * S, i, x);
+      }
+    }
+  } else {  // no rotation (fp16 V), or a dense P at a power-of-two head size (column products)
     for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
       const int hl = idx / D, i = idx - hl * D;
       store(rank + hl * S, i, rotate_back(y + hl * D, i, D, args.out_rotation, nullptr));

@@ -28,6 +28,7 @@
 #include "cuda/decode_fused_merge.cuh"
 #include "cuda/hadamard.cuh"
 #include "cuda/page_stream.cuh"
+#include "cuda/decode_probe.cuh"
 #include "tqkv/kv_layout.h"
 
 namespace tqkv::cuda::detail {
@@ -64,6 +65,9 @@ struct DecodeArgs {
   int32_t out_f32 = 1;
   const float* out_rotation = nullptr;
   const float* out_signs = nullptr;
+#ifdef TQKV_DECODE_PROBE
+  unsigned long long* probe = nullptr;  // decode_probe.cuh: the timeline of every CTA (probe builds only)
+#endif
 };
 
 // Shared-memory plan of one instantiation; also evaluated on the host by plan_decode.
@@ -180,6 +184,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const int head0 = kv_head * args.group + chunk * 8;  // first query head of this CTA
   const int nheads = min(8, args.group - chunk * 8);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  TQKV_PROBE(kProbeEntry, threadIdx.x == 0);
 
   // Token range that is visible: [lo_pos, len).
   const int pseq = args.row_seq ? args.row_seq[seq] : seq;  // sequence whose pages this row reads
@@ -200,19 +205,37 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   // The CTA that writes row r to the workspace q_rot for the sinks: split 0 for merge_splits_kernel;
   // with the fused merge the rank that merges head r (it reads the row itself, after barriers).
   auto writes_q = [&](int r) { return args.out ? r % args.num_splits == split : split == 0; };
+  auto qload_at = [&](int r, int i) {
+    const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
+    return args.q_f32 ? static_cast<const float*>(args.q_in)[qoff + i]
+                      : __half2float(static_cast<const __half*>(args.q_in)[qoff + i]);
+  };
+  // FUSEDQ, Hadamard: warp w's row w (a CTA has <= 8 rows and >= 8 warps, so that is every row),
+  // signs * q loaded here at entry, so that the loads' latency passes under the page-table read,
+  // the first copies and the table build instead of after them (run V2: the set-up took 4.4 us of
+  // an 8 x 8K call, 2.3 of them after the tables).
+  constexpr int kQE = (D & (D - 1)) == 0 ? D / 32 : 1;  // consecutive coordinates lane * kQE + e
+  float q_pre[kQE];
+  const bool q_preloaded = FUSEDQ && (D & (D - 1)) == 0 && args.q_signs != nullptr && warp < nheads;
+  if (q_preloaded) {
+#pragma unroll
+    for (int e = 0; e < kQE; ++e) q_pre[e] = qload_at(warp, lane * kQE + e) * __ldg(args.q_signs + lane * kQE + e);
+  }
   auto rotate_row = [&](int r, float* dst) {
     const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
     float* gdst = writes_q(r) ? const_cast<float*>(args.q_rot) + qoff : nullptr;  // for the sink merge
-    auto qload = [&](int i) {
-      return args.q_f32 ? static_cast<const float*>(args.q_in)[qoff + i]
-                        : __half2float(static_cast<const __half*>(args.q_in)[qoff + i]);
-    };
+    auto qload = [&](int i) { return qload_at(r, i); };
     if constexpr ((D & (D - 1)) == 0) {
       if (args.q_signs) {  // x = signs * q, then H x (butterflies over the bits of the index) * scale / sqrt(D)
-        constexpr int E = D / 32;  // consecutive coordinates lane * E + e
+        constexpr int E = kQE;
         float x[E];
+        if (q_preloaded && r == warp) {
 #pragma unroll
-        for (int e = 0; e < E; ++e) x[e] = qload(lane * E + e) * __ldg(args.q_signs + lane * E + e);
+          for (int e = 0; e < E; ++e) x[e] = q_pre[e];
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) x[e] = qload(lane * E + e) * __ldg(args.q_signs + lane * E + e);
+        }
         hadamard_in_lanes<E, 32>(x, lane);
         const float f = args.q_scale * rsqrtf(static_cast<float>(D));
 #pragma unroll
@@ -229,6 +252,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       if (gdst) gdst[i] = v;
     }
   };
+  TQKV_PROBE_CTA_INFO(cta_n);
   if (cta_n == 0) {  // nothing visible in this split: an empty partial
     cudaGridDependencySynchronize();  // the previous call's merge must not see these writes early
     if constexpr (FUSEDQ) {
@@ -239,13 +263,15 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       float* res = reinterpret_cast<float*>(ring) + W * (16 + 8 * kSx);
       for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) res[FusedMergeSmem<D>::kResO + i] = 0.f;
       if (threadIdx.x < nheads) res[FusedMergeSmem<D>::kResLse + threadIdx.x] = -INFINITY;
-      fused_merge<D>(args, res, seq, kv_head, head0, nheads);
+      fused_merge<D, W, VB != 16>(args, res, reinterpret_cast<float*>(ring), seq, kv_head, head0, nheads);
+      TQKV_PROBE(kProbeEnd, threadIdx.x == 0);
       return;
     }
     for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) {
       args.part_o[(part_row + head0 + i / D) * D + i % D] = 0.f;
     }
     if (threadIdx.x < nheads) args.part_lse[part_row + head0 + threadIdx.x] = -INFINITY;
+    TQKV_PROBE(kProbeEnd, threadIdx.x == 0);
     return;
   }
 
@@ -266,12 +292,14 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
                                                           k_stride, v_stride, my_ring + lane * 16, lane, vdelta, vdelta512};
   static_assert(decltype(pages)::kStageBytes == Cfg::kStageBytes, "ring slots: one K tile and one V tile");
   pages.start();
+  TQKV_PROBE(kProbeStarted, threadIdx.x == 0);
 
   if constexpr (kShflK) build_lut_shfl<KB>(lut, 0, held_c, 0);
   else if constexpr (KB != 16) build_lut<KB>(lut, 0, view.k.centroids, scratch);
   if constexpr (kShflV) build_lut_shfl<VB>(lut, 1, held_c, 16);
   else if constexpr (VB != 16) build_lut<VB>(lut, 1, view.v.centroids, scratch + 256);
 
+  TQKV_PROBE(kProbeTables, threadIdx.x == 0);
   // Launched as a programmatic dependent of the query-rotation kernel: wait for q_rot here,
   // after the page prefetch and the tables have been started.
   cudaGridDependencySynchronize();
@@ -287,6 +315,8 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       return reinterpret_cast<float*>(ring + ((r % W) * Cfg::kStages + Cfg::kStages - 1) * Cfg::kStageBytes) + (r / W) * D;
     };
     for (int r = warp; r < nheads; r += W) rotate_row(r, qslot(r));
+    TQKV_PROBE(kProbeRotated, threadIdx.x == 0);
+    TQKV_PROBE(kProbeLastWarpTables, threadIdx.x == blockDim.x - 32);
     __syncthreads();  // tables and rotated rows ready
     qrow = qslot(valid ? g : 0);
     // (the __syncthreads below: no warp issues into its last slot before every warp has read it)
@@ -301,6 +331,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     qf[kk][1] = pack_half2(v.z, v.w);
   }
   __syncthreads();  // tables ready
+  TQKV_PROBE(kProbeReady, threadIdx.x == 0);
   // The V half of the table by an immediate offset on the table base (VPairs), so lane4v = lane4k.
   // 4 * lane passes through a register move the compiler cannot see into: knowing its value, it
   // rebuilt it as (tid << 2) & 0x7c inside every 2/3-bit table offset, so the field's mask and
@@ -325,6 +356,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   for (int i = 0; i < n_mine; ++i) {
     cp_async_wait<Cfg::kStages - 2>();
     __syncwarp();
+    TQKV_PROBE(kProbeFirstPage, i == 0 && threadIdx.x == 0);
     const uint8_t* ktile = my_ring + read_slot * Cfg::kStageBytes;
     read_slot = read_slot + 1 == Cfg::kStages ? 0 : read_slot + 1;
     const uint8_t* vtile = ktile + Cfg::kTileK;
@@ -480,11 +512,13 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     cp_async_commit();
   }
   cp_async_wait<0>();
+  TQKV_PROBE(kProbeWarpEnd + warp, lane == 0);
 
   // ---- merge the warps (shared memory reused: all tiles are consumed) ----
   l_run[0] = warp_sum_over_g(l_run[0]);
   l_run[1] = warp_sum_over_g(l_run[1]);
   __syncthreads();
+  TQKV_PROBE(kProbeLoopsDone, threadIdx.x == 0);
   float* mrg = reinterpret_cast<float*>(ring);
   // Where coordinate c sits in a merge row: lane group g's D/8 coordinates (in its chunk's order)
   // at g * (D / 8 + 1) (one pad word per group).
@@ -508,6 +542,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     wo[(2 * t + 1) * kSx + ca + 1] = acc[mt][3];
   }
   __syncthreads();
+  TQKV_PROBE(kProbeRowsStored, threadIdx.x == 0);
   for (int idx = threadIdx.x; idx < nheads * D; idx += blockDim.x) {
     const int h = idx / D, c = idx % D;
     // (weights recomputed per coordinate: once per head first adds a shared-memory round trip and a
@@ -535,7 +570,9 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       if (c == 0) args.part_lse[part_row + head0 + h] = lse;
     }
   }
-  if (args.out) fused_merge<D>(args, res, seq, kv_head, head0, nheads);
+  TQKV_PROBE(kProbeWarpMerge, threadIdx.x == 0);
+  if (args.out) fused_merge<D, W, VB != 16>(args, res, mrg, seq, kv_head, head0, nheads);
+  TQKV_PROBE(kProbeEnd, threadIdx.x == 0);
 }
 
 }  // namespace tqkv::cuda::detail
