@@ -10,7 +10,8 @@
 #       test_cuda + tqkv_cuda_bench from the working tree (build-cuda), strips and xz-packs them
 #       into the git-ignored folder .device-ab (~40 MB: name it in the device tool's `carry`).
 #   scripts/device_ab.sh run              (on the device, from the repository root) runs test_cuda
-#       (TESTS, a gtest filter; default: every decode, sink, prefill and GPU-vs-CPU test), then
+#       (TESTS, a gtest filter; default: every decode, sink, prefill and GPU-vs-CPU test; within
+#       TESTS_TIMEOUT seconds, default 200), then
 #       ROUNDS (default 2) rounds of base and new over CASES, and prints per row the medians of
 #       both and new / base. Logs under $OUT/ab (default ./device-out/ab).
 #
@@ -56,7 +57,7 @@ for b in base_bench new_bench test_cuda; do
 done
 cat "$A/what.txt" | tee "$O/what.txt"
 tests=${TESTS:-'AllFormats/*:CudaDecode.*:CudaSinks.*:CudaVsCpu.*:*Prefill*'}
-timeout 200 "$A/test_cuda" --gtest_brief=1 --gtest_filter="$tests" >"$O/tests.log" 2>&1
+timeout "${TESTS_TIMEOUT:-200}" "$A/test_cuda" --gtest_brief=1 --gtest_filter="$tests" >"$O/tests.log" 2>&1
 echo "tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.log" | tr '\n' ' ')"
 grep -E "Failure" -A6 "$O/tests.log" | head -12
 default_cases='--formats f16,k4v4,k3v3 --head-dim 128 --batch 8,32 --context 256,8192,16384,32768

@@ -185,6 +185,13 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   const int nheads = min(8, args.group - chunk * 8);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   TQKV_PROBE(kProbeEntry, threadIdx.x == 0);
+  // Decode: the sequence's page-table row into L2 at once. The page ids are read only when the
+  // sequence length has arrived (a dependent load), and the copies of the first pages wait on
+  // them: two DRAM round trips in a row before the first copy, now one plus an L2 hit.
+  if (!args.row_seq && static_cast<int>(threadIdx.x) * 32 < view.max_pages_per_seq + 32) {
+    const int i = min(static_cast<int>(threadIdx.x) * 32, view.max_pages_per_seq - 1);
+    prefetch_l2(view.page_table + static_cast<size_t>(seq) * view.max_pages_per_seq + i);
+  }
 
   // Token range that is visible: [lo_pos, len).
   const int pseq = args.row_seq ? args.row_seq[seq] : seq;  // sequence whose pages this row reads
@@ -210,16 +217,27 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     return args.q_f32 ? static_cast<const float*>(args.q_in)[qoff + i]
                       : __half2float(static_cast<const __half*>(args.q_in)[qoff + i]);
   };
-  // FUSEDQ, Hadamard: warp w's row w (a CTA has <= 8 rows and >= 8 warps, so that is every row),
-  // signs * q loaded here at entry, so that the loads' latency passes under the page-table read,
-  // the first copies and the table build instead of after them (run V2: the set-up took 4.4 us of
-  // an 8 x 8K call, 2.3 of them after the tables).
-  constexpr int kQE = (D & (D - 1)) == 0 ? D / 32 : 1;  // consecutive coordinates lane * kQE + e
+  // FUSEDQ: warp w's row w (a CTA has <= 8 rows and, at every TurboQuant format, >= 8 warps), loaded
+  // here at entry. A load issued after the first pages' copies waits behind them: every SM starts
+  // with tens of KB in flight, and the DRAM queue takes microseconds to drain (run V4's timeline at
+  // 8 x 8K: the fp16 kernel's rows were rotated 5.9 us after entry, the query load being the wait;
+  // k4v4 gained 0.8 us of set-up from loading them first).
+  // Hadamard: signs * q at coordinates lane * kQE + e; fp16 K (no rotation): q at lane + 32 e.
+  constexpr bool kPow2D = (D & (D - 1)) == 0;
+  constexpr int kQE = kPow2D ? D / 32 : (D + 31) / 32;
   float q_pre[kQE];
-  const bool q_preloaded = FUSEDQ && (D & (D - 1)) == 0 && args.q_signs != nullptr && warp < nheads;
+  const bool q_had = FUSEDQ && kPow2D && args.q_signs != nullptr;
+  const bool q_preloaded = FUSEDQ && warp < nheads && (q_had || args.q_signs == nullptr);
   if (q_preloaded) {
 #pragma unroll
-    for (int e = 0; e < kQE; ++e) q_pre[e] = qload_at(warp, lane * kQE + e) * __ldg(args.q_signs + lane * kQE + e);
+    for (int e = 0; e < kQE; ++e) {
+      if (q_had) {
+        q_pre[e] = qload_at(warp, lane * kQE + e) * __ldg(args.q_signs + lane * kQE + e);
+      } else {
+        const int i = lane + 32 * e;
+        q_pre[e] = i < D ? qload_at(warp, i) : 0.f;
+      }
+    }
   }
   auto rotate_row = [&](int r, float* dst) {
     const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
@@ -229,7 +247,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       if (args.q_signs) {  // x = signs * q, then H x (butterflies over the bits of the index) * scale / sqrt(D)
         constexpr int E = kQE;
         float x[E];
-        if (q_preloaded && r == warp) {
+        if (q_had && q_preloaded && r == warp) {
 #pragma unroll
           for (int e = 0; e < E; ++e) x[e] = q_pre[e];
         } else {
@@ -246,7 +264,18 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
         return;
       }
     }
-    for (int i = lane; i < D; i += 32) {  // fp16 K: no rotation
+    if (q_preloaded && r == warp) {  // fp16 K: no rotation
+#pragma unroll
+      for (int e = 0; e < kQE; ++e) {
+        const int i = lane + 32 * e;
+        if (i < D) {
+          if (dst) dst[i] = args.q_scale * q_pre[e];
+          if (gdst) gdst[i] = args.q_scale * q_pre[e];
+        }
+      }
+      return;
+    }
+    for (int i = lane; i < D; i += 32) {
       const float v = args.q_scale * qload(i);
       if (dst) dst[i] = v;
       if (gdst) gdst[i] = v;
@@ -533,13 +562,15 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     wm[8 + 2 * t] = l_run[0]; wm[8 + 2 * t + 1] = l_run[1];
   }
   float* wo = wm + 16;
+  if (2 * t < nheads) {  // the columns of absent heads (nheads < 8) are never read
 #pragma unroll
-  for (int mt = 0; mt < kSteps; ++mt) {
-    const int ca = g * (D / 8) + 2 * mt + g;  // (+ c / (D / 8) = g: the pad word)
-    wo[(2 * t) * kSx + ca] = acc[mt][0];
-    wo[(2 * t + 1) * kSx + ca] = acc[mt][1];
-    wo[(2 * t) * kSx + ca + 1] = acc[mt][2];
-    wo[(2 * t + 1) * kSx + ca + 1] = acc[mt][3];
+    for (int mt = 0; mt < kSteps; ++mt) {
+      const int ca = g * (D / 8) + 2 * mt + g;  // (+ c / (D / 8) = g: the pad word)
+      wo[(2 * t) * kSx + ca] = acc[mt][0];
+      wo[(2 * t + 1) * kSx + ca] = acc[mt][1];
+      wo[(2 * t) * kSx + ca + 1] = acc[mt][2];
+      wo[(2 * t + 1) * kSx + ca + 1] = acc[mt][3];
+    }
   }
   __syncthreads();
   TQKV_PROBE(kProbeRowsStored, threadIdx.x == 0);

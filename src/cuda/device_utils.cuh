@@ -66,6 +66,10 @@ __device__ __forceinline__ float warp_sum_over_g(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 16);
   return v;
 }
+// Brings the 128-byte line holding p into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
