@@ -46,7 +46,7 @@ if [[ $step == prepare ]]; then
   if [[ -n ${FIXTURES_FROM:-} ]]; then
     for f in smollm2-4l.gguf smollm2-4l.f32 smollm2-4l.json gemma3-6l.gguf gemma3-6l.f32 gemma3-6l.json \
              pp_in_vocab.txt gen_cpu_f16.jsonl gen_cpu_k4v4.jsonl ppl_cpu_k4v4.json; do
-      [[ -f $D/$f ]] || cp "$FIXTURES_FROM/$f" "$D/"
+      [[ -f $D/$f || -f $D/$f.xz ]] || cp "$FIXTURES_FROM/$f" "$D/"
     done
   fi
   # XZ=1 packs the reduced models too (below); unpack them here for the CPU references.
