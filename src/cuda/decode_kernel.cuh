@@ -187,7 +187,9 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   TQKV_PROBE(kProbeEntry, threadIdx.x == 0);
   // Decode: the sequence's page-table row into L2 at once. The page ids are read only when the
   // sequence length has arrived (a dependent load), and the copies of the first pages wait on
-  // them: two DRAM round trips in a row before the first copy, now one plus an L2 hit.
+  // them: two DRAM round trips in a row before the first copy, now one plus an L2 hit. (Its own
+  // effect was not measured: run V5 took it together with the fp16 query preload; run V8's
+  // attempt to take the id read off that path altogether gained nothing.)
   if (!args.row_seq && static_cast<int>(threadIdx.x) * 32 < view.max_pages_per_seq + 32) {
     const int i = min(static_cast<int>(threadIdx.x) * 32, view.max_pages_per_seq - 1);
     prefetch_l2(view.page_table + static_cast<size_t>(seq) * view.max_pages_per_seq + i);
