@@ -9,6 +9,9 @@
 #       tqkv_cuda_bench at BASE (a temporary git worktree, its own build folder build-ab-base) and
 #       test_cuda + tqkv_cuda_bench from the working tree (build-cuda), strips and xz-packs them
 #       into the git-ignored folder .device-ab (~40 MB: name it in the device tool's `carry`).
+#       PROBE=1 also builds the working tree's bench with the decode timeline probe
+#       (-DTQKV_CUDA_PROBE=ON, src/cuda/decode_probe.cuh; ~13 MB more), which `run` then runs
+#       over PROBE_CASES and prints where each call's time goes (phase times per CTA).
 #   scripts/device_ab.sh run              (on the device, from the repository root) runs test_cuda
 #       (TESTS, a gtest filter; default: every decode, sink, prefill and GPU-vs-CPU test; within
 #       TESTS_TIMEOUT seconds, default 200), then
@@ -38,11 +41,18 @@ if [[ $step == prepare ]]; then
     -DTQKV_BUILD_BENCH=OFF >/dev/null
   cmake --build build-cuda -j "${JOBS:-2}" --target tqkv_cuda_bench test_cuda
   mkdir -p "$A"
-  rm -f "$A"/*.xz
+  rm -f "$A"/*  # (also binaries a local `run` unpacked: they would not fit the carry)
   strip -o "$A/base_bench" build-ab-base/src/cuda/tqkv_cuda_bench
   strip -o "$A/new_bench" build-cuda/src/cuda/tqkv_cuda_bench
   strip -o "$A/test_cuda" build-cuda/tests/test_cuda
   xz -9 -T2 -f "$A/base_bench" "$A/new_bench" "$A/test_cuda"
+  if [[ -n ${PROBE:-} ]]; then  # the working tree's bench with the decode timeline probe
+    cmake -S . -B build-probe -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
+      -DTQKV_BUILD_BENCH=OFF -DTQKV_CUDA_PROBE=ON >/dev/null
+    cmake --build build-probe -j "${JOBS:-2}" --target tqkv_cuda_bench
+    strip -o "$A/probe_bench" build-probe/src/cuda/tqkv_cuda_bench
+    xz -9 -T2 -f "$A/probe_bench"
+  fi
   echo "base $rev ($(git log -1 --format=%s "$rev" | cut -c1-60)); new: working tree of $(git rev-parse --short HEAD)$(git diff --quiet || echo ' + changes')" | tee "$A/what.txt"
   du -sh "$A"
   exit 0
@@ -52,8 +62,8 @@ OUT=${OUT:-device-out}
 O=$OUT/ab
 mkdir -p "$O"
 source scripts/device_env.sh
-for b in base_bench new_bench test_cuda; do
-  unxz_py "$A/$b.xz" "$A/$b" && chmod +x "$A/$b"
+for b in base_bench new_bench test_cuda probe_bench; do
+  [[ -f $A/$b.xz ]] && unxz_py "$A/$b.xz" "$A/$b" && chmod +x "$A/$b"
 done
 cat "$A/what.txt" | tee "$O/what.txt"
 tests=${TESTS:-'AllFormats/*:CudaDecode.*:CudaSinks.*:CudaVsCpu.*:*Prefill*'}
@@ -90,3 +100,8 @@ for (kv, d, b, c), v in rows.items():
     mb, mn = statistics.median(base), statistics.median(new)
     print(f"{kv:6} {d:>4} {b:>5} {c:>7} {mb:9.2f} {mn:9.2f} {mn / mb:8.3f}")
 EOF
+if [[ -x $A/probe_bench ]]; then  # PROBE_CASES: one argument list (default: f16 and k4v4, d128, 8 x 256 and 8 x 8K)
+  # shellcheck disable=SC2086
+  timeout 120 "$A/probe_bench" ${PROBE_CASES:---formats f16,k4v4 --head-dim 128 --batch 8 --context 256,8192} \
+    --no-quantize --no-prefill --reps 3 --iters 20 2>&1 | grep -E "^probe" | tee "$O/probe.txt"
+fi
