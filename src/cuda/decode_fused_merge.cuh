@@ -43,8 +43,9 @@ static_assert(FusedMergeSmem<64>::kFloats * 4 == fused_merge_bytes(64) &&
                   FusedMergeSmem<256>::kFloats * 4 == fused_merge_bytes(256),
               "the fused merge's area: FusedMergeSmem and fused_merge_bytes disagree");
 
-// Whole CTA of kWarps warps; kVRotated: V is quantized (rotated), so the output is rotated back. `res` = this CTA's FusedMergeSmem area (res_o and res_lse written);
-// `scratch` = shared memory free after the CTA's first barrier here (the warp-merge rows), at least
+// Whole CTA of kWarps warps; kVRotated: V is quantized (rotated), so the output is rotated back.
+// `res` = this CTA's FusedMergeSmem area (res_o and res_lse written); `scratch` = shared memory
+// free after the CTA's first barrier here (the warp-merge rows), at least
 // (kWarps * 32 / D) * 8 * D floats. Every CTA of the cluster must call it (it passes the cluster's
 // barrier twice). Decode only: row = sequence.
 template <int D, int kWarps, bool kVRotated, typename Args>
@@ -81,13 +82,11 @@ __device__ void fused_merge(const Args& args, float* res, float* scratch, int se
   const bool dense = kDense && args.out_rotation != nullptr;
   const int col = static_cast<int>(threadIdx.x) % D, sl = static_cast<int>(threadIdx.x) / D;
   float pcol[kLen];
-  if constexpr (kDense) {
-    if (dense && sl < kSlices) {
+  if (dense && sl < kSlices) {  // (dense is a compile-time false where kDense is)
 #pragma unroll
-      for (int jj = 0; jj < kLen; ++jj) {
-        const int j = sl * kLen + jj;
-        pcol[jj] = j < D ? __ldg(args.out_rotation + static_cast<size_t>(j) * D + col) : 0.f;
-      }
+    for (int jj = 0; jj < kLen; ++jj) {
+      const int j = sl * kLen + jj;
+      pcol[jj] = j < D ? __ldg(args.out_rotation + static_cast<size_t>(j) * D + col) : 0.f;
     }
   }
 
@@ -189,26 +188,24 @@ __device__ void fused_merge(const Args& args, float* res, float* scratch, int se
       }
     }
   } else if (dense) {  // slices of the column products in registers, then their sum in slice order
-    if constexpr (kDense) {
-      if (sl < kSlices) {
-        for (int hl = 0; hl < nmine; ++hl) {
-          float x = 0.f;
-#pragma unroll
-          for (int jj = 0; jj < kLen; ++jj) {
-            const int j = sl * kLen + jj;
-            if (j < D) x = fmaf(pcol[jj], y[hl * D + j], x);
-          }
-          scratch[(sl * 8 + hl) * D + col] = x;
-        }
-      }
-      __syncthreads();
-      for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
-        const int hl = idx / D, i = idx - hl * D;
+    if (sl < kSlices) {
+      for (int hl = 0; hl < nmine; ++hl) {
         float x = 0.f;
 #pragma unroll
-        for (int k = 0; k < kSlices; ++k) x += scratch[(k * 8 + hl) * D + i];
-        store(rank + hl * S, i, x);
+        for (int jj = 0; jj < kLen; ++jj) {
+          const int j = sl * kLen + jj;
+          if (j < D) x = fmaf(pcol[jj], y[hl * D + j], x);
+        }
+        scratch[(sl * 8 + hl) * D + col] = x;
       }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
+      const int hl = idx / D, i = idx - hl * D;
+      float x = 0.f;
+#pragma unroll
+      for (int k = 0; k < kSlices; ++k) x += scratch[(k * 8 + hl) * D + i];
+      store(rank + hl * S, i, x);
     }
   } else {  // no rotation (fp16 V), or a dense P at a power-of-two head size (column products)
     for (int idx = threadIdx.x; idx < nmine * D; idx += blockDim.x) {
