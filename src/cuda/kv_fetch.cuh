@@ -207,17 +207,42 @@ __device__ __forceinline__ uint32_t bit_select(uint32_t m, uint32_t a, uint32_t 
 // lane4 = 4 * lane + 128 (the V half of the table); or lane4 = 4 * lane with OFF = 128 (the V
 // half by an immediate offset of the lookup). SEL: nibble joins as one shift + one bit select
 // each (ptxas otherwise emits shift + two LOP3).
+// Bits p of a chunk word q (global bit 32 q + p) with ((32 q + p) mod 6) < 3 (even = true) or >= 3:
+// the 3-bit fields of even / odd index k (field k at bit 3k).
+constexpr uint32_t triple_mask(int q, bool even) {
+  uint32_t m = 0;
+  for (int p = 0; p < 32; ++p)
+    if ((((32 * q + p) % 6) < 3) == even) m |= 1u << p;
+  return m;
+}
+
 template <int B, typename C, int OFF = 0, bool SEL = false>
 struct VPairs {
   // Whole bytes per chunk (head sizes 80 and 96 give 40- and 48-bit chunks: the unused top bits
   // of the last word are never read).
   static constexpr bool kNibbles = B == 4 && C::kBits % 8 == 0;
-  uint32_t even[kNibbles ? C::kWords : 1], odd[kNibbles ? C::kWords : 1];
+  // 3-bit indices: the joined 6-bit entries of every coordinate precomputed word-wise, as for 4
+  // bits: row b shifted up by 3 once per word, then one bit select per word joins a_k and b_k at
+  // bit 3k for every even k (and one more for the odd k), so a lookup takes one shift and one
+  // LOP3 instead of two of each. The page loop of 3-bit V waits on the ALU pipe (run V9), where
+  // these shifts and masks execute. Needs the last entry (bits [3 NC, 3 NC + 3) of shifted b) to
+  // stay inside the chunk's words: head sizes 64, 96, 128.
+  static constexpr bool kTriples = B == 3 && 3 * C::kBits / B + 3 <= 32 * C::kWords;
+  static constexpr int kJoined = (kNibbles || kTriples) ? C::kWords : 1;
+  uint32_t even[kJoined], odd[kJoined];
   const C* a;
   const C* b;
   __device__ __forceinline__ void init(const C& ra, const C& rb) {
     a = &ra;
     b = &rb;
+    if constexpr (kTriples) {
+#pragma unroll
+      for (int q = 0; q < C::kWords; ++q) {
+        const uint32_t b3 = q == 0 ? rb.w[0] << 3 : __funnelshift_l(rb.w[q - 1], rb.w[q], 3);
+        even[q] = bit_select(triple_mask(q, true), ra.w[q], b3);
+        odd[q] = bit_select(triple_mask(q, false), ra.w[q], b3);
+      }
+    }
     if constexpr (kNibbles) {
 #pragma unroll
       for (int q = 0; q < C::kWords; ++q) {
@@ -244,6 +269,14 @@ struct VPairs {
     } else if constexpr (kNibbles) {
       const uint32_t* src = (k & 1) ? odd : even;
       return lut_at(lut, entry_off(src[k >> 3], (k & 7) >> 1, lane4));
+    } else if constexpr (kTriples) {  // entry (a_k | b_k << 3) at bit 3k of the joined words
+      const uint32_t* src = (k & 1) ? odd : even;
+      constexpr uint32_t kField = 63u << 8;
+      const int pos = 3 * k, wi = pos >> 5, sh = pos & 31;
+      uint32_t v;
+      if (sh + 6 <= 32 || wi + 1 >= C::kWords) v = sh >= 8 ? src[wi] >> (sh - 8) : src[wi] << (8 - sh);
+      else v = __funnelshift_r(src[wi], src[wi + 1], sh - 8);  // an entry across two words
+      return lut_at(lut, (v & kField) | lane4);
     } else {  // entry (a_k | b_k << B) << 8: each field shifted once into place, masked while joined
       constexpr uint32_t kLo = ((1u << B) - 1u) << 8, kHi = kLo << B;
       return lut_at(lut, (a->field_at(B * k, B, 8) & kLo) | (b->field_at(B * k, B, 8 + B) & kHi) | lane4);
