@@ -20,6 +20,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/hadamard.cuh"
+#include "cuda/occupancy_cache.h"
 #include "cuda/quantize_internal.h"
 #include "tqkv/kv_layout.h"
 
@@ -239,7 +240,8 @@ Status launch_quantize_hadamard(const QuantArgs& a, int sms, cudaStream_t stream
   if (view.hadamard_signs && (d == 64 || d == 128 || d == 256) && aligned && !view.scale_search) {
     auto launch = [&](auto kernel) -> Status {
       int per_sm = 1;
-      TQKV_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFastWarps * 32, 0));
+      TQKV_CUDA_RETURN_IF_ERROR(
+          detail::cached_blocks_per_sm(reinterpret_cast<const void*>(kernel), kFastWarps * 32, 0, &per_sm));
       const long long blocks = (items + kFastWarps - 1) / kFastWarps;
       const int grid = static_cast<int>(std::min<long long>(blocks, static_cast<long long>(std::max(per_sm, 1)) * sms));
       kernel<<<grid, kFastWarps * 32, 0, stream>>>(a);

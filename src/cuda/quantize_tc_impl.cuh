@@ -10,6 +10,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/occupancy_cache.h"
 #include "cuda/quantize_tc.cuh"
 #include "cuda/quantize_tc_codec.cuh"
 #include "cuda/quantize_tc_stage.cuh"
@@ -417,7 +418,7 @@ Status launch_tc(const QuantArgs& a, cudaStream_t stream) {
   int dev = 0, sms = 132, per_sm = 1;
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev));
   TQKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  TQKV_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTcWarps * 32, smem));
+  TQKV_CUDA_RETURN_IF_ERROR(detail::cached_blocks_per_sm(reinterpret_cast<const void*>(kernel), kTcWarps * 32, smem, &per_sm));
   const long long items = static_cast<long long>(a.num_tokens) * a.view.num_kv_heads;
   const long long blocks = (items + 8LL * MT * kTcWarps - 1) / (8LL * MT * kTcWarps);
   const int grid = static_cast<int>(std::min<long long>(blocks, static_cast<long long>(std::max(per_sm, 1)) * sms));

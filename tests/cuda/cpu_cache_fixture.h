@@ -27,13 +27,6 @@
 
 namespace tqkv::cuda::testing {
 
-inline int sm_count() {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n;
-}
-
 // Random tokens [n][heads][d] with per-token norms that vary 1:6 and a few heavier channels
 // (like real keys).
 inline std::vector<float> random_tokens(int n, int heads, int d, std::mt19937_64& rng, float sigma = 1.f) {
@@ -199,16 +192,6 @@ struct CpuCache {
     host.sink_slot = own_slot.data();
   }
 };
-
-struct Fmt {
-  int kb, vb;
-};
-inline constexpr Fmt kFormats[] = {{16, 16}, {8, 8}, {4, 4}, {3, 3}, {2, 2}, {8, 4}, {4, 3}};
-inline constexpr int kHeadDims[] = {64, 80, 96, 128, 256};
-inline std::string fmt_name(int d, Fmt f) {
-  auto b = [](int x) { return x == 16 ? std::string("f16") : std::to_string(x); };
-  return "d" + std::to_string(d) + " k" + b(f.kb) + "v" + b(f.vb);
-}
 
 struct AttnCase {
   int group;

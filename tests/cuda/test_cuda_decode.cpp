@@ -26,26 +26,12 @@ namespace {
 using testing::DeviceBuffer;
 using testing::PagedFixture;
 
-constexpr double kRtol = 1e-2;
-constexpr double kAtolFrac = 4e-3;
-
-int sm_count() {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n;
-}
-
-// Compares row by row with the row-relative atol.
-std::string check_rows(const std::vector<float>& got, const std::vector<double>& ref, int d) {
-  for (size_t r = 0; r * d < ref.size(); ++r) {
-    double mx = 0;
-    for (int j = 0; j < d; ++j) mx = std::max(mx, std::fabs(ref[r * d + j]));
-    const std::string e = testing::compare(&got[r * d], &ref[r * d], d, kAtolFrac * mx + 1e-30, kRtol);
-    if (!e.empty()) return "row " + std::to_string(r) + ": " + e;
-  }
-  return {};
-}
+using testing::all_format_cases;
+using testing::case_name;
+using testing::check_rows;
+using testing::FormatCase;
+using testing::random_q;
+using testing::sm_count;
 
 struct RunOptions {
   int hq = 0;
@@ -67,44 +53,14 @@ std::vector<float> run_decode(PagedFixture& fx, const PagedKVView& view, const s
   auto plan = plan_decode(view, p, sm_count());
   if (!plan.is_ok()) { *status = plan.status(); return {}; }
   const size_t n = q.size();
-  DeviceBuffer dq, dout(n * (o.half_io ? 2 : 4)), ws(plan->workspace_bytes);
-  if (o.half_io) {
-    std::vector<__half> qh(n);
-    for (size_t i = 0; i < n; ++i) qh[i] = __float2half_rn(q[i]);
-    dq = testing::to_device(qh);
-  } else {
-    dq = testing::to_device(q);
-  }
+  DeviceBuffer dq = testing::upload_as(q, o.half_io), dout(n * (o.half_io ? 2 : 4)), ws(plan->workspace_bytes);
   testing::poison(dout);
   testing::poison(ws);
   const DType t = o.half_io ? DType::kF16 : DType::kF32;
   *status = attention_decode(view, p, *plan, dq.get(), t, dout.get(), t, ws.get(), ws.bytes(), nullptr);
   if (!status->is_ok()) return {};
   if (cudaDeviceSynchronize() != cudaSuccess) { *status = internal_error("kernel failed"); return {}; }
-  std::vector<float> out(n);
-  if (o.half_io) {
-    auto h = testing::to_host<__half>(dout, n);
-    for (size_t i = 0; i < n; ++i) out[i] = __half2float(h[i]);
-  } else {
-    out = testing::to_host<float>(dout, n);
-  }
-  return out;
-}
-
-std::vector<float> random_q(int num_seqs, int hq, int d, uint64_t seed, float sigma) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, sigma);
-  std::vector<float> q(static_cast<size_t>(num_seqs) * hq * d);
-  for (auto& x : q) x = nd(rng);
-  return q;
-}
-
-struct FormatCase {
-  int d, kb, vb;
-};
-std::string case_name(const ::testing::TestParamInfo<FormatCase>& info) {
-  auto b = [](int x) { return x == 16 ? std::string("f16") : std::to_string(x); };
-  return "d" + std::to_string(info.param.d) + "_k" + b(info.param.kb) + "_v" + b(info.param.vb);
+  return testing::download_as(dout, n, o.half_io);
 }
 
 class DecodeFormat : public ::testing::TestWithParam<FormatCase> {};
@@ -132,14 +88,7 @@ TEST_P(DecodeFormat, MatchesReferenceForEveryGqaRatioAndLength) {
   }
 }
 
-std::vector<FormatCase> all_cases() {
-  std::vector<FormatCase> v;
-  for (int d : {64, 80, 96, 128, 256})
-    for (auto kv : {std::pair{16, 16}, {8, 8}, {4, 4}, {3, 3}, {2, 2}, {8, 4}, {4, 3}})
-      v.push_back({d, kv.first, kv.second});
-  return v;
-}
-INSTANTIATE_TEST_SUITE_P(AllFormats, DecodeFormat, ::testing::ValuesIn(all_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(AllFormats, DecodeFormat, ::testing::ValuesIn(all_format_cases()), case_name);
 
 // Sliding window, logit soft-capping, evicted leading pages and an empty sequence together.
 TEST(CudaDecode, WindowSoftcapEvictionAndEmptySequence) {

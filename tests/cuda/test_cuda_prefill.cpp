@@ -32,15 +32,12 @@ using detail::PrefillPath;
 using testing::DeviceBuffer;
 using testing::PagedFixture;
 
-constexpr double kRtol = 1e-2;
-constexpr double kAtolFrac = 4e-3;
-
-int sm_count() {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n;
-}
+using testing::all_format_cases;
+using testing::case_name;
+using testing::check_rows;
+using testing::FormatCase;
+using testing::random_q;
+using testing::sm_count;
 
 // Restores the default path when a test ends (the setting is process-wide).
 struct PathGuard {
@@ -69,20 +66,6 @@ std::vector<double> prefill_reference(const PagedFixture& fx, const std::vector<
   return out;
 }
 
-// Row by row with the row-relative atol. `want_nonzero`: every row must have a nonzero reference
-// (else the comparison would prove little).
-std::string check_rows(const std::vector<float>& got, const std::vector<double>& ref, int d, bool want_nonzero) {
-  if (got.size() != ref.size()) return "size mismatch";
-  for (size_t r = 0; r * d < ref.size(); ++r) {
-    double mx = 0;
-    for (int j = 0; j < d; ++j) mx = std::max(mx, std::fabs(ref[r * d + j]));
-    if (want_nonzero && mx < 1e-6) return "reference row " + std::to_string(r) + " is zero";
-    const std::string e = testing::compare(&got[r * d], &ref[r * d], d, kAtolFrac * mx + 1e-30, kRtol);
-    if (!e.empty()) return "row " + std::to_string(r) + ": " + e;
-  }
-  return {};
-}
-
 struct Opts {
   int hq = 0;
   float softcap = 0.f;
@@ -91,14 +74,6 @@ struct Opts {
   bool half_io = false;
   int total_q = 0;  // 0: sum of q_lens
 };
-
-std::vector<float> random_q(size_t rows, int hq, int d, uint64_t seed, float sigma) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, sigma);
-  std::vector<float> q(rows * hq * d);
-  for (auto& x : q) x = nd(rng);
-  return q;
-}
 
 // One attention_prefill call (output and workspace poisoned first); the fp32 output.
 std::vector<float> run_prefill(const PagedFixture& fx, const PagedKVView& view, const std::vector<int32_t>& q_lens,
@@ -113,14 +88,8 @@ std::vector<float> run_prefill(const PagedFixture& fx, const PagedKVView& view, 
   auto plan = plan_prefill(view, p, total, sm_count());
   if (!plan.is_ok()) { *status = plan.status(); return {}; }
   const size_t n = q.size();
-  DeviceBuffer dq, dql = testing::to_device(q_lens), dout(n * (o.half_io ? 2 : 4)), ws(plan->workspace_bytes);
-  if (o.half_io) {
-    std::vector<__half> qh(n);
-    for (size_t i = 0; i < n; ++i) qh[i] = __float2half_rn(q[i]);
-    dq = testing::to_device(qh);
-  } else {
-    dq = testing::to_device(q);
-  }
+  DeviceBuffer dq = testing::upload_as(q, o.half_io), dql = testing::to_device(q_lens),
+               dout(n * (o.half_io ? 2 : 4)), ws(plan->workspace_bytes);
   testing::poison(dout);
   testing::poison(ws);
   const DType t = o.half_io ? DType::kF16 : DType::kF32;
@@ -129,28 +98,13 @@ std::vector<float> run_prefill(const PagedFixture& fx, const PagedKVView& view, 
   if (!status->is_ok()) return {};
   const cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) { *status = internal_error(std::string("kernel failed: ") + cudaGetErrorString(e)); return {}; }
-  std::vector<float> out(n);
-  if (o.half_io) {
-    auto h = testing::to_host<__half>(dout, n);
-    for (size_t i = 0; i < n; ++i) out[i] = __half2float(h[i]);
-  } else {
-    out = testing::to_host<float>(dout, n);
-  }
-  return out;
+  return testing::download_as(dout, n, o.half_io);
 }
 
 int sum(const std::vector<int32_t>& v) {
   int s = 0;
   for (int32_t x : v) s += x;
   return s;
-}
-
-struct FormatCase {
-  int d, kb, vb;
-};
-std::string case_name(const ::testing::TestParamInfo<FormatCase>& info) {
-  auto b = [](int x) { return x == 16 ? std::string("f16") : std::to_string(x); };
-  return "d" + std::to_string(info.param.d) + "_k" + b(info.param.kb) + "_v" + b(info.param.vb);
 }
 
 class PrefillFormat : public ::testing::TestWithParam<FormatCase> {};
@@ -180,14 +134,7 @@ TEST_P(PrefillFormat, TiledKernelMatchesReference) {
   }
 }
 
-std::vector<FormatCase> all_cases() {
-  std::vector<FormatCase> v;
-  for (int d : {64, 80, 96, 128, 256})
-    for (auto kv : {std::pair{16, 16}, {8, 8}, {4, 4}, {3, 3}, {2, 2}, {8, 4}, {4, 3}})
-      v.push_back({d, kv.first, kv.second});
-  return v;
-}
-INSTANTIATE_TEST_SUITE_P(AllFormats, PrefillFormat, ::testing::ValuesIn(all_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(AllFormats, PrefillFormat, ::testing::ValuesIn(all_format_cases()), case_name);
 
 // Sliding window with evicted leading pages, soft-capping, forced splits, fp16 in/out and large
 // GQA groups (a query row spanning several column tiles), on the tiled kernel AND the per-row

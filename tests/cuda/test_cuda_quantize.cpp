@@ -266,7 +266,7 @@ void run_tc_case(int d, int kb, int vb, bool f32, bool crowd) {
   // one-warp-per-vector kernels (kTcMinRows in quantize.cu).
   ASSERT_TRUE(check_quant_view(view).is_ok());
   const QuantArgs qa{view, {dbnd[0], dbnd[1]}, {din[0], din[1]}, f32 ? DType::kF32 : DType::kF16,
-                     static_cast<const int64_t*>(up(slots)), n};
+                     static_cast<const int64_t*>(up(slots)), n, {}, {}};
   bool launched = false;
   const Status st = d == 128 ? tc::quantize_tc_d128(qa, nullptr, &launched) : tc::quantize_tc_d96(qa, nullptr, &launched);
   ASSERT_TRUE(st.is_ok()) << st.to_string();

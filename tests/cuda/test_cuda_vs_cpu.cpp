@@ -117,7 +117,9 @@ TEST(CudaVsCpu, CpuEncodedPagesDequantizeIdenticallyOnGpu) {
               ASSERT_TRUE(e.empty()) << "side " << side << " page " << pages[pi] << " head " << h << " row " << r << ": " << e;
             }
           }
-        if (sv.bits != kF16Bits) EXPECT_GT(nonzero, pages.size() * c.H * 8);  // never a test on zeros
+        if (sv.bits != kF16Bits) {
+          EXPECT_GT(nonzero, pages.size() * c.H * 8);  // never a test on zeros
+        }
       }
     }
   }
