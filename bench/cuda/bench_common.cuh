@@ -30,6 +30,31 @@
 
 namespace tqkv::bench {
 
+// -h / --help anywhere on the command line: prints `usage` to stdout and returns true (the
+// caller exits 0).
+inline bool wants_help(int argc, char** argv, const char* usage) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(usage, stdout);
+      return true;
+    }
+  }
+  return false;
+}
+
+// Exits with a one-line reason when this machine has no usable CUDA device (instead of the first
+// CUDA call's error deep inside the benchmark).
+inline void require_device(const char* prog) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    std::fprintf(stderr, "%s: no usable CUDA device (%s)\n", prog,
+                 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    std::exit(2);
+  }
+}
+
 __device__ inline uint32_t hash32(uint64_t x) {
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;

@@ -51,7 +51,21 @@ Fmt parse_fmt(const std::string& s) {
 }
 }  // namespace
 
+constexpr char kUsage[] =
+    "usage: tqkv_prefill_bench [options]  (attention_prefill, tiled kernel against the per-row path;\n"
+    "       method: the header of bench/cuda/bench_prefill.cu)\n"
+    "  --context N        cached tokens per sequence (default 8192)\n"
+    "  --chunks LIST      new rows per call (default 512,2048)\n"
+    "  --seqs N           sequences (default 1)\n"
+    "  --formats LIST     KV formats (default f16,k8v8,k4v4,k3v3)\n"
+    "  --heads HQ:HKV     query and KV heads (default 32:8)\n"
+    "  --head-dim N       head size (default 128)\n"
+    "  --iters N          calls per timed run (default 20)\n"
+    "  --reps N           timed runs, median reported (default 5)\n"
+    "  --json             also print the rows as JSON\n";
+
 int main(int argc, char** argv) {
+  if (tqkv::bench::wants_help(argc, argv, kUsage)) return 0;
   int context = 8192, seqs = 1, hq = 32, hkv = 8, d = 128, iters = 20, reps = 5;
   std::vector<int> chunks = {512, 2048};
   std::vector<std::string> formats = {"f16", "k8v8", "k4v4", "k3v3"};
@@ -71,8 +85,9 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = std::stoi(next());
     else if (a == "--reps") reps = std::stoi(next());
     else if (a == "--json") json = true;
-    else { std::fprintf(stderr, "unknown flag %s (see the header of bench/cuda/bench_prefill.cu)\n", a.c_str()); return 1; }
+    else { std::fprintf(stderr, "unknown flag %s (--help lists them)\n", a.c_str()); return 1; }
   }
+  tqkv::bench::require_device("tqkv_prefill_bench");
   int dev = 0, sms = 0;
   TQKV_BENCH_CHECK(cudaGetDevice(&dev));
   TQKV_BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));

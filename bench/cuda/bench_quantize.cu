@@ -72,7 +72,21 @@ bool parse_format(const std::string& f, int& kb, int& vb) {
 
 }  // namespace
 
+constexpr char kUsage[] =
+    "usage: tqkv_quant_bench [options]  (quantize-on-write per format, head size and input type;\n"
+    "       method and columns: the header of bench/cuda/bench_quantize.cu)\n"
+    "  --tokens N         new tokens per call (default 32768: a prefill chunk; 32: a decode step)\n"
+    "  --heads H          KV heads (default 8)\n"
+    "  --head-dim LIST    head sizes (default 128,96)\n"
+    "  --formats LIST     KV formats (default k4v4,k3v3,k8v4,k8v8,k4v3,k2v2)\n"
+    "  --input LIST       input types f16,f32 (default both)\n"
+    "  --scale-search     with the encoder's scale search\n"
+    "  --reps N           timed replays, median reported (default 7)\n"
+    "  --iters N          calls per replay, one CUDA graph (default 20)\n"
+    "  --old-iters N, --old-reps N   the same for the previous kernels (default: --iters, --reps)\n";
+
 int main(int argc, char** argv) {
+  if (tqkv::bench::wants_help(argc, argv, kUsage)) return 0;
   int tokens = 32768, heads = 8, reps = 7, iters = 20, old_iters = -1, old_reps = -1;
   bool search = false;
   std::vector<int> dims = {128, 96};
@@ -90,8 +104,9 @@ int main(int argc, char** argv) {
     else if (a == "--input") { inputs = split_list(v); ++i; }
     else if (a == "--scale-search") search = true;
     else if (a == "--head-dim") { dims.clear(); for (auto& x : split_list(v)) dims.push_back(std::atoi(x.c_str())); ++i; }
-    else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 1; }
+    else { std::fprintf(stderr, "unknown option %s (--help lists them)\n", a.c_str()); return 1; }
   }
+  tqkv::bench::require_device("tqkv_quant_bench");
   if (old_iters <= 0) old_iters = iters;
   if (old_reps <= 0) old_reps = reps;
   if (tokens <= 0 || heads <= 0 || reps <= 0 || iters <= 0) { std::fprintf(stderr, "bad sizes\n"); return 1; }

@@ -27,7 +27,18 @@ using tqkv::bench::fill_tiles;
 using tqkv::bench::parse_ints;
 using tqkv::bench::split_list;
 
+constexpr char kUsage[] =
+    "usage: tqkv_sink_bench [options]  (decode attention with N sink tokens against none, same cache;\n"
+    "       method: the header of bench/cuda/bench_sinks.cu)\n"
+    "  --formats LIST     KV formats (default k4v4)\n"
+    "  --batch LIST       batch sizes (default 8,32)\n"
+    "  --context LIST     context lengths (default 8192,16384)\n"
+    "  --sinks N          sink tokens (default 4)\n"
+    "  --reps N           replays of each graph, median reported (default 9)\n"
+    "  --iters N          calls per graph (default 20)\n";
+
 int main(int argc, char** argv) {
+  if (tqkv::bench::wants_help(argc, argv, kUsage)) return 0;
   std::vector<std::string> formats = {"k4v4"};
   std::vector<int> batches = {8, 32}, contexts = {8192, 16384};
   int sinks = 4, reps = 9, iters = 20;
@@ -40,8 +51,13 @@ int main(int argc, char** argv) {
     else if (a == "--sinks") sinks = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--iters") iters = std::atoi(argv[i + 1]);
-    else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
+    else { std::fprintf(stderr, "unknown option %s (--help lists them)\n", a.c_str()); return 2; }
   }
+  if (argc % 2 == 0) {  // options come in pairs: a trailing one has no value
+    std::fprintf(stderr, "%s needs a value (--help lists the options)\n", argv[argc - 1]);
+    return 2;
+  }
+  tqkv::bench::require_device("tqkv_sink_bench");
   cudaDeviceProp prop{};
   TQKV_BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs; head size 128, 32 query heads, 8 KV heads; %d sink tokens vs none; "
