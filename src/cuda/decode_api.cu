@@ -338,11 +338,13 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   const float* v_rot = view.v.bits == kF16Bits ? nullptr : view.rotation;
   // The fast transform needs a power-of-two head size (kv_layout.h: signs are set only then).
   const float* signs = (view.hadamard_signs && (d & (d - 1)) == 0) ? view.hadamard_signs : nullptr;
-  // The default (MODE 5): the decode kernel rotates its own queries (Hadamard or none; decode only).
-  if (!middle && !row_seq && detail::decode_mode_selected() == 5 && (!k_rot || signs)) {
+  // The default (MODE 5): the decode kernel rotates its own queries (decode only): by the fast
+  // transform, by the dense P (head sizes 80 and 96), or not at all (fp16 K).
+  if (!middle && !row_seq && detail::decode_mode_selected() == 5 && (!k_rot || signs || d == 80 || d == 96)) {
     args.q_in = q;
     args.q_f32 = q_type == DType::kF32 ? 1 : 0;
     args.q_signs = k_rot ? signs : nullptr;
+    args.q_dense = k_rot && !signs ? k_rot : nullptr;
     args.q_scale = params.scale;
   } else {
     rotate_query_kernel<<<rows, threads, d * sizeof(float), stream>>>(q, q_type, k_rot, signs, d, params.scale,

@@ -55,6 +55,9 @@ struct DecodeArgs {
   const void* q_in = nullptr;
   int32_t q_f32 = 1;  // q_in is fp32 (else fp16)
   const float* q_signs = nullptr;
+  // MODE 5 with a dense rotation (head sizes 80 and 96): P row-major [D][D], q_rot = q_scale * P q
+  // computed by the warp of each query row (rotate_row); null with q_signs or fp16 K.
+  const float* q_dense = nullptr;
   float q_scale = 1.f;
   // Fused merge (decode_fused_merge.cuh; decode, launched as clusters of num_splits <= 8
   // CTAs along x): non-null `out` = the CTAs combine their partials in the cluster and write
@@ -126,12 +129,32 @@ struct DecodeConfig {
 //   runs (SplitChunk, kv_fetch.cuh); at head sizes 128 and 256 with 4-bit V the V tile is swizzled
 //   in shared memory so its row loads are free of bank conflicts;
 // - with DecodeArgs::out, the fused merge (decode_fused_merge.cuh).
-// MODE 5 (the default where the rotation allows it; TQKV_CUDA_DECODE_KERNEL=fusedq or unset): the
-//   kernel rotates its own queries (DecodeArgs::q_in; launched without rotate_query_kernel,
-//   power-of-two head sizes or fp16 K only): one warp per query row, the transform by shuffles,
-//   rows exchanged through each warp's free ring slot.
-// MODE 6 (TQKV_CUDA_DECODE_KERNEL=v3, and the default at head sizes 80 and 96): the queries come
-//   rotated from rotate_query_kernel (decode_api.cu), a programmatic-dependent launch.
+// MODE 5 (the default for decode; TQKV_CUDA_DECODE_KERNEL=fusedq or unset): the kernel rotates
+//   its own queries (DecodeArgs::q_in; launched without rotate_query_kernel): one warp per query
+//   row, the fast transform by shuffles at power-of-two head sizes, the dense P at 80 and 96
+//   (DecodeArgs::q_dense), none for fp16 K; rows exchanged through each warp's free ring slot.
+// MODE 6 (TQKV_CUDA_DECODE_KERNEL=v3, prefill rows, and a dense P at a power-of-two head size):
+//   the queries come rotated from rotate_query_kernel (decode_api.cu), a programmatic-dependent
+//   launch.
+// Head sizes whose queries the decode kernel may rotate by a dense P (DecodeArgs::q_dense).
+template <int D>
+constexpr bool q_dense_possible() { return D == 80 || D == 96; }
+
+// One step of a butterfly reduce-scatter over the lanes: v[k] for k < 2 SH holds this lane's terms
+// of 2 SH sums; afterwards v[k] for k < SH holds the lane pair's (lane, lane ^ SH) sums of the half
+// this lane keeps (the upper half where lane & SH). Four steps from 16 values (after adding the
+// two half-warps) leave sum lane & 15 in v[0].
+template <int SH>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[16], int lane) {
+  const bool up = (lane & SH) != 0;
+#pragma unroll
+  for (int k = 0; k < SH; ++k) {
+    const float send = up ? v[k] : v[k + SH];
+    const float keep = up ? v[k + SH] : v[k];
+    v[k] = keep + __shfl_xor_sync(0xffffffffu, send, SH);
+  }
+}
+
 template <int D, int KB, int VB, int MODE>
 __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     decode_split_kernel(const DecodeArgs args) {
@@ -229,7 +252,9 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   constexpr int kQE = kPow2D ? D / 32 : (D + 31) / 32;
   float q_pre[kQE];
   const bool q_had = FUSEDQ && kPow2D && args.q_signs != nullptr;
-  const bool q_preloaded = FUSEDQ && warp < nheads && (q_had || args.q_signs == nullptr);
+  // Dense rotation (head sizes 80 and 96): rotate_dense below, with its own preload.
+  const bool q_dense = FUSEDQ && !kPow2D && args.q_dense != nullptr;
+  const bool q_preloaded = FUSEDQ && warp < nheads && (q_had || args.q_signs == nullptr) && !q_dense;
   if (q_preloaded) {
 #pragma unroll
     for (int e = 0; e < kQE; ++e) {
@@ -241,6 +266,68 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
       }
     }
   }
+  // FUSEDQ, dense P (head sizes 80 and 96): y = q_scale * P q for the CTA's nheads rows, by all
+  // warps: the nheads x (D / 16) pieces of 16 outputs are dealt round-robin, warp w taking pieces
+  // w, w + W, ...; the query rows of a warp's pieces are loaded at entry (here). Lane l holds q at
+  // coordinates l + 32 e and adds up its terms of the piece's 16 outputs (each load of P a
+  // coalesced part of one row of P; the piece's 16 x kQE loads are independent: one L2 round trip),
+  // the two half-warps' sums are added and a butterfly reduce-scatter (reduce_scatter_step) leaves
+  // output 16 c + (l & 15) on lanes l and l ^ 16. With one warp per row the pieces were serial
+  // round trips (run W12: d96 batch-8 calls 2-5% slower than the separate rotation kernel).
+  constexpr int kPieces = D / 16;
+  constexpr int kMyPieces = (8 * kPieces + W - 1) / W;
+  float dq[q_dense_possible<D>() ? kMyPieces : 1][kQE];
+  if constexpr (q_dense_possible<D>()) {
+    if (q_dense) {
+#pragma unroll
+      for (int m = 0; m < kMyPieces; ++m) {
+        const int r = (warp + W * m) / kPieces;
+#pragma unroll
+        for (int e = 0; e < kQE; ++e) {
+          const int j = lane + 32 * e;
+          dq[m][e] = (r < nheads && j < D) ? qload_at(r, j) : 0.f;
+        }
+      }
+    }
+  }
+  // dst_of(r): where row r goes in shared memory (null: nowhere); row r also goes to the workspace
+  // q_rot where writes_q(r) (the sink merge reads it).
+  auto rotate_dense = [&](auto dst_of) {
+    if constexpr (q_dense_possible<D>()) {
+#pragma unroll
+      for (int m = 0; m < kMyPieces; ++m) {
+        const int it = warp + W * m, r = it / kPieces, i0 = 16 * (it % kPieces);
+        if (r >= nheads) break;  // (warp-uniform)
+        float v[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          float a = 0.f;
+#pragma unroll
+          for (int e = 0; e < kQE; ++e) {
+            const int j = lane + 32 * e;
+            if (j < D) a = fmaf(__ldg(args.q_dense + (i0 + k) * D + j), dq[m][e], a);
+          }
+          v[k] = a;
+        }
+#pragma unroll
+        for (int k = 0; k < 16; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], 16);
+        reduce_scatter_step<8>(v, lane);
+        reduce_scatter_step<4>(v, lane);
+        reduce_scatter_step<2>(v, lane);
+        reduce_scatter_step<1>(v, lane);
+        if (lane < 16) {
+          const int i = i0 + lane;
+          const float y = args.q_scale * v[0];
+          float* dst = dst_of(r);
+          if (dst) dst[i] = y;
+          if (writes_q(r)) {
+            const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
+            const_cast<float*>(args.q_rot)[qoff + i] = y;
+          }
+        }
+      }
+    }
+  };
   auto rotate_row = [&](int r, float* dst) {
     const size_t qoff = ((static_cast<size_t>(seq) * args.num_q_heads) + head0 + r) * D;
     float* gdst = writes_q(r) ? const_cast<float*>(args.q_rot) + qoff : nullptr;  // for the sink merge
@@ -287,8 +374,12 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   if (cta_n == 0) {  // nothing visible in this split: an empty partial
     cudaGridDependencySynchronize();  // the previous call's merge must not see these writes early
     if constexpr (FUSEDQ) {
-      for (int r = warp; r < nheads; r += W)
-        if (writes_q(r)) rotate_row(r, nullptr);
+      if (q_dense) {
+        rotate_dense([](int) -> float* { return nullptr; });
+      } else {
+        for (int r = warp; r < nheads; r += W)
+          if (writes_q(r)) rotate_row(r, nullptr);
+      }
     }
     if (args.out) {  // fused merge: an empty partial in this CTA's shared memory
       float* res = reinterpret_cast<float*>(ring) + W * (16 + 8 * kSx);
@@ -345,7 +436,11 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     auto qslot = [&](int r) {
       return reinterpret_cast<float*>(ring + ((r % W) * Cfg::kStages + Cfg::kStages - 1) * Cfg::kStageBytes) + (r / W) * D;
     };
-    for (int r = warp; r < nheads; r += W) rotate_row(r, qslot(r));
+    if (q_dense) {
+      rotate_dense(qslot);
+    } else {
+      for (int r = warp; r < nheads; r += W) rotate_row(r, qslot(r));
+    }
     TQKV_PROBE(kProbeRotated, threadIdx.x == 0);
     TQKV_PROBE(kProbeLastWarpTables, threadIdx.x == blockDim.x - 32);
     __syncthreads();  // tables and rotated rows ready
