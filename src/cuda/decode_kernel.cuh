@@ -56,7 +56,8 @@ struct DecodeArgs {
   int32_t q_f32 = 1;  // q_in is fp32 (else fp16)
   const float* q_signs = nullptr;
   // MODE 5 with a dense rotation (head sizes 80 and 96): P row-major [D][D], q_rot = q_scale * P q
-  // computed by the warp of each query row (rotate_row); null with q_signs or fp16 K.
+  // computed by all warps of the CTA in pieces of 16 outputs (rotate_dense); null with q_signs or
+  // fp16 K.
   const float* q_dense = nullptr;
   float q_scale = 1.f;
   // Fused merge (decode_fused_merge.cuh; decode, launched as clusters of num_splits <= 8
@@ -130,9 +131,10 @@ struct DecodeConfig {
 //   in shared memory so its row loads are free of bank conflicts;
 // - with DecodeArgs::out, the fused merge (decode_fused_merge.cuh).
 // MODE 5 (the default for decode; TQKV_CUDA_DECODE_KERNEL=fusedq or unset): the kernel rotates
-//   its own queries (DecodeArgs::q_in; launched without rotate_query_kernel): one warp per query
-//   row, the fast transform by shuffles at power-of-two head sizes, the dense P at 80 and 96
-//   (DecodeArgs::q_dense), none for fp16 K; rows exchanged through each warp's free ring slot.
+//   its own queries (DecodeArgs::q_in; launched without rotate_query_kernel): the fast transform
+//   by shuffles at power-of-two head sizes (one warp per query row), the dense P at 80 and 96
+//   (DecodeArgs::q_dense; pieces of 16 outputs dealt to all warps), none for fp16 K; rows
+//   exchanged through each warp's free ring slot.
 // MODE 6 (TQKV_CUDA_DECODE_KERNEL=v3, prefill rows, and a dense P at a power-of-two head size):
 //   the queries come rotated from rotate_query_kernel (decode_api.cu), a programmatic-dependent
 //   launch.
@@ -294,6 +296,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
   // q_rot where writes_q(r) (the sink merge reads it).
   auto rotate_dense = [&](auto dst_of) {
     if constexpr (q_dense_possible<D>()) {
+      static_assert(D % 16 == 0 && kQE <= 3, "whole pieces of 16 outputs; q in <= 3 registers per lane");
 #pragma unroll
       for (int m = 0; m < kMyPieces; ++m) {
         const int it = warp + W * m, r = it / kPieces, i0 = 16 * (it % kPieces);
