@@ -75,4 +75,19 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// One step of a butterfly reduce-scatter over the lanes: v[k] for k < 2 SH holds this lane's terms
+// of 2 SH sums; afterwards v[k] for k < SH holds the lane pair's (lane, lane ^ SH) sums of the half
+// this lane keeps (the upper half where lane & SH). Four steps from 16 values (after adding the
+// two half-warps) leave sum lane & 15 in v[0].
+template <int SH>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[16], int lane) {
+  const bool up = (lane & SH) != 0;
+#pragma unroll
+  for (int k = 0; k < SH; ++k) {
+    const float send = up ? v[k] : v[k + SH];
+    const float keep = up ? v[k + SH] : v[k];
+    v[k] = keep + __shfl_xor_sync(0xffffffffu, send, SH);
+  }
+}
+
 }  // namespace tqkv::cuda::detail
