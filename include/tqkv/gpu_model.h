@@ -199,10 +199,10 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::ve
 // evaluate_perplexity() in include/tqkv/generate.h (sampling on the host). Perplexity with
 // PerplexityOptions::per_layer: r.layers from GpuContext::set_attention_probe (the attention
 // error measured from the GPU run; K/V reconstruction errors and the codec figures NaN: not
-// measured on the GPU); k8_layers and emulate are kUnsupported (CPU runtime only).
+// measured on the GPU); k8_layers, emulate and recent_tokens > 0 are kUnsupported (CPU runtime only).
 // gpu_generate takes the CPU runtime's KvOptions: format, f16_layers, max_tokens, center_keys,
 // sink_tokens, smooth_keys and scale_search (the fields the GPU runtime implements); k8_layers,
-// center_values and emulate are kUnsupported (CPU runtime only), as in gpu_evaluate_perplexity.
+// center_values, emulate and recent_tokens > 0 are kUnsupported (CPU runtime only), as in gpu_evaluate_perplexity.
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token);

@@ -58,6 +58,10 @@ struct KVCacheConfig {
   // each full-attention layer that compresses a side (PagedKVView::sink_tokens; docs/formats.md).
   // In [0, page_size]; 0 = off. Their bytes come out of budget_bytes.
   int32_t sink_tokens = 0;
+  // Recent tokens: the last recent_tokens positions of every sequence are also kept in fp16, in a
+  // ring per sequence, in the same layers as the sinks (PagedKVView::recent_tokens; docs/formats.md).
+  // In [0, 1024]; 0 = off. Their bytes come out of budget_bytes.
+  int32_t recent_tokens = 0;
   // CodecConfig::scale_search for every compressed side (an encoder choice: same bytes layout).
   bool scale_search = false;
 };
@@ -115,7 +119,7 @@ class KVCache {
   int32_t group_window(int32_t group) const { return groups_[group].window; }
   int32_t total_pages(int32_t group) const { return groups_[group].num_pages; }
   int32_t free_pages(int32_t group) const { return static_cast<int32_t>(groups_[group].free_list.size()); }
-  // Bytes of the attention-sink tiles, all layers (part of bytes_allocated()).
+  // Bytes of the attention-sink tiles and recent rings, all layers (part of bytes_allocated()).
   int64_t sink_bytes() const;
   // Pages sequence `seq` currently holds in `group` (after eviction), for tests.
   Result<std::vector<int32_t>> pages_of(int32_t group, int32_t seq) const;
@@ -137,6 +141,8 @@ class KVCache {
     bool sinks = false;                     // holds attention sinks (config sink_tokens > 0)
     int64_t sink_tile = 0;                  // tile_bytes(sink_tokens, head_dim, 16)
     std::vector<uint8_t> sink_k, sink_v;    // [max_seqs][num_kv_heads][sink_tile] fp16
+    int64_t recent_tile = 0;                // tile_bytes(recent_tokens, head_dim, 16); 0 = no ring
+    std::vector<uint8_t> recent_k, recent_v;  // [max_seqs][num_kv_heads][recent_tile] fp16
     std::unique_ptr<TurboQuantCodec> k_codec, v_codec;
     KVViewWorkspace ws;
   };

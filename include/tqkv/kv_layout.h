@@ -117,7 +117,25 @@ struct PagedKVView {
   int32_t scale_search = 0;
   uint8_t* sink_k = nullptr;
   uint8_t* sink_v = nullptr;
-  const int32_t* sink_slot = nullptr;  // [num_seqs]
+  // [num_seqs] sequence s's slot in the sink tiles and in the recent rings (both are per slot).
+  const int32_t* sink_slot = nullptr;
+  // Recent tokens (docs/formats.md, "Recent tokens"): the last `recent_tokens` positions of each
+  // sequence, [max(len - recent_tokens, sink_tokens), len), are also held exactly, in fp16, in a
+  // ring [slot][num_kv_heads][ring tile] of tile_bytes(recent_tokens, head_dim, 16) bytes: position
+  // t in row t % recent_tokens, each side in its own space as for the sinks. Attention takes them
+  // from the ring and the older positions from the pages; len is the sequence length at the time
+  // of the call, so a decode step's query sees its recent_tokens predecessors exactly.
+  // 0 = off (the ring pointers are then unused).
+  int32_t recent_tokens = 0;
+  uint8_t* recent_k = nullptr;
+  uint8_t* recent_v = nullptr;
+  // First position attention takes from the recent ring for sequence s (len when the ring is off).
+  TQKV_HD int64_t recent_from(int32_t s) const {
+    const int64_t len = seq_lens[s];
+    if (recent_tokens <= 0) return len;
+    const int64_t r = len - recent_tokens;
+    return r > sink_tokens ? r : sink_tokens;
+  }
 
   // The sink tiles seen as a view of their own: fp16 sides, one "page" of sink_tokens rows per
   // sequence, page table = sink_slot. Kernels run their fp16 path over it.
@@ -133,6 +151,27 @@ struct PagedKVView {
     s.sink_tokens = 0;
     s.sink_k = s.sink_v = nullptr;
     s.sink_slot = nullptr;
+    s.recent_tokens = 0;
+    s.recent_k = s.recent_v = nullptr;
+    return s;
+  }
+  // The recent rings seen as a view of their own: fp16 sides, one "page" of recent_tokens rows per
+  // sequence, page table = sink_slot. Position t of the sequence is ring position t % recent_tokens,
+  // so a run of keys [t0, t1) (t1 - t0 <= recent_tokens) is at most two runs of ring positions.
+  TQKV_HD PagedKVView recent() const {
+    PagedKVView s = *this;
+    const int64_t tb = tile_bytes(recent_tokens, head_dim, kF16Bits);
+    s.k = KVSideView{recent_k, kF16Bits, tb, nullptr};
+    s.v = KVSideView{recent_v, kF16Bits, tb, nullptr};
+    s.page_size = recent_tokens;
+    s.page_table = sink_slot;
+    s.max_pages_per_seq = 1;
+    s.first_page = nullptr;
+    s.sink_tokens = 0;
+    s.sink_k = s.sink_v = nullptr;
+    s.sink_slot = nullptr;
+    s.recent_tokens = 0;
+    s.recent_k = s.recent_v = nullptr;
     return s;
   }
 

@@ -164,6 +164,13 @@ struct KvOptions {
   // (the library's plain codec stays the reference); the CLI's default is kDefaultSinkTokens.
   int32_t sink_tokens = 0;
   static constexpr int32_t kDefaultSinkTokens = 4;
+  // Recent tokens (paged cache only; KVCacheConfig::recent_tokens): the last recent_tokens positions
+  // also keep fp16 K and V, in the same layers as the sinks, so a decode step sees its nearest
+  // predecessors exactly (the keep-recent-tokens-exact policy of KIVI and of Hugging Face's
+  // quantized cache). Off here; the CPU CLI's default is kDefaultRecentTokens. Not yet in the CUDA
+  // kernels: the GPU runtime rejects it.
+  int32_t recent_tokens = 0;
+  static constexpr int32_t kDefaultRecentTokens = 32;
   // Scale search in the TurboQuant encoder (CodecConfig::scale_search; docs/formats.md): same
   // format, lower error at 2-4 bits. Off here; the CLI turns it on (the GPU runtime searches the
   // same way: GpuContextOptions::scale_search).

@@ -65,6 +65,10 @@ typedef struct tqkv_cache_config {
    * every full-attention layer that compresses a side, and attention reads them from there
    * (docs/formats.md, "Attention sinks"). 0 = off (the default); at most page_size. */
   int32_t sink_tokens;
+  /* Recent tokens: the last recent_tokens positions of each sequence are also kept in fp16 (a ring
+   * per sequence) in the same layers as the sinks, and attention reads them from there
+   * (docs/formats.md, "Recent tokens"). 0 = off (the default); at most 1024. */
+  int32_t recent_tokens;
 } tqkv_cache_config;
 
 /* Fills the defaults of kv_cache.h (k4v4, page 16, 16 sequences, 32768 tokens, 1 GiB). */

@@ -65,11 +65,20 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
         items.push_back({row.s, h, r, row.pos, from, t1, true});
         from = t1;
       }
+      // Recent tokens: positions from recent_from(s) come from the ring, as one or (where the run
+      // wraps around the ring) two items in ring positions.
+      const int64_t rf = std::max(from, kv.recent_from(row.s));
+      const int64_t end = std::min(rf, row.pos + 1);
       // Chunk boundaries on multiples of `chunk` so chunks stay page-aligned.
-      for (int64_t t0 = from; t0 <= row.pos;) {
-        const int64_t t1 = std::min<int64_t>((t0 / chunk + 1) * chunk, row.pos + 1);
+      for (int64_t t0 = from; t0 < end;) {
+        const int64_t t1 = std::min<int64_t>((t0 / chunk + 1) * chunk, end);
         items.push_back({row.s, h, r, row.pos, t0, t1, false});
         t0 = t1;
+      }
+      if (rf <= row.pos) {
+        const int64_t W = kv.recent_tokens, a = rf % W, b = a + (row.pos + 1 - rf);
+        items.push_back({row.s, h, r, row.pos, a, std::min(b, W), false, true});
+        if (b > W) items.push_back({row.s, h, r, row.pos, 0, b - W, false, true});
       }
     }
   item_begin[nrows * H] = static_cast<int64_t>(items.size());
@@ -91,17 +100,18 @@ Status run_fused(const PagedKVView& kv, const AttentionParams& p, const int32_t*
   // Sink tiles hold each side in that side's space (rotated when TurboQuant): the fp16 path over
   // them lines up with the rotated queries and the rotated V accumulator of the other items.
   const PagedKVView sink_view = kv.sink_tokens > 0 ? kv.sinks() : kv;
+  const PagedKVView recent_view = kv.recent_tokens > 0 ? kv.recent() : kv;
   const attn_detail::ChunkFn fn = cpu_has_avx512bw_kernels() ? &attn_detail::process_chunk_avx512
                                   : cpu_has_avx2_fma_f16c()   ? &attn_detail::process_chunk_avx2
                                                               : &attn_detail::process_chunk_scalar;
 #pragma omp parallel
   {
-    std::vector<float> scratch(static_cast<size_t>(attn_detail::scratch_floats(ps, d, G)));
+    std::vector<float> scratch(static_cast<size_t>(attn_detail::scratch_floats(std::max(ps, kv.recent_tokens), d, G)));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < nitems; ++i) {
       const WorkItem& w = items[i];
       float* st = part.data() + i * stride;
-      fn(w.sink ? sink_view : kv, p, w, qk + (w.row * HQ + static_cast<int64_t>(w.h) * G) * d, st, st + G, st + 2 * G, scratch.data());
+      fn(w.sink ? sink_view : w.recent ? recent_view : kv, p, w, qk + (w.row * HQ + static_cast<int64_t>(w.h) * G) * d, st, st + G, st + 2 * G, scratch.data());
     }
   }
 

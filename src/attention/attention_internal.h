@@ -17,7 +17,8 @@ Status check_seqs(const PagedKVView& kv, const AttentionParams& p, const int32_t
 struct WorkItem {
   int32_t s, h;
   int64_t row, pos, t0, t1;
-  bool sink = false;  // keys from the attention-sink tiles (PagedKVView::sinks())
+  bool sink = false;    // keys from the attention-sink tiles (PagedKVView::sinks())
+  bool recent = false;  // keys from the recent ring (PagedKVView::recent(); t0, t1 in ring positions)
 };
 
 // Processes one work item. qr: [G][head_dim] (rotated when K is TurboQuant); state out:

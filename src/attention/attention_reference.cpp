@@ -34,6 +34,10 @@ Status validate_attention_args(const PagedKVView& kv, const AttentionParams& p) 
     return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(kv.sink_tokens) + ")");
   if (kv.sink_tokens > 0 && (kv.sink_k == nullptr || kv.sink_v == nullptr || (kv.num_seqs > 0 && kv.sink_slot == nullptr)))
     return invalid_argument("attention sinks without sink tiles or slots");
+  if (kv.recent_tokens < 0 || kv.recent_tokens > 1024)
+    return invalid_argument("recent_tokens must be in [0, 1024] (got " + std::to_string(kv.recent_tokens) + ")");
+  if (kv.recent_tokens > 0 && (kv.recent_k == nullptr || kv.recent_v == nullptr || (kv.num_seqs > 0 && kv.sink_slot == nullptr)))
+    return invalid_argument("recent tokens without recent rings or slots");
   return Status::ok();
 }
 
@@ -73,11 +77,14 @@ namespace {
 // Dequantizes token `pos` of sequence s, KV head h, one side, to fp32 (plain loops, fp64 sums).
 void dequant_token(const PagedKVView& kv, const KVSideView& side, int32_t s, int64_t pos, int32_t h, float* out) {
   const int32_t ps = kv.page_size, d = kv.head_dim;
-  if (pos < kv.sink_tokens) {  // attention sink: fp16 in the side's space (rotated if TurboQuant)
-    const uint8_t* base = &side == &kv.k ? kv.sink_k : kv.sink_v;
-    const int64_t tb = tile_bytes(kv.sink_tokens, d, kF16Bits);
+  // Attention sink or recent token: fp16 in the side's space (rotated if TurboQuant).
+  const bool sink = pos < kv.sink_tokens, recent = !sink && pos >= kv.recent_from(s);
+  if (sink || recent) {
+    const uint8_t* base = sink ? (&side == &kv.k ? kv.sink_k : kv.sink_v) : (&side == &kv.k ? kv.recent_k : kv.recent_v);
+    const int32_t rows = sink ? kv.sink_tokens : kv.recent_tokens;
+    const int64_t tb = tile_bytes(rows, d, kF16Bits);
     const uint16_t* x = reinterpret_cast<const uint16_t*>(base + (static_cast<int64_t>(kv.sink_slot[s]) * kv.num_kv_heads + h) * tb) +
-                        pos * d;
+                        (pos % rows) * d;
     if (side.bits == kF16Bits) {
       for (int32_t j = 0; j < d; ++j) out[j] = fp16_to_float(x[j]);
       return;

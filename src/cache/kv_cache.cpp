@@ -51,6 +51,8 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
   }
   if (c.sink_tokens < 0 || c.sink_tokens > c.page_size)
     return invalid_argument("sink_tokens must be in [0, page_size] (got " + num(c.sink_tokens) + ")");
+  if (c.recent_tokens < 0 || c.recent_tokens > 1024)
+    return invalid_argument("recent_tokens must be in [0, 1024] (got " + num(c.recent_tokens) + ")");
 
   std::unique_ptr<KVCache> kv(new KVCache(c));
   kv->layers_.resize(c.num_layers);
@@ -79,11 +81,16 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
       ls.v_tile = tile_bytes(c.page_size, c.head_dim, c.layers[l].v_bits);
       g.page_bytes += c.num_kv_heads * (ls.k_tile + ls.v_tile);
       // Sinks where they change something: full attention, at least one side compressed.
-      ls.sinks = c.sink_tokens > 0 && g.window == 0 &&
-                 (c.layers[l].k_bits != kF16Bits || c.layers[l].v_bits != kF16Bits);
+      // The recent ring likewise.
+      const bool exact_copies = g.window == 0 && (c.layers[l].k_bits != kF16Bits || c.layers[l].v_bits != kF16Bits);
+      ls.sinks = c.sink_tokens > 0 && exact_copies;
       if (ls.sinks) {
         ls.sink_tile = tile_bytes(c.sink_tokens, c.head_dim, kF16Bits);
         budget_left -= 2ll * c.max_seqs * c.num_kv_heads * ls.sink_tile;
+      }
+      if (c.recent_tokens > 0 && exact_copies) {
+        ls.recent_tile = tile_bytes(c.recent_tokens, c.head_dim, kF16Bits);
+        budget_left -= 2ll * c.max_seqs * c.num_kv_heads * ls.recent_tile;
       }
       for (int side = 0; side < 2; ++side) {
         const int32_t bits = side == 0 ? c.layers[l].k_bits : c.layers[l].v_bits;
@@ -105,9 +112,9 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
   }
   if (budget_left < 0)
     return invalid_argument("budget of " + num(c.budget_bytes) +
-                            " bytes does not hold the sliding-window pages and attention sinks");
+                            " bytes does not hold the sliding-window pages, attention sinks and recent rings");
   int64_t total_bytes = 0;
-  for (const LayerStore& ls : kv->layers_) total_bytes += 2ll * c.max_seqs * c.num_kv_heads * ls.sink_tile;
+  for (const LayerStore& ls : kv->layers_) total_bytes += 2ll * c.max_seqs * c.num_kv_heads * (ls.sink_tile + ls.recent_tile);
   for (Group& g : kv->groups_) {
     if (g.window == 0) g.num_pages = static_cast<int32_t>(std::min<int64_t>(budget_left / g.page_bytes, 1ll << 30));
     if (g.num_pages <= 0)
@@ -136,6 +143,8 @@ Result<std::unique_ptr<KVCache>> KVCache::create(const KVCacheConfig& config) {
       ls.v_pages.assign(static_cast<size_t>(g.num_pages) * c.num_kv_heads * ls.v_tile, 0);
       ls.sink_k.assign(static_cast<size_t>(c.max_seqs) * c.num_kv_heads * ls.sink_tile, 0);
       ls.sink_v.assign(static_cast<size_t>(c.max_seqs) * c.num_kv_heads * ls.sink_tile, 0);
+      ls.recent_k.assign(static_cast<size_t>(c.max_seqs) * c.num_kv_heads * ls.recent_tile, 0);
+      ls.recent_v.assign(static_cast<size_t>(c.max_seqs) * c.num_kv_heads * ls.recent_tile, 0);
     }
   }
   return kv;
@@ -186,10 +195,15 @@ Result<int32_t> KVCache::fork(int32_t seq) {
     for (int32_t p : g.seqs[child].pages) ++g.refcount[p];
   }
   for (LayerStore& ls : layers_) {
-    if (!ls.sinks) continue;
-    const int64_t b = cfg_.num_kv_heads * ls.sink_tile;
-    std::memcpy(ls.sink_k.data() + child * b, ls.sink_k.data() + seq * b, b);
-    std::memcpy(ls.sink_v.data() + child * b, ls.sink_v.data() + seq * b, b);
+    const int64_t b = cfg_.num_kv_heads * ls.sink_tile, r = cfg_.num_kv_heads * ls.recent_tile;
+    if (b > 0) {
+      std::memcpy(ls.sink_k.data() + child * b, ls.sink_k.data() + seq * b, b);
+      std::memcpy(ls.sink_v.data() + child * b, ls.sink_v.data() + seq * b, b);
+    }
+    if (r > 0) {
+      std::memcpy(ls.recent_k.data() + child * r, ls.recent_k.data() + seq * r, r);
+      std::memcpy(ls.recent_v.data() + child * r, ls.recent_v.data() + seq * r, r);
+    }
   }
   return child;
 }
@@ -339,24 +353,32 @@ Status KVCache::write(int32_t layer, int32_t seq, int32_t first_pos, int32_t n, 
       }
     }
   }
-  // Attention sinks: positions < sink_tokens also go, exact but for fp16 rounding, into this
-  // sequence's sink tile, in the side's own space (rotated when the side is TurboQuant).
-  if (ls.sinks && first_pos < cfg_.sink_tokens) {
+  // Exact copies, fp16 in the side's own space (rotated when the side is TurboQuant): positions
+  // < sink_tokens into this sequence's sink tile (row = position), and positions among the last
+  // recent_tokens of the sequence into its recent ring (row = position % recent_tokens; an older
+  // position's row is only reused once that position has left the window).
+  const auto copy_exact = [&](std::vector<uint8_t>& kt, std::vector<uint8_t>& vt, int64_t tile, int32_t p0, int32_t p1,
+                              int32_t rows) {
     std::vector<float> y(d);
     for (int side = 0; side < 2; ++side) {
       const float* x = side == 0 ? k : v;
       const TurboQuantCodec* codec = side == 0 ? ls.k_codec.get() : ls.v_codec.get();
-      uint8_t* base = (side == 0 ? ls.sink_k.data() : ls.sink_v.data()) + seq * H * ls.sink_tile;
-      for (int32_t pos = first_pos; pos < std::min(first_pos + n, cfg_.sink_tokens); ++pos)
+      uint8_t* base = (side == 0 ? kt.data() : vt.data()) + seq * H * tile;
+      for (int32_t pos = p0; pos < p1; ++pos)
         for (int32_t h = 0; h < H; ++h) {
           const float* xv = x + (static_cast<int64_t>(pos - first_pos) * H + h) * d;
           if (codec != nullptr) codec->rotate(xv, y.data());
           const float* src = codec != nullptr ? y.data() : xv;
-          uint16_t* dst = reinterpret_cast<uint16_t*>(base + h * ls.sink_tile) + static_cast<int64_t>(pos) * d;
+          uint16_t* dst = reinterpret_cast<uint16_t*>(base + h * tile) + static_cast<int64_t>(pos % rows) * d;
           for (int32_t j = 0; j < d; ++j) dst[j] = float_to_fp16(src[j]);
         }
     }
-  }
+  };
+  if (ls.sinks && first_pos < cfg_.sink_tokens)
+    copy_exact(ls.sink_k, ls.sink_v, ls.sink_tile, first_pos, std::min(first_pos + n, cfg_.sink_tokens), cfg_.sink_tokens);
+  if (ls.recent_tile > 0)
+    copy_exact(ls.recent_k, ls.recent_v, ls.recent_tile, std::max(first_pos, lens_[seq] - cfg_.recent_tokens), first_pos + n,
+               cfg_.recent_tokens);
   return Status::ok();
 }
 
@@ -421,6 +443,12 @@ Result<PagedKVView> KVCache::view(int32_t layer, std::span<const int32_t> seq_id
     v.sink_v = ls.sink_v.data();
     v.sink_slot = ws->sink_slot.data();
   }
+  if (ls.recent_tile > 0) {
+    v.recent_tokens = cfg_.recent_tokens;
+    v.recent_k = ls.recent_k.data();
+    v.recent_v = ls.recent_v.data();
+    v.sink_slot = ws->sink_slot.data();
+  }
   return v;
 }
 
@@ -440,7 +468,8 @@ int64_t KVCache::token_capacity() const {
 }
 int64_t KVCache::sink_bytes() const {
   int64_t b = 0;
-  for (const LayerStore& ls : layers_) b += static_cast<int64_t>(ls.sink_k.size() + ls.sink_v.size());
+  for (const LayerStore& ls : layers_)
+    b += static_cast<int64_t>(ls.sink_k.size() + ls.sink_v.size() + ls.recent_k.size() + ls.recent_v.size());
   return b;
 }
 int64_t KVCache::bytes_allocated() const {

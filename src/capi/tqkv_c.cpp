@@ -105,6 +105,7 @@ void tqkv_cache_config_init(tqkv_cache_config* c) {
   c->default_policy = {d.default_policy.k_bits, d.default_policy.v_bits, d.default_policy.window};
   c->seed = d.seed;
   c->sink_tokens = d.sink_tokens;
+  c->recent_tokens = d.recent_tokens;
 }
 
 tqkv_status tqkv_cache_create(const tqkv_cache_config* c, tqkv_cache** out) {
@@ -123,6 +124,7 @@ tqkv_status tqkv_cache_create(const tqkv_cache_config* c, tqkv_cache** out) {
     cfg.default_policy = {c->default_policy.k_bits, c->default_policy.v_bits, c->default_policy.window};
     cfg.seed = c->seed;
     cfg.sink_tokens = c->sink_tokens;
+    cfg.recent_tokens = c->recent_tokens;
     if (c->layers) {
       if (c->num_layers <= 0) return fail(TQKV_INVALID_ARGUMENT, "invalid argument: num_layers must be positive");
       for (int32_t i = 0; i < c->num_layers; ++i)

@@ -103,6 +103,7 @@ int run(const Options& o) {
   ko.scale_search = o.tf.search();
   ko.k8_layers = o.k8_layers;
   ko.sink_tokens = o.tf.sinks();
+  ko.recent_tokens = o.tf.recent(o.device == "cuda");
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +
@@ -152,6 +153,7 @@ int run(const Options& o) {
     j["smooth_keys"] = ko.smooth_keys;
     j["scale_search"] = ko.scale_search;
     j["sink_tokens"] = ko.sink_tokens;
+    j["recent_tokens"] = ko.recent_tokens;
     j["prompt_tokens"] = st->prompt_tokens;
     j["generated_tokens"] = st->generated;
     j["text"] = out_text;

@@ -75,6 +75,7 @@ int run(const Options& o) {
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
   po.sink_tokens = o.tf.sinks();
+  po.recent_tokens = o.tf.recent(o.device == "cuda");
   // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
   // value centering is implemented by the CPU runtime only.
   const std::string center = o.center != "default" ? o.center : "keys";
@@ -122,6 +123,7 @@ int run(const Options& o) {
     j["smooth_keys"] = po.smooth_keys;
     j["scale_search"] = po.scale_search;
     j["sink_tokens"] = po.sink_tokens;
+    j["recent_tokens"] = po.recent_tokens;
     if (!po.emulate.empty()) j["emulate"] = po.emulate;
     if (!r->layers.empty()) {
       j["codec_k_rel_mse"] = r->codec_k_rel_mse;

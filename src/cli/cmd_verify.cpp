@@ -121,6 +121,7 @@ int run(const Options& o) {
   po.center_keys = o.center == "keys" || o.center == "kv";
   po.center_values = o.center == "values" || o.center == "kv";
   po.sink_tokens = o.tf.sinks();
+  po.recent_tokens = o.tf.recent(gpu);
   po.smooth_keys = o.tf.smooth();
   po.scale_search = o.tf.search();
   po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
@@ -167,6 +168,7 @@ int run(const Options& o) {
     j["verdict"] = pass ? "PASS" : "FAIL";
     j["center"] = o.center;
     j["sink_tokens"] = po.sink_tokens;
+    j["recent_tokens"] = po.recent_tokens;
     j["smooth_keys"] = po.smooth_keys;
     j["scale_search"] = po.scale_search;
     j["ppl"] = r->ppl;

@@ -1,6 +1,6 @@
 // The KV cache's exact transforms and encoder choice as command-line flags, shared by `tqkv
 // generate`, `tqkv perplexity` and `tqkv verify` (one definition of their names, values, defaults
-// and help): --smooth-keys, --scale-search, --sink-tokens. Each command keeps its own --center,
+// and help): --smooth-keys, --scale-search, --sink-tokens, --recent-tokens. Each command keeps its own --center,
 // whose accepted values differ (values centering is CPU-only and not offered by generate).
 // docs/formats.md describes each transform.
 #pragma once
@@ -17,6 +17,7 @@ struct KvTransformFlags {
   std::string smooth_keys = "default";   // on (the default) or off
   std::string scale_search = "default";  // on (the default) or off
   int sink_tokens = -1;                  // -1: KvOptions::kDefaultSinkTokens
+  int recent_tokens = -1;                // -1: KvOptions::kDefaultRecentTokens on the CPU, 0 on the GPU
 
   // `sinks_per_chunk`: the command restarts the cache at every chunk of text (perplexity, verify),
   // so the sink tokens are the first ones of each chunk; say so in the help.
@@ -34,10 +35,19 @@ struct KvTransformFlags {
                        " kept in f16 in compressed layers (attention sinks, docs/formats.md; default " +
                        std::to_string(KvOptions::kDefaultSinkTokens) + " on the CPU and the GPU runtime, 0 = off)")
         ->check(CLI::Range(0, 16));
+    sub.add_option("--recent-tokens", recent_tokens,
+                   "The last N tokens also kept in f16 in compressed layers, so each decode step sees its nearest "
+                   "predecessors exactly (docs/formats.md; default " +
+                       std::to_string(KvOptions::kDefaultRecentTokens) +
+                       " on the CPU, 0 = off; CPU runtime only, so 0 with --device cuda)")
+        ->check(CLI::Range(0, 1024));
   }
   bool smooth() const { return smooth_keys != "off"; }
   bool search() const { return scale_search != "off"; }
   int sinks() const { return sink_tokens >= 0 ? sink_tokens : KvOptions::kDefaultSinkTokens; }
+  // The GPU runtime has no recent ring yet: its default is 0, and an explicit N > 0 reaches it and
+  // is refused there with a clear error.
+  int recent(bool gpu) const { return recent_tokens >= 0 ? recent_tokens : gpu ? 0 : KvOptions::kDefaultRecentTokens; }
 };
 
 }  // namespace tqkv::cli

@@ -230,6 +230,10 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
   // reads them from the sink tiles.
   if (view.sink_tokens < 0 || view.sink_tokens > view.page_size)
     return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(view.sink_tokens) + ")");
+  // Recent tokens (docs/formats.md) are read by the CPU kernels only so far: refuse rather than
+  // read the pages for positions the ring would have held exactly.
+  if (view.recent_tokens != 0)
+    return unsupported("recent tokens in f16 (PagedKVView::recent_tokens) are not implemented by the CUDA kernels");
   if (view.sink_tokens > 0 && (!view.sink_k || !view.sink_v || !view.sink_slot))
     return invalid_argument("attention sinks without sink tiles or sink slots");
   if (view.sink_tokens > 0 && ((reinterpret_cast<uintptr_t>(view.sink_k) | reinterpret_cast<uintptr_t>(view.sink_v)) & 15))

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tqkv/gpu_model.h"
+#include "tqkv/kv_layout.h"
 
 namespace tqkv {
 
@@ -15,6 +16,8 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
   if (!kv.k8_layers.empty()) return unsupported("generate: per-layer 8-bit keys are implemented by the CPU runtime only");
+  if (kv.recent_tokens > 0 && (kv.format.k_bits != kF16Bits || kv.format.v_bits != kF16Bits))
+    return unsupported("generate: recent tokens in f16 (--recent-tokens) are implemented by the CPU runtime only");
   if (kv.center_values) return unsupported("generate: value centering is implemented by the CPU runtime only");
   if (!kv.emulate.empty()) return unsupported("generate: --emulate is implemented by the CPU runtime only");
   GpuContextOptions co;
@@ -46,6 +49,8 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   if (opt.ctx < 16) return invalid_argument("perplexity: --ctx must be at least 16");
   if (opt.center_values) return unsupported("perplexity: value centering is implemented by the CPU runtime only");
   if (!opt.k8_layers.empty()) return unsupported("perplexity: per-layer 8-bit keys are implemented by the CPU runtime only");
+  if (opt.recent_tokens > 0 && (opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits))
+    return unsupported("perplexity: recent tokens in f16 (--recent-tokens) are implemented by the CPU runtime only");
   if (!opt.emulate.empty()) return unsupported("perplexity: --emulate is implemented by the CPU runtime only");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
   if (avail < 1)

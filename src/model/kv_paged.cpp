@@ -59,10 +59,12 @@ class PagedKv final : public KvBackend {
       const int64_t pages = sliding ? slide_pages : full_pages;
       budget += pages * cfg.n_head_kv *
                 (tile_bytes(cc.page_size, cfg.head_dim, p.k_bits) + tile_bytes(cc.page_size, cfg.head_dim, p.v_bits));
-      if (!sliding && (p.k_bits != kF16Bits || p.v_bits != kF16Bits))  // attention-sink tiles
-        budget += 2ll * cc.max_seqs * cfg.n_head_kv * tile_bytes(opt.sink_tokens, cfg.head_dim, kF16Bits);
+      if (!sliding && (p.k_bits != kF16Bits || p.v_bits != kF16Bits))  // attention-sink tiles, recent rings
+        budget += 2ll * cc.max_seqs * cfg.n_head_kv *
+                  (tile_bytes(opt.sink_tokens, cfg.head_dim, kF16Bits) + tile_bytes(opt.recent_tokens, cfg.head_dim, kF16Bits));
     }
     cc.sink_tokens = opt.sink_tokens;
+    cc.recent_tokens = opt.recent_tokens;
     cc.scale_search = opt.scale_search;
     cc.budget_bytes = budget;
     TQKV_ASSIGN_OR_RETURN(kv->cache_, KVCache::create(cc));
@@ -110,7 +112,7 @@ class PagedKv final : public KvBackend {
       total += static_cast<int64_t>(pages->size()) * cfg_.n_head_kv *
                (tile_bytes(kDefaultPageSize, cfg_.head_dim, p.k_bits) + tile_bytes(kDefaultPageSize, cfg_.head_dim, p.v_bits));
     }
-    return total + cache_->sink_bytes() / cache_->config().max_seqs;  // this sequence's sink tiles
+    return total + cache_->sink_bytes() / cache_->config().max_seqs;  // this sequence's sink tiles and recent rings
   }
   // An f16 paged cache holding the same tokens: whole pages, every layer (sliding layers their window).
   int64_t f16_bytes_for(int64_t n_tokens) const override {
@@ -145,11 +147,13 @@ class PagedKv final : public KvBackend {
         for (int h = 0; h < H; ++h) {
           const uint8_t* tile = sv.pages + (static_cast<int64_t>(page) * H + h) * sv.tile_bytes;
           float* o = dst + (static_cast<int64_t>(t) * H + h) * D;
-          if (pos < view.sink_tokens) {  // attention sink: fp16, rotated when the side is TurboQuant
-            const int64_t tb = tile_bytes(view.sink_tokens, D, kF16Bits);
-            const uint16_t* x = reinterpret_cast<const uint16_t*>((side == 0 ? view.sink_k : view.sink_v) +
-                                                                  (static_cast<int64_t>(view.sink_slot[0]) * H + h) * tb) +
-                                pos * D;
+          const bool sink = pos < view.sink_tokens, recent = !sink && pos >= view.recent_from(0);
+          if (sink || recent) {  // attention sink or recent token: fp16, rotated when the side is TurboQuant
+            const int32_t rows = sink ? view.sink_tokens : view.recent_tokens;
+            const int64_t tb = tile_bytes(rows, D, kF16Bits);
+            const uint8_t* base = sink ? (side == 0 ? view.sink_k : view.sink_v) : (side == 0 ? view.recent_k : view.recent_v);
+            const uint16_t* x = reinterpret_cast<const uint16_t*>(base + (static_cast<int64_t>(view.sink_slot[0]) * H + h) * tb) +
+                                (pos % rows) * D;
             std::vector<float> y(D);
             for (int j = 0; j < D; ++j) y[j] = fp16_to_float(x[j]);
             if (codec != nullptr) codec->unrotate(y.data(), o);
@@ -184,6 +188,8 @@ class PagedKv final : public KvBackend {
     if (opt_.scale_search && opt_.format.k_bits + opt_.format.v_bits < 2 * kF16Bits) s += ", scale search";
     if (opt_.sink_tokens > 0 && opt_.format.k_bits + opt_.format.v_bits < 2 * kF16Bits)
       s += ", first " + std::to_string(opt_.sink_tokens) + " tokens kept in f16 (attention sinks)";
+    if (opt_.recent_tokens > 0 && opt_.format.k_bits + opt_.format.v_bits < 2 * kF16Bits)
+      s += ", last " + std::to_string(opt_.recent_tokens) + " tokens kept in f16 (recent tokens)";
     return s;
   }
 

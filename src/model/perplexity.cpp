@@ -233,6 +233,7 @@ Result<PerplexityResult> evaluate_perplexity(const Model& model, const std::vect
   ko.k8_layers = opt.k8_layers;
   ko.center_keys = opt.center_keys;
   ko.sink_tokens = opt.sink_tokens;
+  ko.recent_tokens = opt.recent_tokens;
   ko.center_values = opt.center_values;
   ko.smooth_keys = opt.smooth_keys;
   ko.scale_search = opt.scale_search;

@@ -30,7 +30,8 @@ struct TestCache {
 
 // One layer, pages handed out in random order; one sequence per entry of `lens`.
 inline TestCache make_cache(int32_t k_bits, int32_t v_bits, int32_t H, int32_t d, const std::vector<int32_t>& lens,
-                            uint64_t seed, int32_t window = 0, int64_t extra_pages = 8, int32_t sink_tokens = 0) {
+                            uint64_t seed, int32_t window = 0, int64_t extra_pages = 8, int32_t sink_tokens = 0,
+                            int32_t recent_tokens = 0) {
   KVCacheConfig c;
   c.num_layers = 1;
   c.num_kv_heads = H;
@@ -44,6 +45,8 @@ inline TestCache make_cache(int32_t k_bits, int32_t v_bits, int32_t H, int32_t d
   c.budget_bytes = pages * page_bytes;
   c.sink_tokens = sink_tokens;
   if (sink_tokens > 0) c.budget_bytes += 2ll * c.max_seqs * H * tile_bytes(sink_tokens, d, kF16Bits);
+  c.recent_tokens = recent_tokens;
+  if (recent_tokens > 0) c.budget_bytes += 2ll * c.max_seqs * H * tile_bytes(recent_tokens, d, kF16Bits);
   c.shuffle_seed = seed | 1;
   auto r = KVCache::create(c);
   EXPECT_TRUE(r.is_ok()) << r.status().to_string();

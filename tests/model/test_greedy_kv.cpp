@@ -32,6 +32,7 @@ struct Setup {
   bool smooth = false;          // KvOptions::smooth_keys
   bool chat = false;            // each prompt as the user turn of the model's chat template
   bool search = false;          // KvOptions::scale_search
+  int recent = 0;               // KvOptions::recent_tokens
   std::string emulate = {};     // KvOptions::emulate: "q4_0h" = the peer baseline (kv_name must be f16)
   bool fp32_dense = false;      // the other side is the fp32 reference cache (KvOptions::dense_fp32;
                                 // kv_name f16): how far the f16 cache itself keeps greedy runs
@@ -78,6 +79,7 @@ void run(const std::string& model_name, const std::string& kv_name, int need_sam
     b.sink_tokens = su.sink_tokens;
     b.smooth_keys = su.smooth;
     b.scale_search = su.search;
+    b.recent_tokens = su.recent;
     b.emulate = su.emulate;
     b.dense_fp32 = su.fp32_dense;
     a.max_tokens = b.max_tokens = n + kTokens;
@@ -112,7 +114,8 @@ void run(const std::string& model_name, const std::string& kv_name, int need_sam
               (std::string(su.center ? "" : " (keys not centered)") + (su.k8_layers.empty() ? "" : " (8-bit keys in some layers)") +
                (su.sink_tokens > 0 ? " (" + std::to_string(su.sink_tokens) + " sink tokens in f16)" : std::string()) +
                (su.smooth ? " (keys smoothed)" : "") + (su.chat ? " (chat template; " + std::to_string(ended) + " replies ended before 32 tokens)" : std::string()) +
-               (su.search ? " (scale search)" : "") + (su.emulate.empty() ? "" : " (emulating " + su.emulate + ")") +
+               (su.search ? " (scale search)" : "") +
+               (su.recent > 0 ? " (last " + std::to_string(su.recent) + " tokens in f16)" : std::string()) + (su.emulate.empty() ? "" : " (emulating " + su.emulate + ")") +
                (su.fp32_dense ? " (against the fp32 reference cache)" : "")).c_str(),
               same, kTokens, total,
               20 * kTokens, detail.c_str());
@@ -180,3 +183,11 @@ TEST(GreedyVsF16, SmolLM2F16VsFp32Chat) { run("smollm2-135m-instruct-q4_1", "f16
 TEST(GreedyVsF16, Gemma3F16VsFp32) { run("gemma3-270m-q4_k_m", "f16", 18, 590, {.center = false, .fp32_dense = true}); }
 
 }  // namespace
+// The CLI's defaults since 2026-11-30: the above plus the last 32 tokens kept in f16 (KvOptions::
+// recent_tokens; docs/formats.md, "Recent tokens"). Measured 2026-11-30 ~01:20 UTC: raw prompts
+// SmolLM2 18/20 (608 tokens), Gemma 3 19/20 (631); chat SmolLM2 12/20 (505), Gemma 3 19/20 (639).
+// Bounds = measured minus a margin.
+TEST(GreedyVsF16, SmolLM2K4V4Recent) { run("smollm2-135m-instruct-q4_1", "k4v4", 15, 560, {.sink_tokens = 4, .smooth = true, .search = true, .recent = 32}); }
+TEST(GreedyVsF16, Gemma3K4V4Recent) { run("gemma3-270m-q4_k_m", "k4v4", 17, 600, {.sink_tokens = 4, .smooth = true, .search = true, .recent = 32}); }
+TEST(GreedyVsF16, SmolLM2K4V4RecentChat) { run("smollm2-135m-instruct-q4_1", "k4v4", 9, 450, {.sink_tokens = 4, .smooth = true, .chat = true, .search = true, .recent = 32}); }
+TEST(GreedyVsF16, Gemma3K4V4RecentChat) { run("gemma3-270m-q4_k_m", "k4v4", 17, 600, {.sink_tokens = 4, .smooth = true, .chat = true, .search = true, .recent = 32}); }

@@ -399,6 +399,29 @@ TEST(KvBackends, ScaleSearchReachesTheCache) {
   EXPECT_LT(err(true), 0.9 * err(false));
 }
 
+// KvOptions::recent_tokens reaches the paged cache: read_back returns the last 16 of 40 positions
+// exact (fp16 rounding only), after writes of 30, 1 and 9 tokens (the window crosses each), the
+// earlier ones through the codec; without it all are rounded; describe() says so.
+TEST(KvBackends, RecentTokensStayExact) {
+  const OneHeadWrite w(40, 9);
+  constexpr int D = 64;
+  auto max_err = [&](int recent, int t0, int t1) {
+    tqkv::KvOptions o;
+    o.max_tokens = w.T;
+    o.format = {4, 4};
+    o.center_keys = false;
+    o.recent_tokens = recent;
+    const auto [k, v] = w.held(o, {30, 31});
+    EXPECT_EQ(w.describe.find("recent tokens") != std::string::npos, recent > 0) << w.describe;
+    float e = 0;
+    for (int i = t0 * D; i < t1 * D; ++i) e = std::max({e, std::fabs(k[i] - w.kv[i]), std::fabs(v[i] - w.kv[i])});
+    return e;
+  };
+  EXPECT_LT(max_err(16, 24, 40), 3e-3f);  // fp16 rounding of the rotated vector, rotated back
+  EXPECT_GT(max_err(16, 0, 24), 0.05f);   // 4-bit codes
+  EXPECT_GT(max_err(0, 24, 40), 0.05f);   // no ring: rounded like the rest
+}
+
 TEST(KvBackends, RejectsBadArguments) {
   tqkv::ModelConfig c;
   c.n_layer = 1;
