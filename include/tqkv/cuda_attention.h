@@ -25,6 +25,10 @@ typedef struct CUstream_st* cudaStream_t;  // identical to the CUDA runtime's ty
 
 namespace tqkv::cuda {
 
+// The largest PagedKVView::recent_tokens the CUDA attention takes (its merges hold the ring's
+// scores in arrays of this size); the CPU takes up to 1024.
+inline constexpr int kMaxRecentTokens = 64;
+
 // Element type of query / output / new-token tensors in device memory.
 enum class DType : int { kF32 = 0, kF16 = 1 };
 
@@ -57,7 +61,8 @@ Result<DecodePlan> plan_decode(const PagedKVView& view, const DecodeParams& para
 // Supported: head_dim in {64, 80, 96, 128, 256}; (k.bits, v.bits) in {(16,16), (8,8), (4,4),
 // (3,3), (2,2), (8,4), (4,3)}; page_size 16; group <= 64. Anything else returns kUnsupported.
 // Attention sinks (view.sink_tokens in [0, 16]): positions < sink_tokens come from the view's fp16
-// sink tiles (store_sink_tokens), the rest from the pages, as the CPU attention.
+// sink tiles (store_sink_tokens), the rest from the pages, as the CPU attention. Recent tokens
+// (view.recent_tokens in [0, 64]): positions from view.recent_from(s) come from the ring.
 Status attention_decode(const PagedKVView& view, const DecodeParams& params, const DecodePlan& plan,
                         const void* q, DType q_type, void* out, DType out_type, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream);
@@ -98,7 +103,10 @@ Status quantize_and_store(const PagedKVView& view, const float* boundaries_k,
 // < view.sink_tokens, as fp16, into row pos[i] of sink slot seq_slot[i]'s sink tiles (view.sink_k /
 // sink_v), each side in its own space: P x (view.rotation) for TurboQuant sides, x for fp16 sides.
 // Other tokens (pos outside [0, sink_tokens), negative slot) are skipped, so the call can stay in a
-// captured decode step. Keys as they go to the pages (after centering). No-op when sink_tokens == 0.
+// captured decode step. Keys as they go to the pages (after centering). Recent tokens (docs/formats.md,
+// view.recent_tokens = W > 0): every token also goes to row pos[i] % W of its slot's ring (view.recent_k
+// / recent_v), except one that a later token of the same call replaces there (pos + W, same slot;
+// tokens of a sequence must be contiguous and in position order). No-op when both are 0.
 //   k_new, v_new : [num_tokens][num_kv_heads][head_dim]  (in_type);  seq_slot, pos : DEVICE [num_tokens]
 // attention_decode / attention_prefill read positions < sink_tokens from these tiles (the split
 // kernels skip them; the merge kernel adds the sink positions as one more split).

@@ -59,7 +59,7 @@ struct PerplexityOptions {
   bool center_values = KvOptions{}.center_values;
   bool smooth_keys = KvOptions{}.smooth_keys;  // KvOptions::smooth_keys (CPU and GPU runtimes)
   int32_t sink_tokens = KvOptions{}.sink_tokens;  // KvOptions::sink_tokens (CPU runtime)
-  int32_t recent_tokens = KvOptions{}.recent_tokens;  // KvOptions::recent_tokens (CPU runtime only)
+  int32_t recent_tokens = KvOptions{}.recent_tokens;  // KvOptions::recent_tokens (CPU and GPU runtimes)
   bool scale_search = KvOptions{}.scale_search;   // KvOptions::scale_search (CPU and GPU runtimes)
   std::string emulate;
   // Also measure, per layer, the reconstruction error of what the cache holds and the error of

@@ -119,6 +119,10 @@ struct GpuContextOptions {
   // compressed full-attention layer (written by cuda::store_sink_tokens beside quantize-on-write,
   // keys after centering); attention reads those positions from the tiles. 0 = none.
   int sink_tokens = 0;
+  // Recent tokens as KvOptions::recent_tokens on the CPU (docs/formats.md, "Recent tokens"): the
+  // last recent_tokens (0..64) positions of each sequence also kept in an fp16 ring in the same
+  // layers as the sinks (written by cuda::store_sink_tokens); attention reads them from there.
+  int recent_tokens = 0;
 };
 
 class GpuContext {
@@ -191,18 +195,19 @@ class GpuContext {
 
 // Bytes one sequence of `len` tokens needs for `cfg` with every layer in `fmt` except sliding
 // layers (f16 window ring) and f16_layers, in whole 16-token pages (capacity reports), plus the
-// attention-sink tiles of the compressed full-attention layers when sink_tokens > 0.
+// attention-sink tiles and recent rings of the compressed full-attention layers when sink_tokens /
+// recent_tokens > 0.
 int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::vector<int>& f16_layers,
-                             int64_t len, int max_chunk = 128, int sink_tokens = 0);
+                             int64_t len, int max_chunk = 128, int sink_tokens = 0, int recent_tokens = 0);
 
 // Generation and perplexity on the GPU: the same loops and outputs as generate() and
 // evaluate_perplexity() in include/tqkv/generate.h (sampling on the host). Perplexity with
 // PerplexityOptions::per_layer: r.layers from GpuContext::set_attention_probe (the attention
 // error measured from the GPU run; K/V reconstruction errors and the codec figures NaN: not
-// measured on the GPU); k8_layers, emulate and recent_tokens > 0 are kUnsupported (CPU runtime only).
+// measured on the GPU); k8_layers and emulate are kUnsupported (CPU runtime only).
 // gpu_generate takes the CPU runtime's KvOptions: format, f16_layers, max_tokens, center_keys,
-// sink_tokens, smooth_keys and scale_search (the fields the GPU runtime implements); k8_layers,
-// center_values, emulate and recent_tokens > 0 are kUnsupported (CPU runtime only), as in gpu_evaluate_perplexity.
+// sink_tokens, recent_tokens, smooth_keys and scale_search (the fields the GPU runtime implements); k8_layers,
+// center_values and emulate are kUnsupported (CPU runtime only), as in gpu_evaluate_perplexity.
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token);

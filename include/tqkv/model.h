@@ -167,8 +167,8 @@ struct KvOptions {
   // Recent tokens (paged cache only; KVCacheConfig::recent_tokens): the last recent_tokens positions
   // also keep fp16 K and V, in the same layers as the sinks, so a decode step sees its nearest
   // predecessors exactly (the keep-recent-tokens-exact policy of KIVI and of Hugging Face's
-  // quantized cache). Off here; the CPU CLI's default is kDefaultRecentTokens. Not yet in the CUDA
-  // kernels: the GPU runtime rejects it.
+  // quantized cache). Off here; the CLI's default is kDefaultRecentTokens (the GPU runtime keeps
+  // the same ring: GpuContextOptions::recent_tokens, at most 64 there).
   int32_t recent_tokens = 0;
   static constexpr int32_t kDefaultRecentTokens = 32;
   // Scale search in the TurboQuant encoder (CodecConfig::scale_search; docs/formats.md): same

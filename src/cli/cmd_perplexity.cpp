@@ -75,7 +75,7 @@ int run(const Options& o) {
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
   po.sink_tokens = o.tf.sinks();
-  po.recent_tokens = o.tf.recent(o.device == "cuda");
+  po.recent_tokens = o.tf.recent();
   // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
   // value centering is implemented by the CPU runtime only.
   const std::string center = o.center != "default" ? o.center : "keys";

@@ -39,15 +39,13 @@ struct KvTransformFlags {
                    "The last N tokens also kept in f16 in compressed layers, so each decode step sees its nearest "
                    "predecessors exactly (docs/formats.md; default " +
                        std::to_string(KvOptions::kDefaultRecentTokens) +
-                       " on the CPU, 0 = off; CPU runtime only, so 0 with --device cuda)")
+                       " on the CPU and the GPU runtime, 0 = off; at most 64 on the GPU)")
         ->check(CLI::Range(0, 1024));
   }
   bool smooth() const { return smooth_keys != "off"; }
   bool search() const { return scale_search != "off"; }
   int sinks() const { return sink_tokens >= 0 ? sink_tokens : KvOptions::kDefaultSinkTokens; }
-  // The GPU runtime has no recent ring yet: its default is 0, and an explicit N > 0 reaches it and
-  // is refused there with a clear error.
-  int recent(bool gpu) const { return recent_tokens >= 0 ? recent_tokens : gpu ? 0 : KvOptions::kDefaultRecentTokens; }
+  int recent() const { return recent_tokens >= 0 ? recent_tokens : KvOptions::kDefaultRecentTokens; }
 };
 
 }  // namespace tqkv::cli

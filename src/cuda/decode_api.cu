@@ -16,6 +16,7 @@
 #include "tqkv/cuda_attention.h"
 
 namespace tqkv::cuda {
+static_assert(detail::kMaxRecent == kMaxRecentTokens, "split_merge.cuh and cuda_attention.h disagree on the ring bound");
 namespace detail {
 bool fused_merge_enabled() {
   static const bool on = [] {
@@ -104,6 +105,13 @@ struct MergeSinks {
   const int32_t* row_seq = nullptr;  // prefill: row -> sequence, row -> visible length
   const int32_t* row_len = nullptr;
   const int32_t* seq_lens = nullptr;  // decode: row = sequence
+  // Recent tokens (PagedKVView::recent_tokens; 0 = none): the ring tiles (fp16, each side's space),
+  // same slots as the sinks, and the view's sequence lengths (the ring's reach is the sequence's).
+  const __half* rk = nullptr;
+  const __half* rv = nullptr;
+  int recent = 0;
+  size_t ring_halves = 0;            // tile_bytes(recent, d, 16) / 2
+  const int32_t* view_lens = nullptr;
 };
 
 // out[s][h] = P^T (sum_k w_k o_k) with w_k = 2^(lse_k - lse) over the splits; zeros when every
@@ -117,7 +125,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   // Dynamic: [d] merged output, [num_splits] split weights, then (sinks) the V sink rows, fp16.
   extern __shared__ float y[];
   float* wts = y + d;
-  __shared__ float sink_x[detail::kPage];  // sink scores (log2 domain)
+  __shared__ float sink_x[detail::kPage + detail::kMaxRecent];  // sink, then recent scores (log2 domain)
   cudaGridDependencySynchronize();  // programmatic dependent of the decode kernel
   const size_t row = blockIdx.x;
   // Split weights once per row (not once per coordinate): w_k = 2^(lse_k - max) / sum. The loads
@@ -128,26 +136,44 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   float sink_lse = -INFINITY, sink_m = 0.f, sink_inv_l = 0.f;
   int s_lo = 0, s_hi = 0;
   __half* svs = reinterpret_cast<__half*>(wts + ((num_splits + 3) & ~3));  // 16-byte aligned (d % 8 == 0)
-  if (sk.tokens > 0) {
+  detail::RecentSpan rs;
+  if (sk.tokens > 0 || sk.recent > 0) {
     const int r = static_cast<int>(row / sk.num_q_heads), h = static_cast<int>(row % sk.num_q_heads);
     const int pseq = sk.row_seq ? sk.row_seq[r] : r;
     const int len = sk.row_len ? sk.row_len[r] : sk.seq_lens[r];
     s_lo = sk.window > 0 ? max(0, len - sk.window) : 0;
     s_hi = min(sk.tokens, len);
-    const size_t tile = (static_cast<size_t>(sk.slot[pseq]) * sk.num_kv_heads + h / sk.group) * sk.tile_halves;
-    // V rows to shared memory (16-byte loads, in flight together with the score loads below).
-    const uint4* vg = reinterpret_cast<const uint4*>(sk.v + tile);
-    uint4* vsm = reinterpret_cast<uint4*>(svs);
-    for (int i = s_lo * d / 8 + static_cast<int>(threadIdx.x); i < s_hi * d / 8; i += blockDim.x) vsm[i] = vg[i];
-    const __half* kt = sk.k + tile;
+    const size_t slot_head = static_cast<size_t>(sk.slot[pseq]) * sk.num_kv_heads + h / sk.group;
     const float* qr = sk.q_rot + row * d;
     const int wp = threadIdx.x >> 5, ln = threadIdx.x & 31, nwp = (blockDim.x + 31) >> 5;
-    for (int j = s_lo + wp; j < s_hi; j += nwp) {  // one warp per sink position
-      const float x = detail::sink_score(qr, kt + static_cast<size_t>(j) * d, d, sk.softcap);
-      if (ln == 0) sink_x[j] = x;
+    if (sk.tokens > 0) {
+      const size_t tile = slot_head * sk.tile_halves;
+      // V rows to shared memory (16-byte loads, in flight together with the score loads below).
+      const uint4* vg = reinterpret_cast<const uint4*>(sk.v + tile);
+      uint4* vsm = reinterpret_cast<uint4*>(svs);
+      for (int i = s_lo * d / 8 + static_cast<int>(threadIdx.x); i < s_hi * d / 8; i += blockDim.x) vsm[i] = vg[i];
+      const __half* kt = sk.k + tile;
+      for (int j = s_lo + wp; j < s_hi; j += nwp) {  // one warp per sink position
+        const float x = detail::sink_score(qr, kt + static_cast<size_t>(j) * d, d, sk.softcap);
+        if (ln == 0) sink_x[j] = x;
+      }
+    }
+    if (sk.recent > 0) {  // the ring's positions [max(recent_from, s_lo), len), V rows read from global
+      const int seq_len = sk.view_lens[pseq];
+      rs.lo = max(max(seq_len - sk.recent, sk.tokens), s_lo);
+      rs.n = max(0, len - rs.lo);
+      rs.w = sk.recent;
+      rs.x = sink_x + detail::kPage;
+      const size_t tile = slot_head * sk.ring_halves;
+      rs.v = sk.rv + tile;
+      const __half* kt = sk.rk + tile;
+      for (int e = wp; e < rs.n; e += nwp) {  // one warp per recent position
+        const float x = detail::sink_score(qr, kt + static_cast<size_t>((rs.lo + e) % rs.w) * d, d, sk.softcap);
+        if (ln == 0) sink_x[detail::kPage + e] = x;
+      }
     }
     __syncthreads();  // scores and V rows in shared memory
-    const detail::SinkStats st = detail::sink_stats(sink_x, s_lo, s_hi);
+    const detail::SinkStats st = detail::sink_stats(sink_x, s_lo, s_hi, rs);
     sink_lse = st.lse;
     sink_m = st.m;
     sink_inv_l = st.inv_l;
@@ -182,7 +208,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     if (den > 0.f) {
 #pragma unroll 4
       for (int k = 0; k < num_splits; ++k) num = fmaf(wts[k], part_o[(k * split_stride_rows + row) * d + i], num);
-      if (w_sink > 0.f) num = fmaf(w_sink * sink_inv_l, detail::sink_output(sink_x, sink_m, svs, d, i, s_lo, s_hi), num);
+      if (w_sink > 0.f) num = fmaf(w_sink * sink_inv_l, detail::sink_output(sink_x, sink_m, svs, d, i, s_lo, s_hi, rs), num);
     }
     y[i] = num * inv_den;
   }
@@ -230,10 +256,15 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
   // reads them from the sink tiles.
   if (view.sink_tokens < 0 || view.sink_tokens > view.page_size)
     return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(view.sink_tokens) + ")");
-  // Recent tokens (docs/formats.md) are read by the CPU kernels only so far: refuse rather than
-  // read the pages for positions the ring would have held exactly.
-  if (view.recent_tokens != 0)
-    return unsupported("recent tokens in f16 (PagedKVView::recent_tokens) are not implemented by the CUDA kernels");
+  // Recent tokens (docs/formats.md): the split kernels stop at each sequence's recent_from, the
+  // merge reads the ring, whose scores it holds in arrays of kMaxRecent.
+  if (view.recent_tokens < 0 || view.recent_tokens > kMaxRecent)
+    return unsupported("the CUDA kernels take recent_tokens in [0, " + std::to_string(kMaxRecent) + "] (got " +
+                       std::to_string(view.recent_tokens) + ")");
+  if (view.recent_tokens > 0 && (!view.recent_k || !view.recent_v || !view.sink_slot))
+    return invalid_argument("recent tokens without ring tiles or slots");
+  if (view.recent_tokens > 0 && ((reinterpret_cast<uintptr_t>(view.recent_k) | reinterpret_cast<uintptr_t>(view.recent_v)) & 15))
+    return invalid_argument("ring tiles must be 16-byte aligned");
   if (view.sink_tokens > 0 && (!view.sink_k || !view.sink_v || !view.sink_slot))
     return invalid_argument("attention sinks without sink tiles or sink slots");
   if (view.sink_tokens > 0 && ((reinterpret_cast<uintptr_t>(view.sink_k) | reinterpret_cast<uintptr_t>(view.sink_v)) & 15))
@@ -386,12 +417,17 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   MergeSinks sk;
-  if (view.sink_tokens > 0) {
+  if (view.sink_tokens > 0 || view.recent_tokens > 0) {
     sk.k = reinterpret_cast<const __half*>(view.sink_k);
     sk.v = reinterpret_cast<const __half*>(view.sink_v);
     sk.slot = view.sink_slot;
     sk.tokens = view.sink_tokens;
     sk.tile_halves = static_cast<size_t>(tile_bytes(view.sink_tokens, d, kF16Bits) / 2);
+    sk.rk = reinterpret_cast<const __half*>(view.recent_k);
+    sk.rv = reinterpret_cast<const __half*>(view.recent_v);
+    sk.recent = view.recent_tokens;
+    sk.ring_halves = static_cast<size_t>(tile_bytes(view.recent_tokens, d, kF16Bits) / 2);
+    sk.view_lens = view.seq_lens;
     sk.num_kv_heads = view.num_kv_heads;
     sk.group = group;
     sk.num_q_heads = params.num_q_heads;

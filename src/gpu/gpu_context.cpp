@@ -9,7 +9,7 @@
 namespace tqkv {
 
 int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vector<int>& f16_layers, int64_t len,
-                             int max_chunk, int sink_tokens) {
+                             int max_chunk, int sink_tokens, int recent_tokens) {
   int64_t total = 0;
   const int64_t pages = (len + kPage - 1) / kPage;
   for (int l = 0; l < c.n_layer; ++l) {
@@ -20,6 +20,8 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vect
     // Attention-sink tiles (K and V) of a compressed full-attention layer, as on the CPU.
     if (sink_tokens > 0 && (kb != kF16Bits || vb != kF16Bits))
       total += 2ll * c.n_head_kv * tile_bytes(sink_tokens, c.head_dim, kF16Bits);
+    if (recent_tokens > 0 && (kb != kF16Bits || vb != kF16Bits))  // and its ring of recent tokens
+      total += 2ll * c.n_head_kv * tile_bytes(recent_tokens, c.head_dim, kF16Bits);
   }
   return total;
 }
@@ -37,6 +39,9 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
   if (opt.sink_tokens < 0 || opt.sink_tokens > kPage)
     return invalid_argument("GpuContext: sink_tokens must be in [0, " + std::to_string(kPage) + "] (got " +
                             std::to_string(opt.sink_tokens) + ")");
+  if (opt.recent_tokens < 0 || opt.recent_tokens > cuda::kMaxRecentTokens)
+    return invalid_argument("GpuContext: recent_tokens must be in [0, " + std::to_string(cuda::kMaxRecentTokens) +
+                            "] on the GPU (got " + std::to_string(opt.recent_tokens) + ")");
   std::unique_ptr<GpuContext> ctx(new GpuContext());
   ctx->impl_ = std::make_unique<Impl>();
   Impl& m = *ctx->impl_;
@@ -119,6 +124,15 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
       TQKV_ASSIGN_OR_RETURN(L.sv, a.alloc<uint8_t>(sb));
       CK(cudaMemset(L.sk, 0, sb));
       CK(cudaMemset(L.sv, 0, sb));
+    }
+    if (opt.recent_tokens > 0 && (L.kb != kF16Bits || L.vb != kF16Bits)) {  // the same layers
+      L.recent = opt.recent_tokens;
+      L.ring_tile = tile_bytes(L.recent, D, kF16Bits);
+      const size_t rb = static_cast<size_t>(opt.max_seqs) * c.n_head_kv * L.ring_tile;
+      TQKV_ASSIGN_OR_RETURN(L.rk, a.alloc<uint8_t>(rb));
+      TQKV_ASSIGN_OR_RETURN(L.rv, a.alloc<uint8_t>(rb));
+      CK(cudaMemset(L.rk, 0, rb));
+      CK(cudaMemset(L.rv, 0, rb));
     }
   }
 
@@ -358,13 +372,14 @@ int64_t GpuContext::kv_bytes_allocated() const {
   const Impl& m = *impl_;
   int64_t total = 0;
   for (const auto& L : m.lkv)
-    total += L.pages * m.cfg.n_head_kv * (L.tk + L.tv) + 2ll * m.opt.max_seqs * m.cfg.n_head_kv * L.sink_tile;
+    total += L.pages * m.cfg.n_head_kv * (L.tk + L.tv) + 2ll * m.opt.max_seqs * m.cfg.n_head_kv * (L.sink_tile + L.ring_tile);
   return total;
 }
 
 int64_t GpuContext::kv_bytes_per_seq(int64_t len) const {
   const Impl& m = *impl_;
-  return gpu_kv_bytes_per_seq(m.cfg, m.opt.format, m.opt.f16_layers, len, m.opt.max_chunk, m.opt.sink_tokens);
+  return gpu_kv_bytes_per_seq(m.cfg, m.opt.format, m.opt.f16_layers, len, m.opt.max_chunk, m.opt.sink_tokens,
+                              m.opt.recent_tokens);
 }
 
 std::string GpuContext::describe() const {
@@ -382,6 +397,11 @@ std::string GpuContext::describe() const {
   if (sink_layers > 0)
     s += ", first " + std::to_string(m.opt.sink_tokens) + " tokens kept in f16 in " + std::to_string(sink_layers) +
          " layers (attention sinks)";
+  int ring_layers = 0;
+  for (const auto& L : m.lkv) ring_layers += L.recent > 0 ? 1 : 0;
+  if (ring_layers > 0)
+    s += ", last " + std::to_string(m.opt.recent_tokens) + " tokens kept in f16 in " + std::to_string(ring_layers) +
+         " layers (recent tokens)";
   if (m.mu_k != nullptr)
     s += ", keys centered (when the first write has >= " + std::to_string(KvOptions::kCenterMinTokens) + " tokens)";
   if (m.s_k != nullptr) s += ", keys smoothed";

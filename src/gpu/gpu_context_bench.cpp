@@ -18,6 +18,11 @@ Status GpuContext::fill_random(int64_t len, uint64_t seed) {
       TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.sk, st, L.sink_tile, kF16Bits, L.sinks, m.cfg.head_dim, ~seed - 2 * l, m.stream));
       TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.sv, st, L.sink_tile, kF16Bits, L.sinks, m.cfg.head_dim, ~seed - 2 * l - 1, m.stream));
     }
+    if (L.recent > 0) {
+      const int64_t st = static_cast<int64_t>(m.opt.max_seqs) * m.cfg.n_head_kv;
+      TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.rk, st, L.ring_tile, kF16Bits, L.recent, m.cfg.head_dim, ~seed - 3 * l - 7, m.stream));
+      TQKV_RETURN_IF_ERROR(gpu::fill_random_tiles(L.rv, st, L.ring_tile, kF16Bits, L.recent, m.cfg.head_dim, ~seed - 3 * l - 8, m.stream));
+    }
   }
   CK(cudaStreamSynchronize(m.stream));
   std::fill(m.lens.begin(), m.lens.end(), len);
@@ -135,6 +140,7 @@ int64_t GpuContext::attention_bytes_per_step(int batch) const {
       const int64_t pages = (len + kPage - 1) / kPage - lo / kPage;
       total += pages * m.cfg.n_head_kv * (L.tk + L.tv);
       total += std::min<int64_t>(len, L.sinks) * m.cfg.n_head_kv * 2 * m.cfg.head_dim * 2;  // sink rows (fp16 K, V)
+      total += std::min<int64_t>(len, L.recent) * m.cfg.n_head_kv * 2 * m.cfg.head_dim * 2;  // ring rows (fp16 K, V)
     }
     total += static_cast<int64_t>(batch) * m.cfg.q_dim() * 4;  // fp16 q in, fp16 out
   }

@@ -85,6 +85,11 @@ struct GpuContext::Impl {
     int sinks = 0;
     uint8_t *sk = nullptr, *sv = nullptr;
     int64_t sink_tile = 0;
+    // Recent tokens (opt.recent_tokens; the same layers): rings [max_seqs][n_head_kv][ring_tile]
+    // per side, ring_tile = tile_bytes(recent, D, 16), position t in row t % recent.
+    int recent = 0;
+    uint8_t *rk = nullptr, *rv = nullptr;
+    int64_t ring_tile = 0;
   };
   std::vector<LayerKv> lkv;
   float* centroids[17] = {};
@@ -174,6 +179,12 @@ struct GpuContext::Impl {
       vw.sink_tokens = L.sinks;
       vw.sink_k = L.sk;
       vw.sink_v = L.sv;
+      vw.sink_slot = d_vslot();
+    }
+    if (L.recent > 0) {
+      vw.recent_tokens = L.recent;
+      vw.recent_k = L.rk;
+      vw.recent_v = L.rv;
       vw.sink_slot = d_vslot();
     }
     return vw;
@@ -279,7 +290,7 @@ struct GpuContext::Impl {
       TQKV_RETURN_IF_ERROR(cuda::quantize_and_store(vw, LK.kb == kF16Bits ? nullptr : boundaries[LK.kb],
                                                     LK.vb == kF16Bits ? nullptr : boundaries[LK.vb], k, v,
                                                     cuda::DType::kF32, d_slots[LK.group], T, stream));
-      if (LK.sinks > 0)  // positions < sinks also into the sink tiles (each token's own sequence)
+      if (LK.sinks > 0 || LK.recent > 0)  // sink positions and every token also into the exact copies
         TQKV_RETURN_IF_ERROR(cuda::store_sink_tokens(vw, k, v, cuda::DType::kF32, d_seq(), d_pos(), T, stream));
       TQKV_ASSIGN_OR_RETURN(cuda::DecodePlan pl, plan(T, l, S));
       if (pl.workspace_bytes > ws_bytes) return internal_error("attention workspace too small (sizing bug)");

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "tqkv/gpu_model.h"
-#include "tqkv/kv_layout.h"
 
 namespace tqkv {
 
@@ -16,8 +15,6 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
                                    const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
   if (!kv.k8_layers.empty()) return unsupported("generate: per-layer 8-bit keys are implemented by the CPU runtime only");
-  if (kv.recent_tokens > 0 && (kv.format.k_bits != kF16Bits || kv.format.v_bits != kF16Bits))
-    return unsupported("generate: recent tokens in f16 (--recent-tokens) are implemented by the CPU runtime only");
   if (kv.center_values) return unsupported("generate: value centering is implemented by the CPU runtime only");
   if (!kv.emulate.empty()) return unsupported("generate: --emulate is implemented by the CPU runtime only");
   GpuContextOptions co;
@@ -29,6 +26,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
   co.smooth_keys = kv.smooth_keys;
   co.scale_search = kv.scale_search;
   co.sink_tokens = kv.sink_tokens;
+  co.recent_tokens = kv.recent_tokens;
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
   auto prefill = [&](float* logits) {
     return ctx->prefill(0, prompt.data(), static_cast<int>(prompt.size()), logits, LogitsMode::kLast);
@@ -49,8 +47,6 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   if (opt.ctx < 16) return invalid_argument("perplexity: --ctx must be at least 16");
   if (opt.center_values) return unsupported("perplexity: value centering is implemented by the CPU runtime only");
   if (!opt.k8_layers.empty()) return unsupported("perplexity: per-layer 8-bit keys are implemented by the CPU runtime only");
-  if (opt.recent_tokens > 0 && (opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits))
-    return unsupported("perplexity: recent tokens in f16 (--recent-tokens) are implemented by the CPU runtime only");
   if (!opt.emulate.empty()) return unsupported("perplexity: --emulate is implemented by the CPU runtime only");
   const int64_t avail = static_cast<int64_t>(tokens.size()) / opt.ctx;
   if (avail < 1)
@@ -71,6 +67,7 @@ Result<PerplexityResult> gpu_evaluate_perplexity(const GpuModel& model, const st
   co.smooth_keys = opt.smooth_keys;
   co.scale_search = opt.scale_search;
   co.sink_tokens = opt.sink_tokens;
+  co.recent_tokens = opt.recent_tokens;
   TQKV_ASSIGN_OR_RETURN(auto kv, GpuContext::create(model, co));
   if (opt.per_layer) TQKV_RETURN_IF_ERROR(kv->set_attention_probe(0));  // measured from this run
   std::unique_ptr<GpuContext> kv_ref;

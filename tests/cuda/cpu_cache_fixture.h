@@ -46,18 +46,19 @@ inline std::vector<float> random_tokens(int n, int heads, int d, std::mt19937_64
 // kernels are tested with sinks too.
 struct CpuCache {
   int d = 128, kb = 4, vb = 4, H = 2, window = 0, sinks = 0;
+  int recent = 0;  // KVCacheConfig::recent_tokens (the CPU cache writes its rings; compressed layers only)
   bool scale_search = false;  // the CPU cache's encoder searches the scale (KVCacheConfig::scale_search)
   std::vector<int32_t> lens;
   std::unique_ptr<KVCache> cache;
   std::vector<int32_t> ids;
   std::vector<std::vector<float>> k_tokens, v_tokens;  // [seq][pos][H][d] fp32 inputs
   PagedKVView host{};
-  int64_t num_pages = 0, sink_tile = 0;
+  int64_t num_pages = 0, sink_tile = 0, ring_tile = 0;
   std::vector<float> boundaries_k, boundaries_v;
   std::vector<uint8_t> own_sk, own_sv;  // sink tiles made here (f16 format), or replaced by a test
   std::vector<int32_t> own_slot;
 
-  DeviceBuffer d_kp, d_vp, d_pt, d_lens, d_first, d_ck, d_cv, d_rot, d_signs, d_sk, d_sv, d_slot;
+  DeviceBuffer d_kp, d_vp, d_pt, d_lens, d_first, d_ck, d_cv, d_rot, d_signs, d_sk, d_sv, d_slot, d_rk, d_rv;
 
   // Tokens are appended `chunk` at a time (0 = each sequence at once); with sinks, the first 3
   // positions go in their own append first, so the sink tiles are written by two appends.
@@ -68,6 +69,7 @@ struct CpuCache {
     cfg.head_dim = d;
     cfg.max_seqs = static_cast<int32_t>(lens.size());
     cfg.sink_tokens = sinks;
+    cfg.recent_tokens = recent;
     cfg.scale_search = scale_search;
     int32_t max_len = 16;
     int64_t pages = 0;
@@ -80,6 +82,10 @@ struct CpuCache {
     if (sinks > 0) {
       sink_tile = tile_bytes(sinks, d, kF16Bits);
       cfg.budget_bytes += 2ll * cfg.max_seqs * H * sink_tile;
+    }
+    if (recent > 0) {
+      ring_tile = tile_bytes(recent, d, kF16Bits);
+      cfg.budget_bytes += 2ll * cfg.max_seqs * H * ring_tile;
     }
     auto c = KVCache::create(cfg);
     if (!c.is_ok()) return c.status();
@@ -124,6 +130,11 @@ struct CpuCache {
     const uint8_t* p = side == 0 ? host.sink_k : host.sink_v;
     return std::vector<uint8_t>(p, p + sink_bytes());
   }
+  size_t ring_bytes() const { return static_cast<size_t>(cache->config().max_seqs) * H * ring_tile; }
+  std::vector<uint8_t> ring_pool(int side) const {
+    const uint8_t* p = side == 0 ? host.recent_k : host.recent_v;
+    return std::vector<uint8_t>(p, p + ring_bytes());
+  }
 
   // Device copy of everything; `k_pool` / `v_pool` replace the CPU pools when non-null.
   PagedKVView upload(const std::vector<uint8_t>* k_pool = nullptr, const std::vector<uint8_t>* v_pool = nullptr) {
@@ -153,6 +164,14 @@ struct CpuCache {
       d_slot = to_device(std::vector<int32_t>(host.sink_slot, host.sink_slot + ns));
       v.sink_k = d_sk.get<uint8_t>();
       v.sink_v = d_sv.get<uint8_t>();
+      v.sink_slot = d_slot.get<const int32_t>();
+    }
+    if (host.recent_tokens > 0) {
+      d_rk = to_device(ring_pool(0));
+      d_rv = to_device(ring_pool(1));
+      if (host.sink_tokens == 0) d_slot = to_device(std::vector<int32_t>(host.sink_slot, host.sink_slot + ns));
+      v.recent_k = d_rk.get<uint8_t>();
+      v.recent_v = d_rv.get<uint8_t>();
       v.sink_slot = d_slot.get<const int32_t>();
     }
     return v;
