@@ -66,7 +66,7 @@ for b in base_bench new_bench test_cuda probe_bench; do
   [[ -f $A/$b.xz ]] && unxz_py "$A/$b.xz" "$A/$b" && chmod +x "$A/$b"
 done
 cat "$A/what.txt" | tee "$O/what.txt"
-tests=${TESTS:-'AllFormats/*:CudaDecode.*:CudaSinks.*:CudaVsCpu.*:*Prefill*'}
+tests=${TESTS:-'AllFormats/*:CudaDecode.*:CudaSinks.*:CudaRecent.*:CudaVsCpu.*:*Prefill*'}
 timeout "${TESTS_TIMEOUT:-200}" "$A/test_cuda" --gtest_brief=1 --gtest_filter="$tests" >"$O/tests.log" 2>&1
 echo "tests rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.log" | tr '\n' ' ')"
 grep -E "Failure" -A6 "$O/tests.log" | head -12

@@ -119,7 +119,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 ldd "$D/tqkv" | grep -E 'not found|cublas' | tee "$OUT/ldd.txt"
 
 export TQKV_GPU_FIXTURES="$PWD/$D"
-timeout "${TEST_TIMEOUT:-300}" "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | head -60
+# (tail, not head: head would close the pipe early and kill test_gpu with SIGPIPE once its
+# summary lines pass the limit)
+timeout "${TEST_TIMEOUT:-300}" "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | tail -80
 echo "== test_gpu rc=${PIPESTATUS[0]}"
 
 # The CLI paths (--device cuda) on the reduced SmolLM2 (its tokenizer kept; the prompts and the

@@ -39,6 +39,7 @@ struct DecodeBenchOptions {
   uint64_t seed = 1;
   int prefill = 0, prefill_chunk = 2048;
   int sink_tokens = 0;  // attention sinks in the compressed layers (0 here: figures comparable to earlier runs)
+  int recent_tokens = 0;  // the ring of recent tokens in the compressed layers (0 here, likewise)
   std::string scale_search = "off";  // the encoder's scale search (off here: figures comparable to earlier runs)
 };
 
@@ -59,6 +60,7 @@ Result<double> time_prefill(const GpuModel& gm, KvFormat f, const DecodeBenchOpt
   co.prefill_path = path;
   co.page_shuffle_seed = o.seed + 7;
   co.sink_tokens = o.sink_tokens;
+  co.recent_tokens = o.recent_tokens;
   co.scale_search = o.scale_search == "on";
   TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(gm, co));
   std::vector<int32_t> ids(static_cast<size_t>(o.prefill));
@@ -124,7 +126,8 @@ int run_decode_bench(const DecodeBenchOptions& o) {
     co.max_tokens = o.context + o.steps + 8;
     co.page_shuffle_seed = o.seed + 7;
     co.sink_tokens = o.sink_tokens;
-  co.scale_search = o.scale_search == "on";
+    co.recent_tokens = o.recent_tokens;
+    co.scale_search = o.scale_search == "on";
     const std::string name = kv_format_name(f);
     auto ctx = GpuContext::create(*gm, co);
     if (!ctx.is_ok()) return fail(name + ": " + ctx.status().to_string());
@@ -152,6 +155,7 @@ int run_decode_bench(const DecodeBenchOptions& o) {
     r["batch"] = o.batch;
     r["context"] = o.context;
     r["sink_tokens"] = o.sink_tokens;
+    r["recent_tokens"] = o.recent_tokens;
     r["scale_search"] = o.scale_search == "on";
     r["attention_us_per_step"] = *attn * 1e6;
     r["attention_bytes_per_step"] = attn_bytes;
@@ -242,6 +246,10 @@ RunFn setup_bench_decode(CLI::App& sub) {
                  "attention-sink tokens kept in f16 in the compressed layers (default 0 here; generate and "
                  "perplexity default to 4)")
       ->check(CLI::Range(0, 16));
+  sub.add_option("--recent-tokens", o->recent_tokens,
+                 "last tokens kept in f16 in the compressed layers (default 0 here; generate and perplexity "
+                 "default to 32)")
+      ->check(CLI::Range(0, 64));
   sub.add_option("--scale-search", o->scale_search,
                  "on: quantize-on-write with the encoder's scale search (generic kernel; generate and perplexity "
                  "default to on); off (default here): the tensor-core kernels")

@@ -15,7 +15,9 @@ size_t align_up(size_t x);  // to 256 bytes
 
 // Workspace of one call over `num_seqs` rows: rotated queries, then the split partials.
 struct WorkspaceLayout {
-  size_t q_rot = 0, part_o = 0, part_lse = 0, total = 0;
+  // page_end: [num_seqs] int32, where each row's pages end when the view has a recent ring
+  // (min(row length, recent_from)); the split kernels read it as the row length.
+  size_t q_rot = 0, part_o = 0, part_lse = 0, page_end = 0, total = 0;
 };
 WorkspaceLayout workspace_layout(int num_seqs, int num_q_heads, int head_dim, int num_splits);
 

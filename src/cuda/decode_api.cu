@@ -90,6 +90,15 @@ __global__ void rotate_query_kernel(const void* q, DType q_type, const float* ro
   }
 }
 
+// Recent tokens (PagedKVView::recent_tokens > 0), decode: page_end[s] = min(len, recent_from(s)),
+// the length the split kernels see (their pages stop where the ring starts; the merge adds the
+// ring's positions from the true length). Launched before the chain's first kernel, which then
+// starts only after it (the first kernel takes no programmatic-dependent attribute).
+__global__ void ring_page_end_kernel(const PagedKVView view, int32_t* page_end) {
+  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < view.num_seqs; s += gridDim.x * blockDim.x)
+    page_end[s] = static_cast<int32_t>(min(static_cast<int64_t>(view.seq_lens[s]), view.recent_from(s)));
+}
+
 // Attention sinks as the merge sees them (docs/formats.md, "Attention sinks"): the fp16 sink
 // tiles of PagedKVView, in each side's space, and what it takes to find a row's sequence, length
 // and KV head. tokens == 0: no sinks.
@@ -235,7 +244,8 @@ WorkspaceLayout workspace_layout(int num_seqs, int num_q_heads, int head_dim, in
   w.q_rot = 0;
   w.part_o = align_up(rows * head_dim * 4);
   w.part_lse = w.part_o + align_up(rows * num_splits * head_dim * 4);
-  w.total = w.part_lse + align_up(rows * num_splits * 4);
+  w.page_end = w.part_lse + align_up(rows * num_splits * 4);
+  w.total = w.page_end + align_up(static_cast<size_t>(num_seqs) * 4);
   return w;
 }
 
@@ -263,6 +273,9 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
                        std::to_string(view.recent_tokens) + ")");
   if (view.recent_tokens > 0 && (!view.recent_k || !view.recent_v || !view.sink_slot))
     return invalid_argument("recent tokens without ring tiles or slots");
+  // The split kernels see the ring's start as the row length, so a window would start from there.
+  if (view.recent_tokens > 0 && p.window > 0)
+    return unsupported("recent tokens with a sliding window (the caches keep rings in full-attention layers only)");
   if (view.recent_tokens > 0 && ((reinterpret_cast<uintptr_t>(view.recent_k) | reinterpret_cast<uintptr_t>(view.recent_v)) & 15))
     return invalid_argument("ring tiles must be 16-byte aligned");
   if (view.sink_tokens > 0 && (!view.sink_k || !view.sink_v || !view.sink_slot))
@@ -363,6 +376,16 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   args.window = params.window;
   args.row_seq = row_seq;
   args.row_len = row_len;
+  // Recent ring: the split kernels take each row's page end as its length (prefill: written by
+  // prefill_rows_kernel; decode: by ring_page_end_kernel here), the merge the true length.
+  if (view.recent_tokens > 0) {
+    auto* page_end = reinterpret_cast<int32_t*>(ws + wl.page_end);
+    if (!row_seq) {
+      ring_page_end_kernel<<<(view.num_seqs + 127) / 128, 128, 0, stream>>>(view, page_end);
+      TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    args.row_len = page_end;
+  }
 #ifdef TQKV_DECODE_PROBE
   args.probe = detail::g_decode_probe;
 #endif
@@ -393,8 +416,11 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   // pages only with one split: the fp16 kernel (4 warps, several CTAs per SM) ran 6-40% slower in
   // clusters of 3-6 CTAs (docs/benchmarks.md, "Fused merge"), and 1-5% faster with one split.
   const bool tq = kb != kF16Bits || vb != kF16Bits;
+  // With a recent ring the merge kernel adds its positions: the fused merge has no ring code (inlined
+  // there, it changed the register allocation of the decode kernel's page loop: k3v3 1-2.5%
+  // slower with no ring at all, in a same-call A/B).
   if (!middle && !row_seq && plan.num_splits <= kMaxFusedSplits && (tq || plan.num_splits == 1) &&
-      fused_merge_enabled()) {
+      view.recent_tokens == 0 && fused_merge_enabled()) {
     args.out = out;
     args.out_f32 = out_type == DType::kF32 ? 1 : 0;
     args.out_rotation = v_rot;

@@ -25,22 +25,20 @@
 namespace tqkv::cuda::detail {
 
 // Shared memory of the fused merge, in floats, after the warp-merge rows: [8][D] res_o, [8]
-// res_lse (read by the other CTAs of the cluster), then this CTA's own [8][D] y, [8][kExact] sink
-// and recent scores (kPage sink positions, then up to kMaxRecent ring positions) and [8][4] sink
-// statistics (lse, max, 1 / sum, unused).
+// res_lse (read by the other CTAs of the cluster), then this CTA's own [8][D] y, [8][kPage] sink
+// scores and [8][4] sink statistics (lse, max, 1 / sum, unused).
 template <int D>
 struct FusedMergeSmem {
   static constexpr int kMaxSplits = 8;  // the portable cluster size (decode_launch.cuh: kMaxFusedSplits)
   static constexpr int kResO = 0;
   static constexpr int kResLse = 8 * D;
   static constexpr int kY = kResLse + 8;
-  static constexpr int kExact = kPage + kMaxRecent;
   static constexpr int kSinkX = kY + 8 * D;
-  static constexpr int kSinkStat = kSinkX + 8 * kExact;
+  static constexpr int kSinkStat = kSinkX + 8 * kPage;
   static constexpr int kFloats = kSinkStat + 8 * 4;
 };
 // FusedMergeSmem<d>::kFloats * 4, for a head size known only at run time (decode_shape).
-constexpr int fused_merge_bytes(int d) { return (16 * d + 8 + 8 * (kPage + kMaxRecent) + 32) * 4; }
+constexpr int fused_merge_bytes(int d) { return (16 * d + 8 + 8 * kPage + 32) * 4; }
 static_assert(FusedMergeSmem<64>::kFloats * 4 == fused_merge_bytes(64) &&
                   FusedMergeSmem<256>::kFloats * 4 == fused_merge_bytes(256),
               "the fused merge's area: FusedMergeSmem and fused_merge_bytes disagree");
@@ -97,46 +95,29 @@ __device__ void fused_merge(const Args& args, float* res, float* scratch, int se
   // the sink scores below run while the cluster's barrier completes.
   auto arrived = cluster.barrier_arrive();
 
-  // ---- the sink split of this rank's heads (local data only), with the recent ring's positions ----
-  const bool sinks = view.sink_tokens > 0 || view.recent_tokens > 0;
+  // ---- the sink split of this rank's heads (local data only) ----
+  const bool sinks = view.sink_tokens > 0;
   int s_lo = 0, s_hi = 0;
   const __half* sv = nullptr;
-  RecentSpan rs;  // rs.x is set per head below
   if (sinks) {
     const int len = view.seq_lens[seq];
     s_lo = args.window > 0 ? max(0, len - args.window) : 0;
     s_hi = min(view.sink_tokens, len);
-    const size_t slot_head = static_cast<size_t>(view.sink_slot[seq]) * view.num_kv_heads + kv_head;
-    const __half* sk = nullptr;
-    if (view.sink_tokens > 0) {
-      const size_t tile = slot_head * static_cast<size_t>(tile_bytes(view.sink_tokens, D, kF16Bits) / 2);
-      sk = reinterpret_cast<const __half*>(view.sink_k) + tile;
-      sv = reinterpret_cast<const __half*>(view.sink_v) + tile;
-    }
-    const __half* rk = nullptr;
-    if (view.recent_tokens > 0) {
-      rs.w = view.recent_tokens;
-      rs.lo = max(static_cast<int>(view.recent_from(seq)), s_lo);
-      rs.n = max(0, len - rs.lo);
-      const size_t tile = slot_head * static_cast<size_t>(tile_bytes(view.recent_tokens, D, kF16Bits) / 2);
-      rk = reinterpret_cast<const __half*>(view.recent_k) + tile;
-      rs.v = reinterpret_cast<const __half*>(view.recent_v) + tile;
-    }
-    const int ns = max(0, s_hi - s_lo), np = ns + rs.n;
-    for (int pr = warp; pr < nmine * np; pr += nw) {  // one warp per (head, sink or recent position)
-      const int hl = pr / np, e = pr % np;
+    const size_t tile_halves = static_cast<size_t>(tile_bytes(view.sink_tokens, D, kF16Bits) / 2);
+    const size_t tile = (static_cast<size_t>(view.sink_slot[seq]) * view.num_kv_heads + kv_head) * tile_halves;
+    const __half* sk = reinterpret_cast<const __half*>(view.sink_k) + tile;
+    sv = reinterpret_cast<const __half*>(view.sink_v) + tile;
+    const int np = s_hi - s_lo;
+    for (int pr = warp; pr < nmine * np; pr += nw) {  // one warp per (head, sink position)
+      const int hl = pr / np, j = s_lo + pr % np;
       const float* qr = args.q_rot + (static_cast<size_t>(seq) * args.num_q_heads + head0 + rank + hl * S) * D;
-      const __half* krow = e < ns ? sk + static_cast<size_t>(s_lo + e) * D
-                                  : rk + static_cast<size_t>((rs.lo + e - ns) % rs.w) * D;
-      const float x = sink_score(qr, krow, D, args.softcap);
-      if (lane == 0) sink_x[hl * L::kExact + (e < ns ? s_lo + e : kPage + e - ns)] = x;
+      const float x = sink_score(qr, sk + static_cast<size_t>(j) * D, D, args.softcap);
+      if (lane == 0) sink_x[hl * kPage + j] = x;
     }
     __syncthreads();
     if (threadIdx.x < nmine) {
       const int hl = threadIdx.x;
-      RecentSpan r = rs;
-      r.x = sink_x + hl * L::kExact + kPage;
-      const SinkStats st = sink_stats(sink_x + hl * L::kExact, s_lo, s_hi, r);
+      const SinkStats st = sink_stats(sink_x + hl * kPage, s_lo, s_hi);
       sink_stat[4 * hl] = st.lse;
       sink_stat[4 * hl + 1] = st.m;
       sink_stat[4 * hl + 2] = st.inv_l;
@@ -176,9 +157,7 @@ __device__ void fused_merge(const Args& args, float* res, float* scratch, int se
       const float w_sink = exp2f(sink_lse - mx);  // 0 without sinks
       den += w_sink;
       if (w_sink > 0.f) {
-        RecentSpan r = rs;
-        r.x = sink_x + hl * L::kExact + kPage;
-        const float o = sink_output(sink_x + hl * L::kExact, sink_stat[4 * hl + 1], sv, D, c, s_lo, s_hi, r);
+        const float o = sink_output(sink_x + hl * kPage, sink_stat[4 * hl + 1], sv, D, c, s_lo, s_hi);
         num = fmaf(w_sink * sink_stat[4 * hl + 2], o, num);
       }
     }

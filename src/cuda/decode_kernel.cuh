@@ -119,17 +119,14 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     prefetch_l2(view.page_table + static_cast<size_t>(seq) * view.max_pages_per_seq + i);
   }
 
-  // Token range that is visible: [lo_pos, len) (of which the pages hold [lo_pos, hi_pos)).
+  // Token range that is visible: [lo_pos, len).
   const int pseq = args.row_seq ? args.row_seq[seq] : seq;  // sequence whose pages this row reads
   const int len = args.row_len ? args.row_len[seq] : view.seq_lens[seq];
   const int first_page = view.first_page ? view.first_page[pseq] : 0;
   int lo_pos = max(first_page * kPage, view.sink_tokens);  // sinks: merge_splits_kernel reads them
   if (args.window > 0) lo_pos = max(lo_pos, len - args.window);
-  // Recent tokens: positions from the sequence's recent_from come from the ring (the merge reads
-  // them, like the sinks); the pages cover [lo_pos, hi_pos).
-  const int hi_pos = view.recent_tokens > 0 ? min(len, static_cast<int>(view.recent_from(pseq))) : len;
   const int pg_lo = lo_pos / kPage;
-  const int pg_hi = (hi_pos + kPage - 1) / kPage;
+  const int pg_hi = (len + kPage - 1) / kPage;
   const int n_pages = max(0, pg_hi - pg_lo);
   const int per_split = (n_pages + args.num_splits - 1) / args.num_splits;
   const int cta_begin = pg_lo + split * per_split;
@@ -395,7 +392,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     // One page; FULL: every token of the page is visible (no tests, no selects).
     auto page = [&](auto full_c) {
     constexpr bool FULL = decltype(full_c)::value;
-    auto visible = [&](int r) { return FULL || (pos0 + r >= lo_pos && pos0 + r < hi_pos); };
+    auto visible = [&](int r) { return FULL || (pos0 + r >= lo_pos && pos0 + r < len); };
     const bool ok0 = visible(g), ok1 = visible(g + 8);
 
     // ---- scores S^T = K Q^T (two accumulators halve the dependent mma chain) ----
@@ -536,7 +533,7 @@ __global__ void __launch_bounds__(DecodeConfig<D, KB, VB>::kWarps * 32, 1)
     };  // page
     // (a vote: the compiler then knows the branch is warp-uniform and keeps the table base in a
     // uniform register inside both copies)
-    if (__all_sync(0xffffffffu, pos0 >= lo_pos && pos0 + kPage <= hi_pos)) page(std::true_type{});
+    if (__all_sync(0xffffffffu, pos0 >= lo_pos && pos0 + kPage <= len)) page(std::true_type{});
     else page(std::false_type{});
     __syncwarp();
     if (i + Cfg::kStages - 1 < n_mine) pages.issue(i + Cfg::kStages - 1);

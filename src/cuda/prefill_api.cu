@@ -27,8 +27,12 @@ using detail::align_up;
 // Prefill rows: row r of sequence s (rows grouped by sequence in order) sits at position
 // seq_lens[s] - q_lens[s] + i and sees positions [0, that + 1). Rows past sum(q_lens) and rows of
 // an inconsistent q_lens (q_lens[s] > seq_lens[s]) get length 0 (zeros out).
-__global__ void prefill_rows_kernel(const int32_t* q_lens, const int32_t* seq_lens, int num_seqs, int total_q,
-                                    int32_t* row_seq, int32_t* row_len) {
+// With a recent ring (view.recent_tokens > 0) also page_end[r] = min(row_len[r], recent_from of its
+// sequence): where the row's pages end, the length the split kernels see (launch_chain).
+__global__ void prefill_rows_kernel(const int32_t* q_lens, const PagedKVView view, int total_q, int32_t* row_seq,
+                                    int32_t* row_len, int32_t* page_end) {
+  const int32_t* seq_lens = view.seq_lens;
+  const int num_seqs = view.num_seqs;
   for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < total_q; r += gridDim.x * blockDim.x) {
     int start = 0, s = 0, len = 0;
     for (; s < num_seqs; ++s) {
@@ -39,6 +43,8 @@ __global__ void prefill_rows_kernel(const int32_t* q_lens, const int32_t* seq_le
     if (s < num_seqs && q_lens[s] <= seq_lens[s]) len = seq_lens[s] - q_lens[s] + (r - start) + 1;
     row_seq[r] = s < num_seqs ? s : 0;
     row_len[r] = len;
+    if (view.recent_tokens > 0)
+      page_end[r] = static_cast<int32_t>(min(static_cast<int64_t>(len), s < num_seqs ? view.recent_from(s) : 0));
   }
 }
 
@@ -186,8 +192,10 @@ Status attention_prefill(const PagedKVView& view, const DecodeParams& params, co
   const size_t base = detail::workspace_layout(total_q, params.num_q_heads, view.head_dim, plan.num_splits).total;
   auto* row_seq = reinterpret_cast<int32_t*>(ws + base);
   auto* row_len = reinterpret_cast<int32_t*>(ws + base + align_up(static_cast<size_t>(total_q) * 4));
-  prefill_rows_kernel<<<(total_q + 255) / 256, 256, 0, stream>>>(q_lens, view.seq_lens, view.num_seqs, total_q,
-                                                                  row_seq, row_len);
+  // (page_end: the layout's slot, sized for total_q rows; launch_chain hands it to the split kernels)
+  auto* page_end = reinterpret_cast<int32_t*>(
+      ws + detail::workspace_layout(total_q, params.num_q_heads, view.head_dim, plan.num_splits).page_end);
+  prefill_rows_kernel<<<(total_q + 255) / 256, 256, 0, stream>>>(q_lens, view, total_q, row_seq, row_len, page_end);
   TQKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (!tiled) return detail::launch_chain(rows, params, plan, q, q_type, out, out_type, ws, row_seq, row_len, stream);
 

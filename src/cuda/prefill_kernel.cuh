@@ -97,8 +97,7 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
   float* scratch = reinterpret_cast<float*>(smem + Cfg::kLut);
   uint2* qs = reinterpret_cast<uint2*>(smem + Cfg::kLut + kScratchBytes);  // [NT][kSteps][32 lanes]
   uint8_t* ring = smem + Cfg::kLut + kScratchBytes + Cfg::kQBytes;
-  __shared__ int col_len[NC];  // end of each column's page positions (its row length, or where the
-                               // recent ring starts; 0 for an invalid column)
+  __shared__ int col_len[NC];  // row length of each column (0: invalid column)
   __shared__ int col_lo[NC];   // first visible position of each column
 
   const PagedKVView& view = args.view;
@@ -120,8 +119,6 @@ __global__ void __launch_bounds__(PrefillConfig<D, KB, VB>::kWarps * 32, 1)
       len = args.row_len[tile.row0 + f / group];
       lo = lo_first;
       if (args.window > 0) lo = max(lo, len - args.window);
-      // Recent tokens: the ring's positions are the merge's (like the sinks); pages end there.
-      if (view.recent_tokens > 0) len = min(len, static_cast<int>(view.recent_from(pseq)));
     }
     col_len[c] = len;
     col_lo[c] = lo;

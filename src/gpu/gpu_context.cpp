@@ -63,6 +63,11 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
   CK(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev));
   m.Tmax = std::max(opt.max_chunk, opt.max_seqs);
   m.tiled_prefill = prefill_tiled(opt.prefill_path);
+  // The per-token decode path gives attention_decode one row per token, each with its own length
+  // as the sequence's: the ring's reach (the last recent_tokens positions of the sequence) cannot
+  // be told from that, and the ring holds only the chunk's last positions.
+  if (opt.recent_tokens > 0 && !m.tiled_prefill)
+    return unsupported("GpuContext: recent tokens need the attention_prefill path (not TQKV_GPU_PREFILL=decode)");
 
   // Page tables: group 0 full attention, group 1 sliding (when the model has sliding layers).
   bool any_sliding = false;

@@ -6,10 +6,14 @@
 // ring is the cache's state at each call, so both must chunk alike), then decode steps (graph
 // replays from the second on). The compressed-cache ratio test of test_gpu_model.cpp against the
 // CPU WITH the ring, sqrt(sum ||gpu - cpu||^2 / sum ||cpu - cpu_f16||^2) <= 0.75, per row
-// ||gpu - cpu|| <= max(0.1 ||cpu||, 1.5 ||cpu - cpu_f16||); and the same measure against the CPU
-// WITHOUT the ring must be at least twice as large (so the test can see a GPU that ignores it).
-// Architectures: Llama (Hadamard rotation; also prefill through the per-token decode path), Phi3
-// at head size 80 (dense rotation), Gemma 3 (sliding layers hold no ring; its global layers do).
+// ||gpu - cpu|| <= max(0.1 ||cpu||, 1.5 ||cpu - cpu_f16||); and, for rings of 16 tokens or more,
+// the same measure against the CPU WITHOUT the ring must be at least twice as large (so the test
+// can see a GPU that ignores it). Measured on the H200 (2026-11-30 ~01:45 UTC): Llama ring 32 0.145
+// (without: 0.442), ring 7 0.147 (0.166), ring 64 0.095 (3.29); Phi3 ring 20 0.133 (0.306); Gemma 3
+// ring 32 0.172 (0.367).
+// Architectures: Llama (Hadamard rotation; rings of 32, 7 and 64), Phi3 at head size 80 (dense
+// rotation), Gemma 3 (sliding layers hold no ring; its global layers do). The per-token decode
+// path of prefill (TQKV_GPU_PREFILL=decode) is refused with a ring.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -67,10 +71,13 @@ void check_recent(const Case& cs) {
   }
   const double ratio = rc.ratio(), ratio_plain = std::sqrt(e2_plain / std::max(rc.sum_q2, 1e-30));
   EXPECT_LE(ratio, 0.75) << cs.spec.arch << ": GPU k4v4+ring is not much closer to the CPU's k4v4+ring than compression moves it";
-  EXPECT_GE(ratio_plain, 2 * ratio) << cs.spec.arch << ": the ring barely moves the CPU's logits, or the GPU ignores it";
+  // A ring of a few tokens barely moves the logits (ring 7: 0.166 without against 0.147 with, on
+  // the H200), so the test's power to see an ignored ring is checked from 16 tokens up.
+  if (cs.recent >= 16)
+    EXPECT_GE(ratio_plain, 2 * ratio) << cs.spec.arch << ": the ring barely moves the CPU's logits, or the GPU ignores it";
   std::printf("[gpu recent] %-6s ring %d%s: |gpu - cpu+ring| / |cpu - cpu f16| = %.3f (vs CPU without the ring %.3f), "
               "worst row %.3g\n",
-              cs.spec.arch.c_str(), cs.recent, cs.path == tqkv::GpuPrefillPath::kDecode ? " (decode-path prefill)" : "",
+              cs.spec.arch.c_str(), cs.recent, "",
               ratio, ratio_plain, rc.worst_rel);
 }
 
@@ -81,7 +88,7 @@ TEST(GpuRecent, Llama) {
   cs.recent = 7;
   check_recent(cs);
   cs.recent = 64;
-  cs.path = tqkv::GpuPrefillPath::kDecode;  // prefill chunks through attention_decode, one row per token
+  cs.path = tqkv::GpuPrefillPath::kTiled;
   check_recent(cs);
 }
 TEST(GpuRecent, Phi3HeadDim80) {
@@ -107,6 +114,11 @@ TEST(GpuRecent, BadRingIsAnErrorAndCapacityCountsIt) {
   EXPECT_EQ(tqkv::GpuContext::create(*m.gpu, o).status().code(), tqkv::StatusCode::kInvalidArgument);
   o.recent_tokens = -1;
   EXPECT_EQ(tqkv::GpuContext::create(*m.gpu, o).status().code(), tqkv::StatusCode::kInvalidArgument);
+  // The per-token decode path of prefill cannot tell a row's sequence length: refused.
+  o.recent_tokens = 32;
+  o.prefill_path = tqkv::GpuPrefillPath::kDecode;
+  EXPECT_EQ(tqkv::GpuContext::create(*m.gpu, o).status().code(), tqkv::StatusCode::kUnsupported);
+  o.prefill_path = tqkv::GpuPrefillPath::kDefault;
   o.recent_tokens = 32;
   auto with = tqkv::GpuContext::create(*m.gpu, o);
   o.recent_tokens = 0;
