@@ -21,7 +21,7 @@ ppl() {
   "$TQKV" perplexity --model "$model" --text "$TEXT" --ctx 512 --chunks "$chunks" --json "$@" 2>/dev/null |
     python3 -c "import json,sys; j=json.load(sys.stdin); print('$(basename "$model")', '$*', 'ppl %.4f f16_ppl %.4f kld_mean %.5f kld_p99 %.5f top1 %.4f kv_bytes %d f16_bytes %d' % (j['ppl'], j['f16_ppl'], j['kld_mean'], j['kld_p99'], j['top1_agreement'], j['kv_bytes'], j['kv_bytes_f16']))"
 }
-# defaults: every format with the CLI's defaults (keys centered and smoothed, 4 sinks, the scale
+# defaults: every format with the CLI's defaults (keys centered and smoothed, 4 sinks, the last 32 tokens in f16, the scale
 # search) and the peer (rotated q4_0, emulated) with the same transforms: the main quality table.
 if [ "$WHAT" = defaults ]; then
   for m in "$SMOL:$CHUNKS_SMOL" "$GEMMA:$CHUNKS_GEMMA"; do
