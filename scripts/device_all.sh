@@ -8,7 +8,10 @@
 #       needs, xz-compressed, into two git-ignored folders:
 #         .device-gpu/kernels   test_cuda, tqkv_cuda_bench and the standalone quantize / prefill /
 #                               sink benchmarks                                   (~35 MB)
-#         .device-gpu/runtime   tqkv, test_gpu, two libraries, reduced models, CPU fixtures (~60 MB)
+#         .device-gpu/runtime   tqkv, test_gpu, two libraries, the reduced SmolLM2, CPU fixtures (~41 MB)
+#         .device-gpu/runtime-gemma  the reduced Gemma 3 (~28 MB): both packs together pass the 64 MiB,
+#                               so its one test (GpuRealModel.Gemma3Reduced) skips in the runtime call;
+#                               scripts/device_runtime.sh says how to run it on its own
 #   scripts/device_all.sh run         on the device, from the repository root. Runs the kernel steps
 #       when .device-gpu/kernels travelled and the runtime steps when .device-gpu/runtime did.
 #       Logs: $OUT/summary.txt and $OUT/logs.tgz.

@@ -43,6 +43,8 @@ if [[ $step == prepare ]]; then
   for lib in libpcre2-8.so.0 libgomp.so.1; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$D/lib/"
   done
+  # The reduced Gemma 3 travels in a folder of its own (${D}-gemma, below); bring it back first.
+  if [[ -d ${D}-gemma ]]; then mv -f "${D}-gemma"/* "$D/" 2>/dev/null || true; fi
   if [[ -n ${FIXTURES_FROM:-} ]]; then
     for f in smollm2-4l.gguf smollm2-4l.f32 smollm2-4l.json gemma3-6l.gguf gemma3-6l.f32 gemma3-6l.json \
              pp_in_vocab.txt gen_cpu_f16.jsonl gen_cpu_k4v4.jsonl ppl_cpu_k4v4.json; do
@@ -81,21 +83,28 @@ EOF
   # --center none on both sides: these references predate key centering in the GPU runtime
   # (tests/gpu checks centered GPU against centered CPU); --sink-tokens 0 on both sides: these
   # comparisons predate sinks (tests/gpu/test_gpu_sinks.cpp checks GPU sinks against CPU sinks);
+  # --recent-tokens 0 likewise (tests/gpu/test_gpu_recent.cpp; the runtimes prefill in other chunks);
   # --smooth-keys off on both sides likewise (tests/gpu/test_gpu_model.cpp checks GPU smoothing);
   # --scale-search off on both sides likewise (tests/cuda and tests/gpu check the GPU's search).
   [[ -n ${FIXTURES_FROM:-} ]] || for kv in f16 k4v4; do
     for p in "The capital of France is" "Once upon a time, there was a little"; do
-      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --scale-search off --json 2>/dev/null
+      $T generate --model $D/smollm2-4l.gguf --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --recent-tokens 0 --smooth-keys off --scale-search off --json 2>/dev/null
     done >$D/gen_cpu_$kv.jsonl
   done
   [[ -n ${FIXTURES_FROM:-} ]] ||
-    $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --scale-search off --json >$D/ppl_cpu_k4v4.json
+    $T perplexity --model $D/smollm2-4l.gguf --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --recent-tokens 0 --smooth-keys off --scale-search off --json >$D/ppl_cpu_k4v4.json
   # XZ=1: the reduced models travel xz-packed as well (saves ~2.5 MB; the working tree that travels,
   # carried folders included, is limited to 64 MiB); `run` unpacks them.
   if [[ -n ${XZ:-} ]]; then
     for m in smollm2-4l gemma3-6l; do xz -6 -T2 -f "$D/$m.gguf"; done
   fi
-  du -ab "$D" | sort -n | tail -12
+  # The reduced Gemma 3 (~28 MB packed) goes to ${D}-gemma: with it the runtime pack passed the
+  # device tool's 64 MiB once the binaries grew (2026-11-30). GpuRealModel.Gemma3Reduced skips
+  # without it; to run it, carry this folder with $D/test_gpu.xz and $D/lib (carry takes files)
+  # and run test_gpu with TQKV_GPU_FIXTURES pointing at a folder holding both.
+  mkdir -p "${D}-gemma"
+  mv -f "$D"/gemma3-6l.* "${D}-gemma/"
+  du -ab "$D" "${D}-gemma" | sort -n | tail -14
   exit 0
 fi
 
@@ -103,6 +112,7 @@ OUT=${OUT:-device-out}
 mkdir -p "$OUT"
 source scripts/device_env.sh
 device_library_path "$PWD/$D/lib"
+if [[ -d ${D}-gemma ]]; then cp -n "${D}-gemma"/* "$D/" 2>/dev/null || true; fi
 for m in smollm2-4l gemma3-6l; do
   [[ -f $D/$m.gguf || ! -f $D/$m.gguf.xz ]] || unxz_py "$D/$m.gguf.xz" "$D/$m.gguf"
 done
@@ -129,12 +139,12 @@ echo "== test_gpu rc=${PIPESTATUS[0]}"
 M=$D/smollm2-4l.gguf
 for kv in f16 k4v4; do
   for p in "The capital of France is" "Once upon a time, there was a little"; do
-    timeout 60 "$D/tqkv" generate --model $M --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --smooth-keys off --scale-search off --json --device cuda 2>>"$OUT/cli.err"
+    timeout 60 "$D/tqkv" generate --model $M --prompt "$p" -n 16 --kv $kv --greedy --center none --sink-tokens 0 --recent-tokens 0 --smooth-keys off --scale-search off --json --device cuda 2>>"$OUT/cli.err"
   done >"$OUT/gen_gpu_$kv.jsonl"
   echo "== generate --device cuda --kv $kv (ids: GPU, then CPU)"
   python3 scripts/compare_generate_ids.py "$OUT/gen_gpu_$kv.jsonl" "$D/gen_cpu_$kv.jsonl"
 done
-timeout 120 "$D/tqkv" perplexity --model $M --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --smooth-keys off --scale-search off --json --device cuda \
+timeout 120 "$D/tqkv" perplexity --model $M --text $D/pp_in_vocab.txt --ctx 256 --chunks 8 --kv k4v4 --center none --sink-tokens 0 --recent-tokens 0 --smooth-keys off --scale-search off --json --device cuda \
   >"$OUT/ppl_gpu_k4v4.json" 2>>"$OUT/cli.err"
 echo "== perplexity --device cuda rc=$? (GPU, then CPU)"
 for n in "$OUT/ppl_gpu_k4v4.json" "$D/ppl_cpu_k4v4.json"; do
