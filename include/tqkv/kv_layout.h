@@ -139,31 +139,18 @@ struct PagedKVView {
 
   // The sink tiles seen as a view of their own: fp16 sides, one "page" of sink_tokens rows per
   // sequence, page table = sink_slot. Kernels run their fp16 path over it.
-  TQKV_HD PagedKVView sinks() const {
-    PagedKVView s = *this;
-    const int64_t tb = tile_bytes(sink_tokens, head_dim, kF16Bits);
-    s.k = KVSideView{sink_k, kF16Bits, tb, nullptr};
-    s.v = KVSideView{sink_v, kF16Bits, tb, nullptr};
-    s.page_size = sink_tokens;
-    s.page_table = sink_slot;
-    s.max_pages_per_seq = 1;
-    s.first_page = nullptr;
-    s.sink_tokens = 0;
-    s.sink_k = s.sink_v = nullptr;
-    s.sink_slot = nullptr;
-    s.recent_tokens = 0;
-    s.recent_k = s.recent_v = nullptr;
-    return s;
-  }
+  TQKV_HD PagedKVView sinks() const { return exact_copies(sink_k, sink_v, sink_tokens); }
   // The recent rings seen as a view of their own: fp16 sides, one "page" of recent_tokens rows per
   // sequence, page table = sink_slot. Position t of the sequence is ring position t % recent_tokens,
   // so a run of keys [t0, t1) (t1 - t0 <= recent_tokens) is at most two runs of ring positions.
-  TQKV_HD PagedKVView recent() const {
+  TQKV_HD PagedKVView recent() const { return exact_copies(recent_k, recent_v, recent_tokens); }
+  // sinks() and recent(): tiles of `rows` fp16 rows per slot, as a view without sinks or ring.
+  TQKV_HD PagedKVView exact_copies(uint8_t* tk, uint8_t* tv, int32_t rows) const {
     PagedKVView s = *this;
-    const int64_t tb = tile_bytes(recent_tokens, head_dim, kF16Bits);
-    s.k = KVSideView{recent_k, kF16Bits, tb, nullptr};
-    s.v = KVSideView{recent_v, kF16Bits, tb, nullptr};
-    s.page_size = recent_tokens;
+    const int64_t tb = tile_bytes(rows, head_dim, kF16Bits);
+    s.k = KVSideView{tk, kF16Bits, tb, nullptr};
+    s.v = KVSideView{tv, kF16Bits, tb, nullptr};
+    s.page_size = rows;
     s.page_table = sink_slot;
     s.max_pages_per_seq = 1;
     s.first_page = nullptr;

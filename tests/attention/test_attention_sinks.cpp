@@ -53,23 +53,6 @@ TEST(AttentionSinks, FusedDecodeAndPrefillMatchReference) {
   }
 }
 
-// Plain fp64 softmax attention of one query head over keys/values given as fp32 rows.
-std::vector<double> dense_attention(const float* q, const std::vector<std::vector<float>>& K,
-                                    const std::vector<std::vector<float>>& V, double scale) {
-  const size_t L = K.size(), d = K[0].size();
-  std::vector<double> s(L), o(d, 0.0);
-  double mx = -1e300, sum = 0;
-  for (size_t i = 0; i < L; ++i) {
-    double dot = 0;
-    for (size_t j = 0; j < d; ++j) dot += static_cast<double>(q[j]) * K[i][j];
-    mx = std::max(mx, s[i] = dot * scale);
-  }
-  for (size_t i = 0; i < L; ++i) sum += (s[i] = std::exp(s[i] - mx));
-  for (size_t i = 0; i < L; ++i)
-    for (size_t j = 0; j < d; ++j) o[j] += s[i] / sum * V[i][j];
-  return o;
-}
-
 TEST(AttentionSinks, ReferenceUsesExactFirstTokensAndCodecRoundTripForTheRest) {
   const int32_t H = 1, G = 2, d = 128, L = 40, S = 4;
   TestCache t = make_cache(4, 4, H, d, {L}, 77, 0, 8, S);

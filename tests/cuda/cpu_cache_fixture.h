@@ -221,6 +221,27 @@ struct AttnCase {
 
 // Compares every output row (the tolerance at the top); empty when all pass. At least
 // `min_nonzero` of the reference rows must be non-zero, so the comparison proves something.
+// One fp16 row of d values the GPU wrote (sink tile or ring) against the CPU cache's, at half
+// offset row0 of both pools: fp16 sides bit for bit; TurboQuant sides (rotated in fp32, the sum in
+// another order) within 1 fp16 ulp + 2e-6 * max|row| (the fp32 rounding of a d-term sum, which
+// shows near zero). "" when they match; *diffs counts the elements that differ at all.
+inline std::string compare_exact_row(const std::vector<uint8_t>& gpu, const std::vector<uint8_t>& cpu, size_t row0, int d,
+                                     bool f16, int* diffs) {
+  const uint16_t* g = reinterpret_cast<const uint16_t*>(gpu.data()) + row0;
+  const uint16_t* c = reinterpret_cast<const uint16_t*>(cpu.data()) + row0;
+  float row_max = 0.f;
+  for (int j = 0; j < d; ++j) row_max = std::max(row_max, std::fabs(fp16_to_float(c[j])));
+  for (int j = 0; j < d; ++j) {
+    if (f16 && g[j] != c[j]) return "coord " + std::to_string(j) + ": fp16 bits differ";
+    const float fa = fp16_to_float(g[j]), fb = fp16_to_float(c[j]);
+    const float ulp = std::ldexp(1.f, std::max(-24, std::ilogb(std::max(std::fabs(fb), 6.1e-5f)) - 10));
+    if (!(std::fabs(fa - fb) <= ulp * 1.01f + 2e-6f * row_max))
+      return "coord " + std::to_string(j) + ": gpu " + std::to_string(fa) + " cpu " + std::to_string(fb);
+    *diffs += g[j] != c[j];
+  }
+  return {};
+}
+
 inline std::string compare_rows(const std::vector<float>& got, const std::vector<float>& ref, int d, int hq,
                                 double min_nonzero) {
   size_t nonzero = 0;

@@ -176,26 +176,14 @@ TEST(CudaRecent, StoreWritesTheRingTheCpuCacheWrites) {
           const std::vector<uint8_t> cpu = c.ring_pool(side);
           const std::vector<uint8_t> gpu = testing::to_host<uint8_t>(side == 0 ? gk : gv, c.ring_bytes());
           const bool f16 = (side == 0 ? f.kb : f.vb) == kF16Bits;
+          int diffs = 0;
           for (size_t s = 0; s < c.lens.size(); ++s)
             for (int p = std::max(0, c.lens[s] - c.recent); p < c.lens[s]; ++p)
               for (int h = 0; h < c.H; ++h) {
                 const size_t row0 = (static_cast<size_t>(c.host.sink_slot[s]) * c.H + h) * c.ring_tile / 2 +
                                     static_cast<size_t>(p % c.recent) * d;
-                float row_max = 0.f;
-                for (int j = 0; j < d; ++j)
-                  row_max = std::max(row_max, std::fabs(fp16_to_float(reinterpret_cast<const uint16_t*>(cpu.data())[row0 + j])));
-                for (int j = 0; j < d; ++j) {
-                  const uint16_t a = reinterpret_cast<const uint16_t*>(gpu.data())[row0 + j];
-                  const uint16_t b = reinterpret_cast<const uint16_t*>(cpu.data())[row0 + j];
-                  if (f16) {
-                    ASSERT_EQ(a, b) << "side " << side << " seq " << s << " pos " << p << " head " << h << " coord " << j;
-                  } else {  // rotated in fp32 in another order (see test_cuda_sinks.cpp, part 3)
-                    const float fa = fp16_to_float(a), fb = fp16_to_float(b);
-                    const float ulp = std::ldexp(1.f, std::max(-24, std::ilogb(std::max(std::fabs(fb), 6.1e-5f)) - 10));
-                    ASSERT_LE(std::fabs(fa - fb), ulp * 1.01f + 2e-6f * row_max)
-                        << "side " << side << " seq " << s << " pos " << p << " head " << h << " coord " << j;
-                  }
-                }
+                const std::string e = testing::compare_exact_row(gpu, cpu, row0, d, f16, &diffs);
+                ASSERT_TRUE(e.empty()) << "side " << side << " seq " << s << " pos " << p << " head " << h << ": " << e;
               }
         }
       }

@@ -208,24 +208,8 @@ TEST(CudaSinks, StoreSinkTokensMatchesCpuCacheTiles) {
             for (int h = 0; h < c.H; ++h) {
               const size_t row0 = (static_cast<size_t>(c.host.sink_slot[s]) * c.H + h) * c.sink_tile / 2 +
                                   static_cast<size_t>(p) * d;
-              float row_max = 0.f;
-              for (int j = 0; j < d; ++j)
-                row_max = std::max(row_max, std::fabs(fp16_to_float(reinterpret_cast<const uint16_t*>(cpu.data())[row0 + j])));
-              for (int j = 0; j < d; ++j) {
-                const size_t i = row0 + j;
-                const uint16_t a = reinterpret_cast<const uint16_t*>(gpu.data())[i];
-                const uint16_t b = reinterpret_cast<const uint16_t*>(cpu.data())[i];
-                if (f16) {
-                  ASSERT_EQ(a, b) << "side " << side << " seq " << s << " pos " << p << " head " << h << " coord " << j;
-                } else {
-                  const float fa = fp16_to_float(a), fb = fp16_to_float(b);
-                  const float ulp = std::ldexp(1.f, std::max(-24, std::ilogb(std::max(std::fabs(fb), 6.1e-5f)) - 10));
-                  ASSERT_LE(std::fabs(fa - fb), ulp * 1.01f + 2e-6f * row_max)
-                      << "side " << side << " seq " << s << " pos " << p << " head " << h << " coord " << j
-                      << ": gpu " << fa << " cpu " << fb;
-                  diffs += a != b;
-                }
-              }
+              const std::string e = testing::compare_exact_row(gpu, cpu, row0, d, f16, &diffs);
+              ASSERT_TRUE(e.empty()) << "side " << side << " seq " << s << " pos " << p << " head " << h << ": " << e;
             }
         EXPECT_LT(diffs, d * 4) << "too many 1-ulp differences on side " << side;
       }
