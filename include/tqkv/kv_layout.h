@@ -144,6 +144,18 @@ struct PagedKVView {
   // sequence, page table = sink_slot. Position t of the sequence is ring position t % recent_tokens,
   // so a run of keys [t0, t1) (t1 - t0 <= recent_tokens) is at most two runs of ring positions.
   TQKV_HD PagedKVView recent() const { return exact_copies(recent_k, recent_v, recent_tokens); }
+  // Where position `pos` of sequence s, KV head h, has its exact fp16 copy (a sink tile row or its
+  // ring row; `k_side` picks K or V), in the side's own space; null when it has none. Host code
+  // (reference attention, read-back); the kernels find the rows in bulk.
+  const uint16_t* exact_row(bool k_side, int32_t s, int32_t h, int64_t pos) const {
+    const bool sink = pos < sink_tokens;
+    if (!sink && (recent_tokens <= 0 || pos < recent_from(s))) return nullptr;
+    const int32_t rows = sink ? sink_tokens : recent_tokens;
+    const uint8_t* base = sink ? (k_side ? sink_k : sink_v) : (k_side ? recent_k : recent_v);
+    const int64_t tb = tile_bytes(rows, head_dim, kF16Bits);
+    return reinterpret_cast<const uint16_t*>(base + (static_cast<int64_t>(sink_slot[s]) * num_kv_heads + h) * tb) +
+           (pos % rows) * head_dim;
+  }
   // sinks() and recent(): tiles of `rows` fp16 rows per slot, as a view without sinks or ring.
   TQKV_HD PagedKVView exact_copies(uint8_t* tk, uint8_t* tv, int32_t rows) const {
     PagedKVView s = *this;

@@ -78,13 +78,7 @@ namespace {
 void dequant_token(const PagedKVView& kv, const KVSideView& side, int32_t s, int64_t pos, int32_t h, float* out) {
   const int32_t ps = kv.page_size, d = kv.head_dim;
   // Attention sink or recent token: fp16 in the side's space (rotated if TurboQuant).
-  const bool sink = pos < kv.sink_tokens, recent = !sink && pos >= kv.recent_from(s);
-  if (sink || recent) {
-    const uint8_t* base = sink ? (&side == &kv.k ? kv.sink_k : kv.sink_v) : (&side == &kv.k ? kv.recent_k : kv.recent_v);
-    const int32_t rows = sink ? kv.sink_tokens : kv.recent_tokens;
-    const int64_t tb = tile_bytes(rows, d, kF16Bits);
-    const uint16_t* x = reinterpret_cast<const uint16_t*>(base + (static_cast<int64_t>(kv.sink_slot[s]) * kv.num_kv_heads + h) * tb) +
-                        (pos % rows) * d;
+  if (const uint16_t* x = kv.exact_row(&side == &kv.k, s, h, pos)) {
     if (side.bits == kF16Bits) {
       for (int32_t j = 0; j < d; ++j) out[j] = fp16_to_float(x[j]);
       return;

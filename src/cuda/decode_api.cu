@@ -16,7 +16,6 @@
 #include "tqkv/cuda_attention.h"
 
 namespace tqkv::cuda {
-static_assert(detail::kMaxRecent == kMaxRecentTokens, "split_merge.cuh and cuda_attention.h disagree on the ring bound");
 namespace detail {
 bool fused_merge_enabled() {
   static const bool on = [] {
@@ -113,14 +112,13 @@ struct MergeSinks {
   const float* q_rot = nullptr;    // [rows][d]: scale * P q (K's space), as the split kernel read it
   const int32_t* row_seq = nullptr;  // prefill: row -> sequence, row -> visible length
   const int32_t* row_len = nullptr;
-  const int32_t* seq_lens = nullptr;  // decode: row = sequence
+  const int32_t* seq_lens = nullptr;  // [sequences] (decode: row = sequence)
   // Recent tokens (PagedKVView::recent_tokens; 0 = none): the ring tiles (fp16, each side's space),
-  // same slots as the sinks, and the view's sequence lengths (the ring's reach is the sequence's).
+  // same slots as the sinks; the ring's reach is the sequence's (seq_lens), not the row's.
   const __half* rk = nullptr;
   const __half* rv = nullptr;
   int recent = 0;
   size_t ring_halves = 0;            // tile_bytes(recent, d, 16) / 2
-  const int32_t* view_lens = nullptr;
 };
 
 // out[s][h] = P^T (sum_k w_k o_k) with w_k = 2^(lse_k - lse) over the splits; zeros when every
@@ -134,7 +132,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   // Dynamic: [d] merged output, [num_splits] split weights, then (sinks) the V sink rows, fp16.
   extern __shared__ float y[];
   float* wts = y + d;
-  __shared__ float sink_x[detail::kPage + detail::kMaxRecent];  // sink, then recent scores (log2 domain)
+  __shared__ float sink_x[detail::kPage + kMaxRecentTokens];  // sink, then recent scores (log2 domain)
   cudaGridDependencySynchronize();  // programmatic dependent of the decode kernel
   const size_t row = blockIdx.x;
   // Split weights once per row (not once per coordinate): w_k = 2^(lse_k - max) / sum. The loads
@@ -168,7 +166,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
       }
     }
     if (sk.recent > 0) {  // the ring's positions [max(recent_from, s_lo), len), V rows read from global
-      const int seq_len = sk.view_lens[pseq];
+      const int seq_len = sk.seq_lens[pseq];
       rs.lo = max(max(seq_len - sk.recent, sk.tokens), s_lo);
       rs.n = max(0, len - rs.lo);
       rs.w = sk.recent;
@@ -267,9 +265,9 @@ Status check_view(const PagedKVView& view, const DecodeParams& p) {
   if (view.sink_tokens < 0 || view.sink_tokens > view.page_size)
     return invalid_argument("sink_tokens must be in [0, page_size] (got " + std::to_string(view.sink_tokens) + ")");
   // Recent tokens (docs/formats.md): the split kernels stop at each sequence's recent_from, the
-  // merge reads the ring, whose scores it holds in arrays of kMaxRecent.
-  if (view.recent_tokens < 0 || view.recent_tokens > kMaxRecent)
-    return unsupported("the CUDA kernels take recent_tokens in [0, " + std::to_string(kMaxRecent) + "] (got " +
+  // merge reads the ring, whose scores it holds in an array of kMaxRecentTokens.
+  if (view.recent_tokens < 0 || view.recent_tokens > kMaxRecentTokens)
+    return unsupported("the CUDA kernels take recent_tokens in [0, " + std::to_string(kMaxRecentTokens) + "] (got " +
                        std::to_string(view.recent_tokens) + ")");
   if (view.recent_tokens > 0 && (!view.recent_k || !view.recent_v || !view.sink_slot))
     return invalid_argument("recent tokens without ring tiles or slots");
@@ -453,7 +451,6 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
     sk.rv = reinterpret_cast<const __half*>(view.recent_v);
     sk.recent = view.recent_tokens;
     sk.ring_halves = static_cast<size_t>(tile_bytes(view.recent_tokens, d, kF16Bits) / 2);
-    sk.view_lens = view.seq_lens;
     sk.num_kv_heads = view.num_kv_heads;
     sk.group = group;
     sk.num_q_heads = params.num_q_heads;

@@ -36,8 +36,6 @@ struct RecentSpan {
   const __half* v = nullptr;
   int w = 1, lo = 0, n = 0;
 };
-// Upper bound of a ring the CUDA merges take (their score arrays are sized for it).
-inline constexpr int kMaxRecent = 64;
 
 // The sink split's softmax over its scores x[lo, hi) and the recent span's: log2-sum-exp2 (-inf:
 // nothing visible), max and 1 / sum. (m and inv_l are 0 when nothing is visible; never used then.)

@@ -121,24 +121,21 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
     L.pages = L.group == 0 ? full_pool : slide_pool;
     TQKV_ASSIGN_OR_RETURN(L.k, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tk)));
     TQKV_ASSIGN_OR_RETURN(L.v, a.alloc<uint8_t>(static_cast<size_t>(L.pages * c.n_head_kv * L.tv)));
-    if (opt.sink_tokens > 0 && (L.kb != kF16Bits || L.vb != kF16Bits)) {  // f16 covers sliding layers
-      L.sinks = opt.sink_tokens;
-      L.sink_tile = tile_bytes(L.sinks, D, kF16Bits);
-      const size_t sb = static_cast<size_t>(opt.max_seqs) * c.n_head_kv * L.sink_tile;
-      TQKV_ASSIGN_OR_RETURN(L.sk, a.alloc<uint8_t>(sb));
-      TQKV_ASSIGN_OR_RETURN(L.sv, a.alloc<uint8_t>(sb));
-      CK(cudaMemset(L.sk, 0, sb));
-      CK(cudaMemset(L.sv, 0, sb));
-    }
-    if (opt.recent_tokens > 0 && (L.kb != kF16Bits || L.vb != kF16Bits)) {  // the same layers
-      L.recent = opt.recent_tokens;
-      L.ring_tile = tile_bytes(L.recent, D, kF16Bits);
-      const size_t rb = static_cast<size_t>(opt.max_seqs) * c.n_head_kv * L.ring_tile;
-      TQKV_ASSIGN_OR_RETURN(L.rk, a.alloc<uint8_t>(rb));
-      TQKV_ASSIGN_OR_RETURN(L.rv, a.alloc<uint8_t>(rb));
-      CK(cudaMemset(L.rk, 0, rb));
-      CK(cudaMemset(L.rv, 0, rb));
-    }
+    // Exact fp16 copies of a compressed layer (f16 covers sliding layers): the attention-sink tiles
+    // and the ring of recent tokens, `rows` rows per (slot, KV head) and side, zeroed.
+    auto exact_copies = [&](int rows, int* held, int64_t* tile, uint8_t** k, uint8_t** v) -> Status {
+      if (rows <= 0 || (L.kb == kF16Bits && L.vb == kF16Bits)) return Status::ok();
+      *held = rows;
+      *tile = tile_bytes(rows, D, kF16Bits);
+      const size_t b = static_cast<size_t>(opt.max_seqs) * c.n_head_kv * *tile;
+      TQKV_ASSIGN_OR_RETURN(*k, a.alloc<uint8_t>(b));
+      TQKV_ASSIGN_OR_RETURN(*v, a.alloc<uint8_t>(b));
+      CK(cudaMemset(*k, 0, b));
+      CK(cudaMemset(*v, 0, b));
+      return Status::ok();
+    };
+    TQKV_RETURN_IF_ERROR(exact_copies(opt.sink_tokens, &L.sinks, &L.sink_tile, &L.sk, &L.sv));
+    TQKV_RETURN_IF_ERROR(exact_copies(opt.recent_tokens, &L.recent, &L.ring_tile, &L.rk, &L.rv));
   }
 
   // Key centering: compressed keys of layers without attention soft-capping (as on the CPU).

@@ -147,13 +147,8 @@ class PagedKv final : public KvBackend {
         for (int h = 0; h < H; ++h) {
           const uint8_t* tile = sv.pages + (static_cast<int64_t>(page) * H + h) * sv.tile_bytes;
           float* o = dst + (static_cast<int64_t>(t) * H + h) * D;
-          const bool sink = pos < view.sink_tokens, recent = !sink && pos >= view.recent_from(0);
-          if (sink || recent) {  // attention sink or recent token: fp16, rotated when the side is TurboQuant
-            const int32_t rows = sink ? view.sink_tokens : view.recent_tokens;
-            const int64_t tb = tile_bytes(rows, D, kF16Bits);
-            const uint8_t* base = sink ? (side == 0 ? view.sink_k : view.sink_v) : (side == 0 ? view.recent_k : view.recent_v);
-            const uint16_t* x = reinterpret_cast<const uint16_t*>(base + (static_cast<int64_t>(view.sink_slot[0]) * H + h) * tb) +
-                                (pos % rows) * D;
+          // Attention sink or recent token: fp16, rotated when the side is TurboQuant.
+          if (const uint16_t* x = view.exact_row(side == 0, 0, h, pos)) {
             std::vector<float> y(D);
             for (int j = 0; j < D; ++j) y[j] = fp16_to_float(x[j]);
             if (codec != nullptr) codec->unrotate(y.data(), o);
