@@ -30,7 +30,7 @@ B=${B:-build-gpu}
 if [[ $step == prepare ]]; then
   set -e
   cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQKV_CUDA=ON -DTQKV_CUDA_ARCH=90 \
-    -DTQKV_BUILD_BENCH=OFF -DCMAKE_DISABLE_FIND_PACKAGE_BLAS=ON >/dev/null
+    -DTQKV_BUILD_BENCH=OFF -DCMAKE_DISABLE_FIND_PACKAGE_BLAS=ON -DTQKV_HTTP=OFF >/dev/null
   cmake --build "$B" -j "${JOBS:-2}" --target tqkv test_gpu tqkv_slice_gguf
   mkdir -p "$D/lib"
   rm -f "$D/tqkv" "$D/test_gpu"

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "tqkv/gguf.h"
 #include "tqkv/status.h"
@@ -20,6 +21,11 @@ namespace tqkv {
 enum class ChatFormat { kChatML, kGemma, kLlama3, kPhi3, kMistral };
 const char* chat_format_name(ChatFormat f);
 
+// One message of a conversation: role "system", "user" or "assistant".
+struct ChatMessage {
+  std::string role, content;
+};
+
 struct ChatTemplate {
   ChatFormat format = ChatFormat::kChatML;
   std::string default_system;  // ChatML: the system turn the template adds when none is given
@@ -28,6 +34,10 @@ struct ChatTemplate {
   // One user turn and the opening of the assistant's reply. BOS is not included (the tokenizer
   // adds it when the file says so). Special tokens appear as text: encode with parse_special.
   std::string render_user_turn(const std::string& user, const std::string& system = "") const;
+  // A whole conversation (system messages first, then user / assistant turns in order) and the
+  // opening of the next assistant reply; a single user message renders as render_user_turn.
+  // Fails on an unknown role, on no user message, or when the last message is not the user's.
+  Result<std::string> render_conversation(const std::vector<ChatMessage>& messages) const;
 };
 
 // Recognises the template in `template_text` (may be empty); `arch` chooses a fallback for files

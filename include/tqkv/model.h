@@ -211,6 +211,20 @@ class Model {
 
   static constexpr int kMaxChunk = 64;
 
+  // Several sequences in one pass (continuous batching): segment i appends its n tokens (1 ..
+  // kMaxChunk) at positions pos0 .. (pos0 must equal its cache's length) to its own cache; the
+  // rows of all segments go through each weight matrix together, attention runs per segment.
+  // logits: [count][n_vocab], the last token of each segment. Caches must be distinct. The
+  // products of a batch may round differently from a single sequence's (the matrix kernels differ
+  // between one row and several), so results match single-sequence forward to rounding, not bits.
+  struct BatchSegment {
+    const int32_t* tokens = nullptr;
+    int n = 0;
+    int64_t pos0 = 0;
+    KvBackend* kv = nullptr;
+  };
+  Status forward_batch(const BatchSegment* segs, int count, float* logits) const;
+
   ~Model();
   struct Weights;  // src/model/model_weights.h
 
@@ -218,6 +232,7 @@ class Model {
   Model() = default;
   Status forward_chunk(const int32_t* tokens, int n, int64_t pos0, KvBackend& kv, float* logits,
                        LogitsMode mode) const;
+  Status forward_rows(const BatchSegment* segs, int count, int total, float* logits, LogitsMode mode) const;
   std::unique_ptr<GgufMappedFile> owned_;
   const GgufFile* gguf_ = nullptr;
   ModelConfig cfg_;

@@ -95,4 +95,59 @@ std::string ChatTemplate::render_user_turn(const std::string& user, const std::s
   return user;
 }
 
+Result<std::string> ChatTemplate::render_conversation(const std::vector<ChatMessage>& messages) const {
+  std::string sys;
+  std::vector<const ChatMessage*> turns;
+  for (const auto& m : messages) {
+    if (m.role == "system") {
+      if (!turns.empty()) return invalid_argument("a system message must come before the conversation's turns");
+      sys += (sys.empty() ? "" : "\n\n") + m.content;
+    } else if (m.role == "user" || m.role == "assistant") {
+      turns.push_back(&m);
+    } else {
+      return invalid_argument("unknown message role \"" + m.role + "\" (system, user or assistant)");
+    }
+  }
+  if (turns.empty() || turns.back()->role != "user") return invalid_argument("the last message must be the user's");
+  if (turns.size() == 1) return render_user_turn(turns[0]->content, sys);
+  const std::string sy = sys.empty() ? default_system : sys;
+  std::string s;
+  bool first_user = true;
+  switch (format) {
+    case ChatFormat::kChatML:
+      if (!sy.empty()) s += "<|im_start|>system\n" + sy + "<|im_end|>\n";
+      for (const auto* m : turns) s += "<|im_start|>" + m->role + "\n" + m->content + "<|im_end|>\n";
+      return s + "<|im_start|>assistant\n";
+    case ChatFormat::kGemma:
+      for (const auto* m : turns) {
+        if (m->role == "user") {
+          s += "<start_of_turn>user\n" + (first_user && !sy.empty() ? sy + "\n\n" : "") + m->content + "<end_of_turn>\n";
+          first_user = false;
+        } else {
+          s += "<start_of_turn>model\n" + m->content + "<end_of_turn>\n";
+        }
+      }
+      return s + "<start_of_turn>model\n";
+    case ChatFormat::kLlama3:
+      if (!sy.empty()) s += "<|start_header_id|>system<|end_header_id|>\n\n" + sy + "<|eot_id|>";
+      for (const auto* m : turns) s += "<|start_header_id|>" + m->role + "<|end_header_id|>\n\n" + m->content + "<|eot_id|>";
+      return s + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case ChatFormat::kPhi3:
+      if (!sy.empty()) s += "<|system|>\n" + sy + "<|end|>\n";
+      for (const auto* m : turns) s += "<|" + m->role + "|>\n" + m->content + "<|end|>\n";
+      return s + "<|assistant|>\n";
+    case ChatFormat::kMistral:
+      for (const auto* m : turns) {
+        if (m->role == "user") {
+          s += "[INST] " + (first_user && !sy.empty() ? sy + "\n\n" : "") + m->content + " [/INST]";
+          first_user = false;
+        } else {
+          s += " " + m->content + "</s>";
+        }
+      }
+      return s;
+  }
+  return invalid_argument("unknown chat format");
+}
+
 }  // namespace tqkv

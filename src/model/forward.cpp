@@ -90,12 +90,45 @@ Status Model::forward(const int32_t* tokens, int n, int64_t pos0, KvBackend& kv,
   return Status::ok();
 }
 
+Status Model::forward_batch(const BatchSegment* segs, int count, float* logits) const {
+  if (count <= 0 || segs == nullptr || logits == nullptr) return invalid_argument("forward_batch: no segments");
+  int total = 0;
+  for (int i = 0; i < count; ++i) {
+    const BatchSegment& sg = segs[i];
+    if (sg.n <= 0 || sg.n > kMaxChunk || sg.tokens == nullptr || sg.kv == nullptr)
+      return invalid_argument("forward_batch: each segment needs 1.." + std::to_string(kMaxChunk) + " tokens and a cache");
+    for (int j = 0; j < sg.n; ++j)
+      if (sg.tokens[j] < 0 || sg.tokens[j] >= cfg_.n_vocab)
+        return out_of_range("forward_batch: token id " + std::to_string(sg.tokens[j]) + " outside the vocabulary");
+    for (int k = 0; k < i; ++k)
+      if (segs[k].kv == sg.kv) return invalid_argument("forward_batch: two segments share one cache");
+    total += sg.n;
+  }
+  return forward_rows(segs, count, total, logits, LogitsMode::kLast);
+}
+
 Status Model::forward_chunk(const int32_t* tokens, int n, int64_t pos0, KvBackend& kv, float* logits,
                             LogitsMode mode) const {
+  const BatchSegment seg{tokens, n, pos0, &kv};
+  return forward_rows(&seg, 1, n, logits, mode);
+}
+
+// The rows of every segment go through the weights together (one matrix product per layer); RoPE
+// and attention take each segment's own positions and cache. Logits: kLast = the last row of each
+// segment ([count][n_vocab]); kAll (one segment) = every row.
+Status Model::forward_rows(const BatchSegment* segs, int count, int total, float* logits, LogitsMode mode) const {
   const ModelConfig& c = cfg_;
   const Weights& w = *w_;
   const int E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim;
-  const int64_t N = n;
+  const int64_t N = total;
+  std::vector<int32_t> tok_rows(N);
+  std::vector<int64_t> pos_rows(N);
+  for (int i = 0, r = 0; i < count; ++i)
+    for (int j = 0; j < segs[i].n; ++j, ++r) {
+      tok_rows[r] = segs[i].tokens[j];
+      pos_rows[r] = segs[i].pos0 + j;
+    }
+  const int32_t* tokens = tok_rows.data();
 
   std::vector<float> x(N * E), h(N * E), q(N * Q), k(N * KV), v(N * KV), att(N * Q), o(N * E);
   std::vector<float> qkv(c.fused_qkv ? N * (Q + 2 * KV) : 0);
@@ -141,15 +174,18 @@ Status Model::forward_chunk(const int32_t* tokens, int n, int64_t pos0, KvBacken
     }
     const float* inv = sliding ? rope_inv_freq_local_.data() : rope_inv_freq_global_.data();
     for (int64_t i = 0; i < N; ++i) {
-      apply_rope(q.data() + i * Q, c.n_head, D, c.n_rot, c.rope_style, pos0 + i, inv);
-      apply_rope(k.data() + i * KV, c.n_head_kv, D, c.n_rot, c.rope_style, pos0 + i, inv);
+      apply_rope(q.data() + i * Q, c.n_head, D, c.n_rot, c.rope_style, pos_rows[i], inv);
+      apply_rope(k.data() + i * KV, c.n_head_kv, D, c.n_rot, c.rope_style, pos_rows[i], inv);
     }
     LayerAttention la;
     la.layer = l;
     la.scale = c.attn_scale;
     la.softcap = c.attn_softcap;
     la.window = sliding ? c.sliding_window : 0;
-    TQKV_RETURN_IF_ERROR(kv.attend(la, pos0, n, q.data(), k.data(), v.data(), att.data()));
+    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
+      TQKV_RETURN_IF_ERROR(segs[i].kv->attend(la, segs[i].pos0, segs[i].n, q.data() + int64_t{r} * Q,
+                                              k.data() + int64_t{r} * KV, v.data() + int64_t{r} * KV,
+                                              att.data() + int64_t{r} * Q));
     TQKV_RETURN_IF_ERROR(apply_matrix(L.wo, att.data(), N, o.data()));
     if (c.post_norms) rms_norm_rows(o.data(), L.post_attn_norm.data(), N, E, c.rms_eps, o.data());
     for (int64_t j = 0; j < N * E; ++j) x[j] += o[j];
@@ -174,9 +210,16 @@ Status Model::forward_chunk(const int32_t* tokens, int n, int64_t pos0, KvBacken
   }
 
   if (logits == nullptr) return Status::ok();
-  const int64_t first = mode == LogitsMode::kAll ? 0 : N - 1;
-  const int64_t rows = N - first;
-  rms_norm_rows(x.data() + first * E, w.output_norm.data(), rows, E, c.rms_eps, h.data());
+  int64_t rows = N;
+  if (mode == LogitsMode::kAll) {
+    rms_norm_rows(x.data(), w.output_norm.data(), rows, E, c.rms_eps, h.data());
+  } else {  // the last row of each segment
+    rows = count;
+    for (int i = 0, r = 0; i < count; ++i) {
+      r += segs[i].n;
+      rms_norm_rows(x.data() + int64_t{r - 1} * E, w.output_norm.data(), 1, E, c.rms_eps, h.data() + int64_t{i} * E);
+    }
+  }
   TQKV_RETURN_IF_ERROR(apply_matrix(w.output, h.data(), rows, logits));
   if (c.final_softcap > 0.0f) {
     const float cap = c.final_softcap;

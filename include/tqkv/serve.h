@@ -1,0 +1,108 @@
+// The serving engine behind `tqkv serve`: continuous batching on the CPU runtime.
+//
+// Requests queue up; a scheduler thread keeps up to max_batch of them decoding together. Each
+// step runs one token of every active sequence through the model in a single pass
+// (Model::forward_batch: the weights are read once for the whole batch), samples each, streams
+// the text out and retires finished sequences, whose KV cache slot the next queued request takes
+// at once (requests join and leave between steps, not between batches). A new request's prompt is
+// prefilled on its own before it joins (the running batch waits meanwhile).
+//
+// KV memory: max_batch caches of `kv.max_tokens` positions each, in the chosen format, are made up
+// front (the paged cache sizes itself for that context), so a request never fails for want of KV
+// memory mid-way; a request that cannot fit its context is refused before it starts.
+//
+// The HTTP front end (OpenAI-compatible, include/tqkv/http_server.h) sits on top of this.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tqkv/model.h"
+#include "tqkv/sampler.h"
+#include "tqkv/status.h"
+#include "tqkv/tokenizer.h"
+
+namespace tqkv {
+
+struct EngineOptions {
+  KvOptions kv;           // format, transforms; kv.max_tokens = context of each sequence
+  int max_batch = 8;      // sequences decoding together (= KV cache slots)
+  int max_queue = 256;    // requests waiting beyond this are refused (kResourceExhausted)
+};
+
+struct CompletionRequest {
+  std::vector<int32_t> prompt;
+  int max_tokens = 128;
+  SamplerOptions sampler;
+  std::vector<std::string> stop;  // stop strings (not part of the returned text)
+  bool stop_at_eog = true;
+};
+
+// What a request receives, in order: zero or more pieces of text, then one final event.
+struct CompletionEvent {
+  std::string text;              // new text (may be empty on the final event)
+  bool done = false;
+  std::string finish_reason;     // final event: "stop" (end of generation or a stop string), "length"
+  Status error = Status::ok();   // final event: not ok when the request failed
+  int prompt_tokens = 0, completion_tokens = 0;
+};
+
+// Called on the engine's thread. Return false to cancel the request (e.g. the client went away);
+// it then gets no further events.
+using CompletionSink = std::function<bool(const CompletionEvent&)>;
+
+struct EngineStats {
+  int64_t requests_done = 0, requests_failed = 0, tokens_generated = 0, steps = 0;
+  int active = 0, queued = 0, max_batch = 0;
+  int64_t kv_bytes_in_use = 0, kv_f16_bytes = 0;  // over the active sequences
+  double batch_fill = 0;  // mean sequences per decode step
+};
+
+class Engine {
+ public:
+  // `model` and `tok` must outlive the engine.
+  static Result<std::unique_ptr<Engine>> create(const Model& model, const Tokenizer& tok, const EngineOptions& opt);
+  ~Engine();  // shutdown()
+  // Stops the thread: queued and active requests get an error event, later submits fail. Idempotent.
+  void shutdown();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request. Fails at once (nothing queued) on an empty prompt, a prompt that leaves no
+  // room in the context, bad sampler options or a full queue. max_tokens is cut to the room left.
+  Status submit(CompletionRequest req, CompletionSink sink);
+  EngineStats stats() const;
+  const EngineOptions& options() const { return opt_; }
+  int64_t context() const { return opt_.kv.max_tokens; }
+
+ private:
+  struct Seq;
+  Engine(const Model& model, const Tokenizer& tok, const EngineOptions& opt);
+  void loop();
+  bool admit(std::unique_ptr<Seq>& s);        // prefill; false when the request ended there
+  bool emit_token(Seq& s, int32_t id);        // false when the request is finished
+  void finish(Seq& s, const std::string& reason, const Status& error);
+
+  const Model& model_;
+  const Tokenizer& tok_;
+  EngineOptions opt_;
+  std::vector<std::unique_ptr<KvBackend>> free_kv_;
+  std::vector<std::unique_ptr<Seq>> active_;
+  std::deque<std::unique_ptr<Seq>> queue_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  EngineStats stats_;
+  double fill_sum_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace tqkv

@@ -1,0 +1,242 @@
+// Continuous batching on the CPU runtime (include/tqkv/serve.h).
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "tqkv/serve.h"
+
+namespace tqkv {
+
+struct Engine::Seq {
+  CompletionRequest req;
+  CompletionSink sink;
+  std::unique_ptr<KvBackend> kv;
+  std::unique_ptr<Sampler> sampler;
+  std::vector<int32_t> context;  // prompt + generated ids (the sampler's repeat window reads it)
+  int32_t next = -1;             // sampled, not yet run through the model
+  int generated = 0;
+  Utf8StreamDecoder utf8;
+  std::string text;              // decoded text not yet sent (held back while it may start a stop string)
+  size_t max_stop = 0;           // longest stop string
+};
+
+Engine::Engine(const Model& model, const Tokenizer& tok, const EngineOptions& opt) : model_(model), tok_(tok), opt_(opt) {}
+
+Result<std::unique_ptr<Engine>> Engine::create(const Model& model, const Tokenizer& tok, const EngineOptions& opt) {
+  if (opt.max_batch < 1 || opt.max_batch > 1024) return invalid_argument("max_batch must be in 1..1024");
+  if (opt.max_queue < 0) return invalid_argument("max_queue must be >= 0");
+  if (opt.kv.max_tokens < 2) return invalid_argument("the context must hold at least 2 tokens");
+  std::unique_ptr<Engine> e(new Engine(model, tok, opt));
+  for (int i = 0; i < opt.max_batch; ++i) {
+    TQKV_ASSIGN_OR_RETURN(auto kv, make_kv_backend(model.config(), opt.kv));
+    e->free_kv_.push_back(std::move(kv));
+  }
+  e->stats_.max_batch = opt.max_batch;
+  e->thread_ = std::thread([p = e.get()] { p->loop(); });
+  return e;
+}
+
+Engine::~Engine() { shutdown(); }
+
+void Engine::shutdown() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  const Status gone = internal_error("the server is shutting down");
+  for (auto& s : queue_) finish(*s, "", gone);
+  for (auto& s : active_) finish(*s, "", gone);
+  queue_.clear();
+  active_.clear();
+}
+
+Status Engine::submit(CompletionRequest req, CompletionSink sink) {
+  if (!sink) return invalid_argument("no event sink");
+  if (req.prompt.empty()) return invalid_argument("the prompt encodes to no tokens");
+  const int n_vocab = model_.config().n_vocab;
+  for (int32_t id : req.prompt)
+    if (id < 0 || id >= n_vocab) return out_of_range("prompt token id " + std::to_string(id) + " outside the vocabulary");
+  const int64_t room = context() - static_cast<int64_t>(req.prompt.size());
+  if (room < 1)
+    return invalid_argument("the prompt has " + std::to_string(req.prompt.size()) + " tokens; the context holds " +
+                            std::to_string(context()));
+  if (req.max_tokens < 1) return invalid_argument("max_tokens must be >= 1");
+  req.max_tokens = static_cast<int>(std::min<int64_t>(req.max_tokens, room));
+  auto s = std::make_unique<Seq>();
+  TQKV_ASSIGN_OR_RETURN(Sampler sm, Sampler::create(req.sampler));
+  s->sampler = std::make_unique<Sampler>(std::move(sm));
+  for (const auto& st : req.stop) {
+    if (st.empty()) return invalid_argument("empty stop string");
+    s->max_stop = std::max(s->max_stop, st.size());
+  }
+  s->req = std::move(req);
+  s->sink = std::move(sink);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return internal_error("the server is shutting down");
+    if (static_cast<int>(queue_.size()) >= opt_.max_queue)
+      return resource_exhausted("the request queue is full (" + std::to_string(opt_.max_queue) + " waiting)");
+    queue_.push_back(std::move(s));
+    stats_.queued = static_cast<int>(queue_.size());
+  }
+  cv_.notify_all();
+  return Status::ok();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+void Engine::finish(Seq& s, const std::string& reason, const Status& error) {
+  CompletionEvent ev;
+  ev.done = true;
+  ev.error = error;
+  ev.finish_reason = reason;
+  ev.prompt_tokens = static_cast<int>(s.req.prompt.size());
+  ev.completion_tokens = s.generated;
+  if (error.is_ok()) ev.text = s.text + s.utf8.flush();
+  s.text.clear();
+  if (s.sink) s.sink(ev);
+  s.sink = nullptr;
+  std::lock_guard<std::mutex> lk(mu_);
+  (error.is_ok() ? stats_.requests_done : stats_.requests_failed) += 1;
+}
+
+// Appends a sampled token: decides whether the request ends here, sends the text that can no
+// longer be part of a stop string. Returns false when the request is finished (finish() called).
+bool Engine::emit_token(Seq& s, int32_t id) {
+  if (s.req.stop_at_eog && tok_.is_eog(id)) {
+    finish(s, "stop", Status::ok());
+    return false;
+  }
+  s.generated += 1;
+  s.context.push_back(id);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.tokens_generated += 1;
+  }
+  s.text += s.utf8.push(tok_.token_to_piece(id, /*render_special=*/false));
+  for (const auto& st : s.req.stop) {
+    const size_t at = s.text.find(st);
+    if (at != std::string::npos) {
+      s.text.resize(at);
+      s.utf8.flush();  // (bytes after the stop string are dropped with it)
+      finish(s, "stop", Status::ok());
+      return false;
+    }
+  }
+  if (s.generated >= s.req.max_tokens) {
+    finish(s, "length", Status::ok());
+    return false;
+  }
+  // Hold back the tail that could still grow into a stop string.
+  const size_t keep = s.max_stop > 0 ? std::min(s.text.size(), s.max_stop - 1) : 0;
+  if (s.text.size() > keep) {
+    CompletionEvent ev;
+    ev.text = s.text.substr(0, s.text.size() - keep);
+    s.text.erase(0, s.text.size() - keep);
+    if (!s.sink(ev)) {
+      s.sink = nullptr;  // cancelled: no final event
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.requests_failed += 1;
+      return false;
+    }
+  }
+  s.next = id;
+  return true;
+}
+
+bool Engine::admit(std::unique_ptr<Seq>& s) {
+  Status st = s->kv->reset();
+  std::vector<float> logits(static_cast<size_t>(model_.config().n_vocab));
+  if (st.is_ok())
+    st = model_.forward(s->req.prompt.data(), static_cast<int>(s->req.prompt.size()), 0, *s->kv, logits.data(),
+                        LogitsMode::kLast);
+  if (!st.is_ok()) {
+    finish(*s, "", st);
+    return false;
+  }
+  s->context = s->req.prompt;
+  const int32_t id = s->sampler->sample(logits, s->context);
+  return emit_token(*s, id);
+}
+
+void Engine::loop() {
+  const int V = model_.config().n_vocab;
+  std::vector<float> logits;
+  std::vector<Model::BatchSegment> segs;
+  std::vector<int32_t> toks;
+  for (;;) {
+    // ---- take waiting requests while there are free slots ----
+    std::vector<std::unique_ptr<Seq>> joining;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !active_.empty() || (!queue_.empty() && !free_kv_.empty()); });
+      if (stopping_) return;
+      while (!queue_.empty() && !free_kv_.empty()) {
+        auto s = std::move(queue_.front());
+        queue_.pop_front();
+        s->kv = std::move(free_kv_.back());
+        free_kv_.pop_back();
+        joining.push_back(std::move(s));
+      }
+      stats_.queued = static_cast<int>(queue_.size());
+    }
+    auto release = [&](std::unique_ptr<Seq>& s) {
+      std::lock_guard<std::mutex> lk(mu_);
+      free_kv_.push_back(std::move(s->kv));
+    };
+    for (auto& s : joining) {
+      if (admit(s)) active_.push_back(std::move(s));
+      else release(s);
+    }
+    if (active_.empty()) {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.active = 0;
+      stats_.kv_bytes_in_use = stats_.kv_f16_bytes = 0;
+      continue;
+    }
+    // ---- one decode step for every active sequence, in one pass ----
+    const int n = static_cast<int>(active_.size());
+    toks.resize(n);
+    segs.resize(n);
+    for (int i = 0; i < n; ++i) {
+      toks[i] = active_[i]->next;
+      segs[i] = {&toks[i], 1, active_[i]->kv->tokens(), active_[i]->kv.get()};
+    }
+    logits.resize(static_cast<size_t>(n) * V);
+    const Status st = model_.forward_batch(segs.data(), n, logits.data());
+    std::vector<std::unique_ptr<Seq>> still;
+    for (int i = 0; i < n; ++i) {
+      auto& s = active_[i];
+      bool keep = false;
+      if (!st.is_ok()) {
+        finish(*s, "", st);
+      } else {
+        const int32_t id = s->sampler->sample({logits.data() + static_cast<size_t>(i) * V, static_cast<size_t>(V)},
+                                              s->context);
+        keep = emit_token(*s, id);
+      }
+      if (keep) still.push_back(std::move(s));
+      else release(s);
+    }
+    active_ = std::move(still);
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.steps += 1;
+    fill_sum_ += n;
+    stats_.batch_fill = fill_sum_ / static_cast<double>(stats_.steps);
+    stats_.active = static_cast<int>(active_.size());
+    int64_t used = 0, f16 = 0;
+    for (const auto& s : active_) {
+      used += s->kv->bytes_in_use();
+      f16 += s->kv->f16_bytes_for(s->kv->tokens());
+    }
+    stats_.kv_bytes_in_use = used;
+    stats_.kv_f16_bytes = f16;
+  }
+}
+
+}  // namespace tqkv
