@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "tqkv/generate.h"
+#include "tqkv/serve.h"
 #include "tqkv/model.h"
 #include "tqkv/status.h"
 
@@ -208,6 +209,16 @@ int64_t gpu_kv_bytes_per_seq(const ModelConfig& cfg, KvFormat fmt, const std::ve
 // gpu_generate takes the CPU runtime's KvOptions: format, f16_layers, max_tokens, center_keys,
 // sink_tokens, recent_tokens, smooth_keys and scale_search (the fields the GPU runtime implements); k8_layers,
 // center_values and emulate are kUnsupported (CPU runtime only), as in gpu_evaluate_perplexity.
+// The GpuContextOptions of the KvOptions fields the GPU runtime implements (format, f16_layers,
+// max_tokens, center_keys, smooth_keys, scale_search, sink_tokens, recent_tokens), max_seqs slots.
+GpuContextOptions gpu_context_options(const KvOptions& kv, int max_seqs);
+
+// `tqkv serve --device cuda` (include/tqkv/serve.h): `slots` sequence slots of one GpuContext
+// (gpu_context_options(kv, slots)); a step is one GpuContext::decode over slots 0 .. the highest
+// busy one (idle slots below it are emptied and carry a dummy token: decode takes a slot prefix).
+// k8_layers, center_values and emulate are kUnsupported, as in gpu_generate.
+Result<std::unique_ptr<ServeBackend>> gpu_serve_backend(const GpuModel& model, const KvOptions& kv, int slots);
+
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token);

@@ -32,9 +32,33 @@
 
 namespace tqkv {
 
+// What the engine runs sequences on: `slots()` sequence slots, each with its own KV cache of
+// `context()` positions. The CPU runtime (cpu_serve_backend below) and the GPU runtime
+// (gpu_serve_backend, include/tqkv/gpu_model.h) implement it. Called from the engine's thread only.
+class ServeBackend {
+ public:
+  virtual ~ServeBackend() = default;
+  virtual int slots() const = 0;
+  virtual int64_t context() const = 0;
+  virtual int n_vocab() const = 0;
+  // Empties `slot` and runs `prompt` into it; logits [n_vocab] of its last token.
+  virtual Status prefill(int slot, const std::vector<int32_t>& prompt, float* logits) = 0;
+  // One token for each of `count` distinct busy slots, appended at their lengths, in one pass;
+  // logits [count][n_vocab] in the order given.
+  virtual Status step(const int* slots, const int32_t* tokens, int count, float* logits) = 0;
+  virtual void release(int slot) { (void)slot; }  // the slot's sequence is over
+  virtual int64_t kv_bytes(int slot) const = 0;       // bytes its tokens occupy
+  virtual int64_t kv_f16_bytes(int slot) const = 0;   // what an f16 cache would use for them
+  virtual std::string describe() const = 0;
+};
+
+// The CPU runtime: `slots` caches made by make_kv_backend(model.config(), kv) (kv.max_tokens =
+// the context); a step is one Model::forward_batch over the busy slots.
+Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots);
+
 struct EngineOptions {
-  KvOptions kv;           // format, transforms; kv.max_tokens = context of each sequence
-  int max_batch = 8;      // sequences decoding together (= KV cache slots)
+  KvOptions kv;           // (CPU, Engine::create(model, ...)) format, transforms; kv.max_tokens = context
+  int max_batch = 8;      // (CPU) sequences decoding together (= KV cache slots)
   int max_queue = 256;    // requests waiting beyond this are refused (kResourceExhausted)
 };
 
@@ -68,8 +92,11 @@ struct EngineStats {
 
 class Engine {
  public:
-  // `model` and `tok` must outlive the engine.
+  // `model` and `tok` must outlive the engine. The CPU runtime with opt.max_batch slots.
   static Result<std::unique_ptr<Engine>> create(const Model& model, const Tokenizer& tok, const EngineOptions& opt);
+  // Any backend (its slots are the batch; opt.kv and opt.max_batch are not used).
+  static Result<std::unique_ptr<Engine>> create(std::unique_ptr<ServeBackend> backend, const Tokenizer& tok,
+                                                const EngineOptions& opt);
   ~Engine();  // shutdown()
   // Stops the thread: queued and active requests get an error event, later submits fail. Idempotent.
   void shutdown();
@@ -81,20 +108,21 @@ class Engine {
   Status submit(CompletionRequest req, CompletionSink sink);
   EngineStats stats() const;
   const EngineOptions& options() const { return opt_; }
-  int64_t context() const { return opt_.kv.max_tokens; }
+  int64_t context() const { return backend_->context(); }
+  std::string describe() const { return backend_->describe(); }
 
  private:
   struct Seq;
-  Engine(const Model& model, const Tokenizer& tok, const EngineOptions& opt);
+  Engine(std::unique_ptr<ServeBackend> backend, const Tokenizer& tok, const EngineOptions& opt);
   void loop();
   bool admit(std::unique_ptr<Seq>& s);        // prefill; false when the request ended there
   bool emit_token(Seq& s, int32_t id);        // false when the request is finished
   void finish(Seq& s, const std::string& reason, const Status& error);
 
-  const Model& model_;
+  std::unique_ptr<ServeBackend> backend_;
   const Tokenizer& tok_;
   EngineOptions opt_;
-  std::vector<std::unique_ptr<KvBackend>> free_kv_;
+  std::vector<int> free_slots_;
   std::vector<std::unique_ptr<Seq>> active_;
   std::deque<std::unique_ptr<Seq>> queue_;
   mutable std::mutex mu_;

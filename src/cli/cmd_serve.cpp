@@ -17,11 +17,14 @@
 #include "tqkv/http_server.h"
 #endif
 #include "tqkv/serve.h"
+#ifdef TQKV_HAVE_GPU_RUNTIME
+#include "tqkv/gpu_model.h"
+#endif
 
 namespace {
 
 struct Options {
-  std::string model, kv = "k4v4", host = "127.0.0.1", center = "keys", name;
+  std::string model, kv = "k4v4", host = "127.0.0.1", center = "keys", name, device = "cpu";
   int port = 8080;
   int ctx = 4096;
   int max_batch = 8;
@@ -32,6 +35,22 @@ struct Options {
 int fail(const std::string& what, const tqkv::Status& st) {
   std::fprintf(stderr, "tqkv serve: %s: %s\n", what.c_str(), st.to_string().c_str());
   return 1;
+}
+
+// --device cuda: the GPU runtime's slots (weights uploaded as fp16, KV cache on the device).
+tqkv::Result<std::unique_ptr<tqkv::ServeBackend>> gpu_backend(const tqkv::Model& model, const tqkv::KvOptions& kv,
+                                                              int slots) {
+#ifdef TQKV_HAVE_GPU_RUNTIME
+  TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
+  TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
+  std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
+  static std::unique_ptr<tqkv::GpuModel> keep;  // lives as long as the process (the backend refers to it)
+  keep = std::move(gm);
+  return tqkv::gpu_serve_backend(*keep, kv, slots);
+#else
+  (void)model, (void)kv, (void)slots;
+  return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
+#endif
 }
 
 int run(const Options& o) {
@@ -66,12 +85,14 @@ int run(const Options& o) {
   eo.kv.max_tokens = o.ctx;
   eo.max_batch = o.max_batch;
   eo.max_queue = o.max_queue;
-  auto engine = tqkv::Engine::create(**model, **tok, eo);
+  auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch)
+                                    : tqkv::cpu_serve_backend(**model, eo.kv, o.max_batch);
+  if (!backend.is_ok()) return fail("KV cache", backend.status());
+  auto engine = tqkv::Engine::create(std::move(*backend), **tok, eo);
   if (!engine.is_ok()) return fail("engine", engine.status());
   const tqkv::ModelConfig& cfg = (*model)->config();
-  // What a full slot costs against f16 (one cache of the slots, filled to the context).
-  std::fprintf(stderr, "  model: %s, %d layers; KV %s, %d slots of %d tokens\n", cfg.arch_name.c_str(), cfg.n_layer,
-               o.kv.c_str(), o.max_batch, o.ctx);
+  std::fprintf(stderr, "  model: %s, %d layers; KV %s: %s\n", cfg.arch_name.c_str(), cfg.n_layer, o.kv.c_str(),
+               (*engine)->describe().c_str());
 
   tqkv::HttpServerOptions ho;
   ho.host = o.host;
@@ -107,6 +128,8 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   sub.add_option("--center", o->center, "keys (default): exact key centering before quantization; none: the plain codec")
       ->check(CLI::IsMember({"keys", "none"}));
   o->tf.add_to(sub, /*sinks_per_chunk=*/false);
+  sub.add_option("--device", o->device, "cpu (default) or cuda (the GPU runtime; needs a CUDA build and a GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return [o] { return run(*o); };
 }
 

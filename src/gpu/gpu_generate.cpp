@@ -10,6 +10,20 @@
 
 namespace tqkv {
 
+GpuContextOptions gpu_context_options(const KvOptions& kv, int max_seqs) {
+  GpuContextOptions co;
+  co.format = kv.format;
+  co.f16_layers = kv.f16_layers;
+  co.max_seqs = max_seqs;
+  co.max_tokens = kv.max_tokens;
+  co.center_keys = kv.center_keys;
+  co.smooth_keys = kv.smooth_keys;
+  co.scale_search = kv.scale_search;
+  co.sink_tokens = kv.sink_tokens;
+  co.recent_tokens = kv.recent_tokens;
+  return co;
+}
+
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                                    const std::function<void(int32_t)>& on_token) {
@@ -17,17 +31,7 @@ Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, 
   if (!kv.k8_layers.empty()) return unsupported("generate: per-layer 8-bit keys are implemented by the CPU runtime only");
   if (kv.center_values) return unsupported("generate: value centering is implemented by the CPU runtime only");
   if (!kv.emulate.empty()) return unsupported("generate: --emulate is implemented by the CPU runtime only");
-  GpuContextOptions co;
-  co.format = kv.format;
-  co.f16_layers = kv.f16_layers;
-  co.max_seqs = 1;
-  co.max_tokens = kv.max_tokens;
-  co.center_keys = kv.center_keys;
-  co.smooth_keys = kv.smooth_keys;
-  co.scale_search = kv.scale_search;
-  co.sink_tokens = kv.sink_tokens;
-  co.recent_tokens = kv.recent_tokens;
-  TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, co));
+  TQKV_ASSIGN_OR_RETURN(auto ctx, GpuContext::create(model, gpu_context_options(kv, 1)));
   auto prefill = [&](float* logits) {
     return ctx->prefill(0, prompt.data(), static_cast<int>(prompt.size()), logits, LogitsMode::kLast);
   };

@@ -10,7 +10,7 @@ namespace tqkv {
 struct Engine::Seq {
   CompletionRequest req;
   CompletionSink sink;
-  std::unique_ptr<KvBackend> kv;
+  int slot = -1;
   std::unique_ptr<Sampler> sampler;
   std::vector<int32_t> context;  // prompt + generated ids (the sampler's repeat window reads it)
   int32_t next = -1;             // sampled, not yet run through the model
@@ -20,18 +20,67 @@ struct Engine::Seq {
   size_t max_stop = 0;           // longest stop string
 };
 
-Engine::Engine(const Model& model, const Tokenizer& tok, const EngineOptions& opt) : model_(model), tok_(tok), opt_(opt) {}
+namespace {
+
+// The CPU runtime: one KvBackend per slot, a step = one Model::forward_batch.
+class CpuServeBackend final : public ServeBackend {
+ public:
+  CpuServeBackend(const Model& m, std::vector<std::unique_ptr<KvBackend>> kv, int64_t ctx)
+      : model_(m), kv_(std::move(kv)), ctx_(ctx) {}
+  int slots() const override { return static_cast<int>(kv_.size()); }
+  int64_t context() const override { return ctx_; }
+  int n_vocab() const override { return model_.config().n_vocab; }
+  Status prefill(int slot, const std::vector<int32_t>& prompt, float* logits) override {
+    TQKV_RETURN_IF_ERROR(kv_[slot]->reset());
+    return model_.forward(prompt.data(), static_cast<int>(prompt.size()), 0, *kv_[slot], logits, LogitsMode::kLast);
+  }
+  Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {
+    segs_.resize(count);
+    for (int i = 0; i < count; ++i) segs_[i] = {tokens + i, 1, kv_[slots[i]]->tokens(), kv_[slots[i]].get()};
+    return model_.forward_batch(segs_.data(), count, logits);
+  }
+  int64_t kv_bytes(int slot) const override { return kv_[slot]->bytes_in_use(); }
+  int64_t kv_f16_bytes(int slot) const override { return kv_[slot]->f16_bytes_for(kv_[slot]->tokens()); }
+  std::string describe() const override {
+    return "CPU, " + std::to_string(kv_.size()) + " slots of " + std::to_string(ctx_) + " tokens, " + kv_[0]->describe();
+  }
+
+ private:
+  const Model& model_;
+  std::vector<std::unique_ptr<KvBackend>> kv_;
+  int64_t ctx_;
+  std::vector<Model::BatchSegment> segs_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots) {
+  if (slots < 1 || slots > 1024) return invalid_argument("max_batch must be in 1..1024");
+  if (kv.max_tokens < 2) return invalid_argument("the context must hold at least 2 tokens");
+  std::vector<std::unique_ptr<KvBackend>> caches;
+  for (int i = 0; i < slots; ++i) {
+    TQKV_ASSIGN_OR_RETURN(auto c, make_kv_backend(model.config(), kv));
+    caches.push_back(std::move(c));
+  }
+  return std::unique_ptr<ServeBackend>(new CpuServeBackend(model, std::move(caches), kv.max_tokens));
+}
+
+Engine::Engine(std::unique_ptr<ServeBackend> backend, const Tokenizer& tok, const EngineOptions& opt)
+    : backend_(std::move(backend)), tok_(tok), opt_(opt) {}
 
 Result<std::unique_ptr<Engine>> Engine::create(const Model& model, const Tokenizer& tok, const EngineOptions& opt) {
-  if (opt.max_batch < 1 || opt.max_batch > 1024) return invalid_argument("max_batch must be in 1..1024");
+  TQKV_ASSIGN_OR_RETURN(auto b, cpu_serve_backend(model, opt.kv, opt.max_batch));
+  return create(std::move(b), tok, opt);
+}
+
+Result<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<ServeBackend> backend, const Tokenizer& tok,
+                                               const EngineOptions& opt) {
+  if (!backend || backend->slots() < 1) return invalid_argument("no serving backend");
   if (opt.max_queue < 0) return invalid_argument("max_queue must be >= 0");
-  if (opt.kv.max_tokens < 2) return invalid_argument("the context must hold at least 2 tokens");
-  std::unique_ptr<Engine> e(new Engine(model, tok, opt));
-  for (int i = 0; i < opt.max_batch; ++i) {
-    TQKV_ASSIGN_OR_RETURN(auto kv, make_kv_backend(model.config(), opt.kv));
-    e->free_kv_.push_back(std::move(kv));
-  }
-  e->stats_.max_batch = opt.max_batch;
+  if (backend->context() < 2) return invalid_argument("the context must hold at least 2 tokens");
+  std::unique_ptr<Engine> e(new Engine(std::move(backend), tok, opt));
+  for (int i = 0; i < e->backend_->slots(); ++i) e->free_slots_.push_back(i);
+  e->stats_.max_batch = e->backend_->slots();
   e->thread_ = std::thread([p = e.get()] { p->loop(); });
   return e;
 }
@@ -55,7 +104,7 @@ void Engine::shutdown() {
 Status Engine::submit(CompletionRequest req, CompletionSink sink) {
   if (!sink) return invalid_argument("no event sink");
   if (req.prompt.empty()) return invalid_argument("the prompt encodes to no tokens");
-  const int n_vocab = model_.config().n_vocab;
+  const int n_vocab = backend_->n_vocab();
   for (int32_t id : req.prompt)
     if (id < 0 || id >= n_vocab) return out_of_range("prompt token id " + std::to_string(id) + " outside the vocabulary");
   const int64_t room = context() - static_cast<int64_t>(req.prompt.size());
@@ -150,11 +199,8 @@ bool Engine::emit_token(Seq& s, int32_t id) {
 }
 
 bool Engine::admit(std::unique_ptr<Seq>& s) {
-  Status st = s->kv->reset();
-  std::vector<float> logits(static_cast<size_t>(model_.config().n_vocab));
-  if (st.is_ok())
-    st = model_.forward(s->req.prompt.data(), static_cast<int>(s->req.prompt.size()), 0, *s->kv, logits.data(),
-                        LogitsMode::kLast);
+  std::vector<float> logits(static_cast<size_t>(backend_->n_vocab()));
+  const Status st = backend_->prefill(s->slot, s->req.prompt, logits.data());
   if (!st.is_ok()) {
     finish(*s, "", st);
     return false;
@@ -165,29 +211,32 @@ bool Engine::admit(std::unique_ptr<Seq>& s) {
 }
 
 void Engine::loop() {
-  const int V = model_.config().n_vocab;
+  const int V = backend_->n_vocab();
   std::vector<float> logits;
-  std::vector<Model::BatchSegment> segs;
+  std::vector<int> slots;
   std::vector<int32_t> toks;
   for (;;) {
     // ---- take waiting requests while there are free slots ----
     std::vector<std::unique_ptr<Seq>> joining;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || !active_.empty() || (!queue_.empty() && !free_kv_.empty()); });
+      cv_.wait(lk, [&] { return stopping_ || !active_.empty() || (!queue_.empty() && !free_slots_.empty()); });
       if (stopping_) return;
-      while (!queue_.empty() && !free_kv_.empty()) {
+      while (!queue_.empty() && !free_slots_.empty()) {
         auto s = std::move(queue_.front());
         queue_.pop_front();
-        s->kv = std::move(free_kv_.back());
-        free_kv_.pop_back();
+        // The lowest free slot: the GPU backend steps a prefix of its slots (fewer idle ones).
+        const auto lowest = std::min_element(free_slots_.begin(), free_slots_.end());
+        s->slot = *lowest;
+        free_slots_.erase(lowest);
         joining.push_back(std::move(s));
       }
       stats_.queued = static_cast<int>(queue_.size());
     }
     auto release = [&](std::unique_ptr<Seq>& s) {
+      backend_->release(s->slot);
       std::lock_guard<std::mutex> lk(mu_);
-      free_kv_.push_back(std::move(s->kv));
+      free_slots_.push_back(s->slot);
     };
     for (auto& s : joining) {
       if (admit(s)) active_.push_back(std::move(s));
@@ -202,13 +251,13 @@ void Engine::loop() {
     // ---- one decode step for every active sequence, in one pass ----
     const int n = static_cast<int>(active_.size());
     toks.resize(n);
-    segs.resize(n);
+    slots.resize(n);
     for (int i = 0; i < n; ++i) {
       toks[i] = active_[i]->next;
-      segs[i] = {&toks[i], 1, active_[i]->kv->tokens(), active_[i]->kv.get()};
+      slots[i] = active_[i]->slot;
     }
     logits.resize(static_cast<size_t>(n) * V);
-    const Status st = model_.forward_batch(segs.data(), n, logits.data());
+    const Status st = backend_->step(slots.data(), toks.data(), n, logits.data());
     std::vector<std::unique_ptr<Seq>> still;
     for (int i = 0; i < n; ++i) {
       auto& s = active_[i];
@@ -231,8 +280,8 @@ void Engine::loop() {
     stats_.active = static_cast<int>(active_.size());
     int64_t used = 0, f16 = 0;
     for (const auto& s : active_) {
-      used += s->kv->bytes_in_use();
-      f16 += s->kv->f16_bytes_for(s->kv->tokens());
+      used += backend_->kv_bytes(s->slot);
+      f16 += backend_->kv_f16_bytes(s->slot);
     }
     stats_.kv_bytes_in_use = used;
     stats_.kv_f16_bytes = f16;
