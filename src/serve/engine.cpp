@@ -148,10 +148,12 @@ void Engine::finish(Seq& s, const std::string& reason, const Status& error) {
   ev.completion_tokens = s.generated;
   if (error.is_ok()) ev.text = s.text + s.utf8.flush();
   s.text.clear();
+  {  // counted before the client can see its reply (a client may ask /health right after)
+    std::lock_guard<std::mutex> lk(mu_);
+    (error.is_ok() ? stats_.requests_done : stats_.requests_failed) += 1;
+  }
   if (s.sink) s.sink(ev);
   s.sink = nullptr;
-  std::lock_guard<std::mutex> lk(mu_);
-  (error.is_ok() ? stats_.requests_done : stats_.requests_failed) += 1;
 }
 
 // Appends a sampled token: decides whether the request ends here, sends the text that can no

@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -67,6 +69,13 @@ inline std::vector<int32_t> generate_ids(const LoadedModel& lm, const KvOptions&
   auto st = generate(*lm.model, *lm.tok, **cache, *ids, go, nullptr);
   EXPECT_TRUE(st.is_ok()) << st.status().to_string();
   return st.is_ok() ? st->ids : std::vector<int32_t>{};
+}
+
+// The engine frees a slot just after the request's final event reaches its client: poll.
+template <typename E>
+int active_after_settling(E& engine) {
+  for (int i = 0; i < 200 && engine.stats().active != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return engine.stats().active;
 }
 
 }  // namespace tqkv::testing

@@ -175,7 +175,7 @@ TEST(Engine, BatchedRepliesMatchOneAtATime) {
   const EngineStats st = (*engine)->stats();
   EXPECT_GT(st.batch_fill, 1.5) << "requests did not share decode steps";
   EXPECT_EQ(st.requests_done, static_cast<int64_t>(kPrompts.size()));
-  EXPECT_EQ(st.active, 0);
+  EXPECT_EQ(testing::active_after_settling(**engine), 0);
 }
 
 TEST(Engine, StopStringsLimitsQueueAndCancellation) {

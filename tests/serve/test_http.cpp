@@ -222,7 +222,7 @@ TEST(HttpServer, DroppedStreamFreesItsSlot) {
   EXPECT_EQ(status, 200) << r.dump();
   const EngineStats st = s->engine->stats();
   EXPECT_EQ(st.requests_failed, 1);
-  EXPECT_EQ(st.active, 0);
+  EXPECT_EQ(testing::active_after_settling(*s->engine), 0);
 }
 
 TEST(ChatTemplate, ConversationsRenderEveryTurn) {
