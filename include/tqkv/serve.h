@@ -4,8 +4,10 @@
 // step runs one token of every active sequence through the model in a single pass
 // (Model::forward_batch: the weights are read once for the whole batch), samples each, streams
 // the text out and retires finished sequences, whose KV cache slot the next queued request takes
-// at once (requests join and leave between steps, not between batches). A new request's prompt is
-// prefilled on its own before it joins (the running batch waits meanwhile).
+// at once (requests join and leave between steps, not between batches). On the CPU a new
+// request's prompt joins the same passes in chunks (at most EngineOptions::prefill_chunk prompt
+// tokens per step), so the running sequences keep producing tokens while it is read; the GPU
+// backend prefills a new prompt whole, between two steps.
 //
 // KV memory: max_batch caches of `kv.max_tokens` positions each, in the chosen format, are made up
 // front (the paged cache sizes itself for that context), so a request never fails for want of KV
@@ -47,6 +49,20 @@ class ServeBackend {
   // logits [count][n_vocab] in the order given.
   virtual Status step(const int* slots, const int32_t* tokens, int count, float* logits) = 0;
   virtual void release(int slot) { (void)slot; }  // the slot's sequence is over
+  // Mixed steps: prompt chunks and decode tokens of different slots in one pass. An item with
+  // `first` empties its slot before its tokens (a prompt's first chunk). logits [count][n_vocab]:
+  // the last token of each item. Backends without it (mixed_steps() false) get prefill() + step().
+  struct StepItem {
+    int slot = 0;
+    const int32_t* tokens = nullptr;
+    int n = 0;
+    bool first = false;
+  };
+  virtual bool mixed_steps() const { return false; }
+  virtual Status step_mixed(const StepItem* items, int count, float* logits) {
+    (void)items, (void)count, (void)logits;
+    return unsupported("this serving backend has no mixed steps");
+  }
   virtual int64_t kv_bytes(int slot) const = 0;       // bytes its tokens occupy
   virtual int64_t kv_f16_bytes(int slot) const = 0;   // what an f16 cache would use for them
   virtual std::string describe() const = 0;
@@ -60,6 +76,7 @@ struct EngineOptions {
   KvOptions kv;           // (CPU, Engine::create(model, ...)) format, transforms; kv.max_tokens = context
   int max_batch = 8;      // (CPU) sequences decoding together (= KV cache slots)
   int max_queue = 256;    // requests waiting beyond this are refused (kResourceExhausted)
+  int prefill_chunk = Model::kMaxChunk;  // prompt tokens per step (mixed steps; 1..Model::kMaxChunk)
 };
 
 struct CompletionRequest {
@@ -87,7 +104,8 @@ struct EngineStats {
   int64_t requests_done = 0, requests_failed = 0, tokens_generated = 0, steps = 0;
   int active = 0, queued = 0, max_batch = 0;
   int64_t kv_bytes_in_use = 0, kv_f16_bytes = 0;  // over the active sequences
-  double batch_fill = 0;  // mean sequences per decode step
+  double batch_fill = 0;  // mean sequences per step (decoding, or reading a prompt chunk)
+  int64_t prompt_tokens = 0;  // prompt tokens read (prefill)
 };
 
 class Engine {

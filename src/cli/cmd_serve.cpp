@@ -29,6 +29,7 @@ struct Options {
   int ctx = 4096;
   int max_batch = 8;
   int max_queue = 256;
+  int prefill_chunk = tqkv::Model::kMaxChunk;
   tqkv::cli::KvTransformFlags tf;
 };
 
@@ -85,6 +86,7 @@ int run(const Options& o) {
   eo.kv.max_tokens = o.ctx;
   eo.max_batch = o.max_batch;
   eo.max_queue = o.max_queue;
+  eo.prefill_chunk = o.prefill_chunk;
   auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch)
                                     : tqkv::cpu_serve_backend(**model, eo.kv, o.max_batch);
   if (!backend.is_ok()) return fail("KV cache", backend.status());
@@ -124,6 +126,10 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
       ->check(CLI::Range(1, 1024));
   sub.add_option("--max-queue", o->max_queue, "Requests that may wait for a slot; beyond, 503 (default 256)")
       ->check(CLI::Range(0, 1 << 20));
+  sub.add_option("--prefill-chunk", o->prefill_chunk,
+                 "Prompt tokens read per step beside the decoding sequences (CPU; default 64): smaller keeps "
+                 "their tokens flowing more evenly while a long prompt is read")
+      ->check(CLI::Range(1, tqkv::Model::kMaxChunk));
   sub.add_option("--name", o->name, "Model name in responses (default: the file's name)");
   sub.add_option("--center", o->center, "keys (default): exact key centering before quantization; none: the plain codec")
       ->check(CLI::IsMember({"keys", "none"}));

@@ -14,6 +14,7 @@ struct Engine::Seq {
   std::unique_ptr<Sampler> sampler;
   std::vector<int32_t> context;  // prompt + generated ids (the sampler's repeat window reads it)
   int32_t next = -1;             // sampled, not yet run through the model
+  size_t fed = 0;                // prompt tokens run through the model so far (mixed steps)
   int generated = 0;
   Utf8StreamDecoder utf8;
   std::string text;              // decoded text not yet sent (held back while it may start a stop string)
@@ -37,6 +38,16 @@ class CpuServeBackend final : public ServeBackend {
   Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {
     segs_.resize(count);
     for (int i = 0; i < count; ++i) segs_[i] = {tokens + i, 1, kv_[slots[i]]->tokens(), kv_[slots[i]].get()};
+    return model_.forward_batch(segs_.data(), count, logits);
+  }
+  bool mixed_steps() const override { return true; }
+  Status step_mixed(const StepItem* items, int count, float* logits) override {
+    segs_.resize(count);
+    for (int i = 0; i < count; ++i) {
+      KvBackend& kv = *kv_[items[i].slot];
+      if (items[i].first) TQKV_RETURN_IF_ERROR(kv.reset());
+      segs_[i] = {items[i].tokens, items[i].n, kv.tokens(), &kv};
+    }
     return model_.forward_batch(segs_.data(), count, logits);
   }
   int64_t kv_bytes(int slot) const override { return kv_[slot]->bytes_in_use(); }
@@ -77,6 +88,8 @@ Result<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<ServeBackend> bac
                                                const EngineOptions& opt) {
   if (!backend || backend->slots() < 1) return invalid_argument("no serving backend");
   if (opt.max_queue < 0) return invalid_argument("max_queue must be >= 0");
+  if (opt.prefill_chunk < 1 || opt.prefill_chunk > Model::kMaxChunk)
+    return invalid_argument("prefill_chunk must be in 1.." + std::to_string(Model::kMaxChunk));
   if (backend->context() < 2) return invalid_argument("the context must hold at least 2 tokens");
   std::unique_ptr<Engine> e(new Engine(std::move(backend), tok, opt));
   for (int i = 0; i < e->backend_->slots(); ++i) e->free_slots_.push_back(i);
@@ -208,6 +221,11 @@ bool Engine::admit(std::unique_ptr<Seq>& s) {
     return false;
   }
   s->context = s->req.prompt;
+  s->fed = s->req.prompt.size();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.prompt_tokens += static_cast<int64_t>(s->fed);
+  }
   const int32_t id = s->sampler->sample(logits, s->context);
   return emit_token(*s, id);
 }
@@ -240,8 +258,10 @@ void Engine::loop() {
       std::lock_guard<std::mutex> lk(mu_);
       free_slots_.push_back(s->slot);
     };
+    const bool mixed = backend_->mixed_steps();
     for (auto& s : joining) {
-      if (admit(s)) active_.push_back(std::move(s));
+      if (mixed) active_.push_back(std::move(s));  // its prompt joins the next steps in chunks
+      else if (admit(s)) active_.push_back(std::move(s));
       else release(s);
     }
     if (active_.empty()) {
@@ -250,26 +270,59 @@ void Engine::loop() {
       stats_.kv_bytes_in_use = stats_.kv_f16_bytes = 0;
       continue;
     }
-    // ---- one decode step for every active sequence, in one pass ----
-    const int n = static_cast<int>(active_.size());
-    toks.resize(n);
-    slots.resize(n);
-    for (int i = 0; i < n; ++i) {
-      toks[i] = active_[i]->next;
-      slots[i] = active_[i]->slot;
-    }
-    logits.resize(static_cast<size_t>(n) * V);
-    const Status st = backend_->step(slots.data(), toks.data(), n, logits.data());
-    std::vector<std::unique_ptr<Seq>> still;
-    for (int i = 0; i < n; ++i) {
-      auto& s = active_[i];
-      bool keep = false;
-      if (!st.is_ok()) {
-        finish(*s, "", st);
+    // ---- one step: a token of every decoding sequence and (mixed steps) prompt chunks, one pass ----
+    // item_of[i]: sequence i's item in this step, or -1 (a prompt waiting for the chunk budget).
+    std::vector<int> item_of(active_.size(), -1);
+    std::vector<ServeBackend::StepItem> items;
+    int budget = opt_.prefill_chunk;
+    int64_t prompt_fed = 0;
+    for (size_t i = 0; i < active_.size(); ++i) {
+      Seq& s = *active_[i];
+      if (s.fed < s.req.prompt.size()) {  // still reading its prompt (mixed steps only)
+        const int take = static_cast<int>(std::min<size_t>(static_cast<size_t>(budget), s.req.prompt.size() - s.fed));
+        if (take == 0) continue;
+        budget -= take;
+        prompt_fed += take;
+        item_of[i] = static_cast<int>(items.size());
+        items.push_back({s.slot, s.req.prompt.data() + s.fed, take, s.fed == 0});
       } else {
-        const int32_t id = s->sampler->sample({logits.data() + static_cast<size_t>(i) * V, static_cast<size_t>(V)},
-                                              s->context);
-        keep = emit_token(*s, id);
+        item_of[i] = static_cast<int>(items.size());
+        items.push_back({s.slot, &s.next, 1, false});
+      }
+    }
+    const int n = static_cast<int>(items.size());
+    logits.resize(static_cast<size_t>(n) * V);
+    Status st;
+    if (mixed) {
+      st = backend_->step_mixed(items.data(), n, logits.data());
+    } else {
+      toks.resize(n);
+      slots.resize(n);
+      for (int i = 0; i < n; ++i) {
+        toks[i] = *items[i].tokens;
+        slots[i] = items[i].slot;
+      }
+      st = backend_->step(slots.data(), toks.data(), n, logits.data());
+    }
+    std::vector<std::unique_ptr<Seq>> still;
+    for (size_t i = 0; i < active_.size(); ++i) {
+      auto& s = active_[i];
+      bool keep = true;
+      const int it = item_of[i];
+      if (it < 0) {
+        // (no item this step: its prompt waits for the chunk budget)
+      } else if (!st.is_ok()) {
+        finish(*s, "", st);
+        keep = false;
+      } else {
+        const bool prompt_chunk = s->fed < s->req.prompt.size();
+        if (prompt_chunk) s->fed += static_cast<size_t>(items[it].n);
+        if (!prompt_chunk || s->fed == s->req.prompt.size()) {  // a token to sample
+          if (prompt_chunk) s->context = s->req.prompt;
+          const int32_t id = s->sampler->sample({logits.data() + static_cast<size_t>(it) * V, static_cast<size_t>(V)},
+                                                s->context);
+          keep = emit_token(*s, id);
+        }
       }
       if (keep) still.push_back(std::move(s));
       else release(s);
@@ -277,6 +330,7 @@ void Engine::loop() {
     active_ = std::move(still);
     std::lock_guard<std::mutex> lk(mu_);
     stats_.steps += 1;
+    stats_.prompt_tokens += prompt_fed;
     fill_sum_ += n;
     stats_.batch_fill = fill_sum_ / static_cast<double>(stats_.steps);
     stats_.active = static_cast<int>(active_.size());

@@ -264,3 +264,67 @@ TEST(Engine, ShutdownEndsRequestsInFlight) {
 
 }  // namespace
 }  // namespace tqkv
+
+namespace tqkv {
+namespace {
+
+// Chunked prompts (mixed steps): a long prompt that arrives while another request decodes is read
+// 16 tokens per step beside it, so the running request keeps getting tokens meanwhile (with the
+// prompt prefilled whole, it would get none until the prompt was read). The newcomer's first
+// piece is that of a one-at-a-time run (its 16-token first write gives the cache transforms other
+// statistics than generate's 64-token one, and its chunks share passes with the other request, so
+// only the first token is compared).
+TEST(Engine, LongPromptJoinsInChunksWhileOthersDecode) {
+  TQKV_REQUIRE_SMOLLM2();
+  EngineOptions eo;
+  eo.kv = kv_options("k4v4", 512);
+  eo.max_batch = 2;
+  eo.prefill_chunk = 16;
+  auto engine = Engine::create(*lm->model, *lm->tok, eo);
+  ASSERT_TRUE(engine.is_ok());
+  std::mutex mu;
+  std::vector<char> order;  // 'a' = a piece of the running request, 'b' = of the newcomer
+  auto logged = [&](char who, Collector& c) {
+    CompletionSink inner = c.sink();
+    return CompletionSink([&, who, inner](const CompletionEvent& ev) {
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!ev.done) order.push_back(who);
+      }
+      return inner(ev);
+    });
+  };
+  Collector a, b;
+  CompletionRequest ra = greedy(*lm->tok, "Once upon a time", 120);
+  ra.stop_at_eog = false;
+  ASSERT_TRUE((*engine)->submit(std::move(ra), logged('a', a)).is_ok());
+  ASSERT_TRUE(a.wait_pieces(3));
+  std::string story;
+  for (int i = 0; i < 30; ++i) story += "The river ran past the old mill and the children watched it. ";
+  CompletionRequest rb = greedy(*lm->tok, story, 8);
+  const size_t prompt_b = rb.prompt.size();
+  ASSERT_GT(prompt_b, 200u);
+  ASSERT_TRUE((*engine)->submit(rb, logged('b', b)).is_ok());
+  ASSERT_TRUE(b.wait());
+  ASSERT_TRUE(a.wait());
+  // Pieces of a between the submit of b (a had >= 3 then) and b's first piece.
+  int a_before_b = 0, a_seen = 0;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    bool b_started = false;
+    for (char w : order) {
+      if (w == 'b') b_started = true;
+      if (w == 'a' && !b_started && ++a_seen > 3) ++a_before_b;
+    }
+  }
+  const int chunks = static_cast<int>((prompt_b + 15) / 16);
+  EXPECT_GE(a_before_b, chunks / 2) << "the running request stalled while the " << prompt_b << "-token prompt was read";
+  EXPECT_GE((*engine)->stats().prompt_tokens, static_cast<int64_t>(prompt_b));
+  const auto ids = generate_ids(*lm, eo.kv, story, 8);
+  const std::string want = lm->tok->decode(ids, false);
+  ASSERT_FALSE(b.pieces.empty());
+  EXPECT_EQ(want.rfind(b.pieces[0], 0), 0u) << "first piece '" << b.pieces[0] << "' of '" << want << "'";
+}
+
+}  // namespace
+}  // namespace tqkv
