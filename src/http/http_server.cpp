@@ -130,6 +130,12 @@ struct HttpServer::Impl {
   Impl(Engine& e, const Tokenizer& t, const ChatTemplate* c, HttpServerOptions o)
       : engine(e), tok(t), chat(c), opt(std::move(o)) {
     svr.set_payload_max_length(8 << 20);
+    // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second server on the
+    // same port starts without an error and the kernel splits the connections between the two.
+    svr.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
+    });
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tqkv"}};

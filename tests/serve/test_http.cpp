@@ -200,6 +200,20 @@ TEST(HttpServer, BadRequestsGetClearErrorsAndTheServerKeepsServing) {
   }
 }
 
+// A second server on a port in use fails to start (cpp-httplib's default socket options would
+// let it share the port silently).
+TEST(HttpServer, PortInUseIsAnError) {
+  TQKV_REQUIRE_SMOLLM2();
+  auto s = start(*lm, 1);
+  HttpServerOptions ho;
+  ho.port = s->port;
+  HttpServer second(*s->engine, *lm->tok, &s->chat, ho);
+  auto port = second.start();
+  ASSERT_FALSE(port.is_ok());
+  EXPECT_EQ(port.status().code(), StatusCode::kIoError);
+  EXPECT_NE(port.status().message().find("in use"), std::string::npos) << port.status().to_string();
+}
+
 // A client that drops a stream mid-way cancels its request: the slot is freed (the one slot then
 // serves the next request) and the server counts it as failed, not done.
 TEST(HttpServer, DroppedStreamFreesItsSlot) {
