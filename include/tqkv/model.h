@@ -188,6 +188,34 @@ struct KvOptions {
 // also the fp32 reference with dense_fp32). Gemma's sliding layers always keep an f16 window.
 Result<std::unique_ptr<KvBackend>> make_kv_backend(const ModelConfig& cfg, const KvOptions& opt);
 
+class KVCache;
+class PagedKv;
+// Paged caches of `slots` sequences that share one page pool of `budget_bytes` (serving: memory is
+// taken as sequences grow, so many short sequences or a few long ones fit the same budget; a
+// compressed format fits ~4x the tokens of f16). Each slot is a KvBackend as make_kv_backend's
+// (the same transforms), of at most opt.max_tokens positions; an append the pool cannot hold fails
+// with kResourceExhausted. Not thread-safe (one owner drives every slot).
+class KvPool {
+ public:
+  static Result<std::unique_ptr<KvPool>> create(const ModelConfig& cfg, const KvOptions& opt, int slots,
+                                                int64_t budget_bytes);
+  ~KvPool();
+  int slots() const { return static_cast<int>(slots_.size()); }
+  KvBackend& slot(int i) { return *slots_[i]; }
+  const KvBackend& slot(int i) const { return *slots_[i]; }
+  // Whether slots[i] can each take n[i] more tokens together (pages of the full-attention pool).
+  bool fits(const int* slots, const int* n, int count) const;
+  int64_t token_capacity() const;  // tokens the pool holds in all (full-attention pages)
+  int64_t bytes() const;           // bytes allocated (pages, sink tiles, recent rings)
+
+ private:
+  KvPool() = default;
+  std::shared_ptr<KVCache> cache_;
+  int32_t full_group_ = -1;
+  std::vector<PagedKv*> inner_;  // the paged caches under the transforms, for their lengths
+  std::vector<std::unique_ptr<KvBackend>> slots_;
+};
+
 // --- the model ----------------------------------------------------------------------------------
 
 enum class LogitsMode { kLast, kAll };

@@ -59,6 +59,12 @@ class ServeBackend {
     bool first = false;
   };
   virtual bool mixed_steps() const { return false; }
+  // Whether the KV memory holds these items' new tokens together (a shared page pool may not);
+  // the engine postpones prompt chunks, then ends the newest sequences, until a step fits.
+  virtual bool fits(const StepItem* items, int count) const {
+    (void)items, (void)count;
+    return true;
+  }
   virtual Status step_mixed(const StepItem* items, int count, float* logits) {
     (void)items, (void)count, (void)logits;
     return unsupported("this serving backend has no mixed steps");
@@ -69,14 +75,17 @@ class ServeBackend {
 };
 
 // The CPU runtime: `slots` caches made by make_kv_backend(model.config(), kv) (kv.max_tokens =
-// the context); a step is one Model::forward_batch over the busy slots.
-Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots);
+// the context), or with kv_budget_bytes > 0 one KvPool of that many bytes that the slots share
+// (pages taken as sequences grow); a step is one Model::forward_batch over the busy slots.
+Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots,
+                                                        int64_t kv_budget_bytes = 0);
 
 struct EngineOptions {
   KvOptions kv;           // (CPU, Engine::create(model, ...)) format, transforms; kv.max_tokens = context
   int max_batch = 8;      // (CPU) sequences decoding together (= KV cache slots)
   int max_queue = 256;    // requests waiting beyond this are refused (kResourceExhausted)
   int prefill_chunk = Model::kMaxChunk;  // prompt tokens per step (mixed steps; 1..Model::kMaxChunk)
+  int64_t kv_budget_bytes = 0;  // (CPU, Engine::create(model, ...)) > 0: the slots share a KvPool of this size
 };
 
 struct CompletionRequest {
@@ -106,6 +115,8 @@ struct EngineStats {
   int64_t kv_bytes_in_use = 0, kv_f16_bytes = 0;  // over the active sequences
   double batch_fill = 0;  // mean sequences per step (decoding, or reading a prompt chunk)
   int64_t prompt_tokens = 0;  // prompt tokens read (prefill)
+  int64_t kv_exhausted = 0;   // requests ended because the shared KV pool was full
+  int64_t prompt_waits = 0;   // prompt chunks put off a step for want of KV pages
 };
 
 class Engine {

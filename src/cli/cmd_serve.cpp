@@ -30,6 +30,7 @@ struct Options {
   int max_batch = 8;
   int max_queue = 256;
   int prefill_chunk = tqkv::Model::kMaxChunk;
+  double kv_budget_mib = 0;
   tqkv::cli::KvTransformFlags tf;
 };
 
@@ -87,8 +88,12 @@ int run(const Options& o) {
   eo.max_batch = o.max_batch;
   eo.max_queue = o.max_queue;
   eo.prefill_chunk = o.prefill_chunk;
+  eo.kv_budget_bytes = static_cast<int64_t>(o.kv_budget_mib * 1024 * 1024);
+  if (o.device == "cuda" && eo.kv_budget_bytes > 0)
+    return fail("--kv-budget-mib", tqkv::unsupported("the shared page pool is built for the CPU runtime only; on the GPU "
+                                                     "each slot holds --ctx tokens"));
   auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch)
-                                    : tqkv::cpu_serve_backend(**model, eo.kv, o.max_batch);
+                                    : tqkv::cpu_serve_backend(**model, eo.kv, o.max_batch, eo.kv_budget_bytes);
   if (!backend.is_ok()) return fail("KV cache", backend.status());
   auto engine = tqkv::Engine::create(std::move(*backend), **tok, eo);
   if (!engine.is_ok()) return fail("engine", engine.status());
@@ -130,6 +135,11 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "Prompt tokens read per step beside the decoding sequences (CPU; default 64): smaller keeps "
                  "their tokens flowing more evenly while a long prompt is read")
       ->check(CLI::Range(1, tqkv::Model::kMaxChunk));
+  sub.add_option("--kv-budget-mib", o->kv_budget_mib,
+                 "CPU: the slots share one KV page pool of this many MiB, taken as sequences grow (a compressed "
+                 "--kv fits ~4x the tokens of f16); a step the pool cannot hold ends the newest sequence with an "
+                 "error. Default 0: each slot holds --ctx tokens of its own")
+      ->check(CLI::Range(0.0, 1e7));
   sub.add_option("--name", o->name, "Model name in responses (default: the file's name)");
   sub.add_option("--center", o->center, "keys (default): exact key centering before quantization; none: the plain codec")
       ->check(CLI::IsMember({"keys", "none"}));

@@ -16,12 +16,9 @@ namespace tqkv {
 
 namespace {
 
-class PagedKv final : public KvBackend {
- public:
-  static Result<std::unique_ptr<KvBackend>> create(const ModelConfig& cfg, const KvOptions& opt) {
-    std::unique_ptr<PagedKv> kv(new PagedKv());
-    kv->cfg_ = cfg;
-    kv->opt_ = opt;
+// The cache configuration for `slots` sequences of opt.max_tokens each (budget_bytes = 0), or for
+// `slots` sequences sharing the full-attention pages a byte budget buys (budget_bytes > 0).
+Result<KVCacheConfig> cache_config(const ModelConfig& cfg, const KvOptions& opt, int slots, int64_t budget_bytes) {
     KVCacheConfig cc;
     cc.num_layers = cfg.n_layer;
     cc.num_kv_heads = cfg.n_head_kv;
@@ -33,13 +30,13 @@ class PagedKv final : public KvBackend {
     // The cache gives a sliding group ceil(window/page)+2 pages per sequence slot, enough for
     // decode; a prefill chunk of Model::kMaxChunk tokens needs its window plus the chunk. We use one
     // sequence, and ask for as many slots as make the sliding pool large enough for that.
-    cc.max_seqs = 1;
+    cc.max_seqs = slots;
     int64_t slide_pages = 0;
     if (cfg.sliding_window > 0) {
       const int64_t w = cfg.sliding_window;
       const int64_t need = (w - 1 + Model::kMaxChunk + ps - 1) / ps + 2;
       const int64_t per_slot = (w + ps - 1) / ps + 2;
-      cc.max_seqs = static_cast<int32_t>((need + per_slot - 1) / per_slot);
+      cc.max_seqs = slots * static_cast<int32_t>((need + per_slot - 1) / per_slot);
       slide_pages = cc.max_seqs * per_slot;
     }
     int64_t budget = 0;
@@ -56,7 +53,7 @@ class PagedKv final : public KvBackend {
       if (sliding) p.window = cfg.sliding_window;
       cc.layers.push_back(p);
       // Sliding groups take exactly what they need; the rest of the budget sizes the full group.
-      const int64_t pages = sliding ? slide_pages : full_pages;
+      const int64_t pages = sliding ? slide_pages : full_pages * slots;
       budget += pages * cfg.n_head_kv *
                 (tile_bytes(cc.page_size, cfg.head_dim, p.k_bits) + tile_bytes(cc.page_size, cfg.head_dim, p.v_bits));
       if (!sliding && (p.k_bits != kF16Bits || p.v_bits != kF16Bits))  // attention-sink tiles, recent rings
@@ -66,10 +63,23 @@ class PagedKv final : public KvBackend {
     cc.sink_tokens = opt.sink_tokens;
     cc.recent_tokens = opt.recent_tokens;
     cc.scale_search = opt.scale_search;
-    cc.budget_bytes = budget;
-    TQKV_ASSIGN_OR_RETURN(kv->cache_, KVCache::create(cc));
+    cc.budget_bytes = budget_bytes > 0 ? budget_bytes : budget;
+    return cc;
+}
+
+}  // namespace
+
+// (in namespace tqkv, not anonymous: KvPool, include/tqkv/model.h, holds pointers to it)
+class PagedKv final : public KvBackend {
+ public:
+  static Result<std::unique_ptr<PagedKv>> create(const ModelConfig& cfg, const KvOptions& opt,
+                                                 std::shared_ptr<KVCache> cache) {
+    std::unique_ptr<PagedKv> kv(new PagedKv());
+    kv->cfg_ = cfg;
+    kv->opt_ = opt;
+    kv->cache_ = std::move(cache);
     TQKV_ASSIGN_OR_RETURN(kv->seq_, kv->cache_->add_sequence());
-    return std::unique_ptr<KvBackend>(std::move(kv));
+    return kv;
   }
 
   Status attend(const LayerAttention& la, int64_t pos0, int n, const float* q, const float* k,
@@ -81,7 +91,11 @@ class PagedKv final : public KvBackend {
         return out_of_range("KV cache full: " + std::to_string(pos0 + n) + " tokens > context " +
                             std::to_string(opt_.max_tokens) + " (raise --ctx)");
       // Reserve the new positions in every layer group once per step.
-      TQKV_RETURN_IF_ERROR(cache_->append(seq_, n));
+      const Status st = cache_->append(seq_, n);
+      if (st.code() == StatusCode::kResourceExhausted)
+        return resource_exhausted("KV page pool exhausted: no pages for " + std::to_string(n) + " more tokens (" +
+                                  st.message() + ")");
+      TQKV_RETURN_IF_ERROR(st);
       tokens_ = pos0 + n;
     }
     TQKV_RETURN_IF_ERROR(cache_->write(la.layer, seq_, static_cast<int32_t>(pos0), n, k, v));
@@ -192,15 +206,62 @@ class PagedKv final : public KvBackend {
   PagedKv() = default;
   ModelConfig cfg_;
   KvOptions opt_;
-  std::unique_ptr<KVCache> cache_;
+  std::shared_ptr<KVCache> cache_;
   int32_t seq_ = 0;
   int64_t tokens_ = 0;
 };
 
-}  // namespace
-
 Result<std::unique_ptr<KvBackend>> make_paged_kv(const ModelConfig& cfg, const KvOptions& opt) {
-  return PagedKv::create(cfg, opt);
+  TQKV_ASSIGN_OR_RETURN(KVCacheConfig cc, cache_config(cfg, opt, 1, 0));
+  TQKV_ASSIGN_OR_RETURN(std::unique_ptr<KVCache> cache, KVCache::create(cc));
+  TQKV_ASSIGN_OR_RETURN(auto kv, PagedKv::create(cfg, opt, std::shared_ptr<KVCache>(std::move(cache))));
+  return std::unique_ptr<KvBackend>(std::move(kv));
 }
+
+Result<std::unique_ptr<KvPool>> KvPool::create(const ModelConfig& cfg, const KvOptions& opt, int slots,
+                                               int64_t budget_bytes) {
+  if (slots < 1 || slots > 4096) return invalid_argument("KV pool: slots must be in 1..4096");
+  if (budget_bytes <= 0) return invalid_argument("KV pool: the byte budget must be positive");
+  if (opt.max_tokens <= 0) return invalid_argument("KV cache: max_tokens must be positive");
+  if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
+    return invalid_argument("KV cache: bits must be 2, 3, 4, 8 or 16");
+  if (!opt.paged || opt.dense_fp32 || !is_valid_head_dim(cfg.head_dim) || !opt.emulate.empty())
+    return unsupported("KV pool: needs the paged cache (head size 64..256, a multiple of 8; no emulation)");
+  TQKV_ASSIGN_OR_RETURN(KVCacheConfig cc, cache_config(cfg, opt, slots, budget_bytes));
+  TQKV_ASSIGN_OR_RETURN(std::unique_ptr<KVCache> cache, KVCache::create(cc));
+  std::unique_ptr<KvPool> pool(new KvPool());
+  pool->cache_ = std::shared_ptr<KVCache>(std::move(cache));
+  pool->full_group_ = -1;
+  for (int32_t gi = 0; gi < pool->cache_->num_groups(); ++gi)
+    if (pool->cache_->group_window(gi) == 0) pool->full_group_ = gi;
+  const bool compressed = opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits;
+  const bool transform = compressed && (opt.center_keys || opt.center_values || opt.smooth_keys);
+  for (int i = 0; i < slots; ++i) {
+    TQKV_ASSIGN_OR_RETURN(auto inner, PagedKv::create(cfg, opt, pool->cache_));
+    pool->inner_.push_back(inner.get());
+    std::unique_ptr<KvBackend> kv(std::move(inner));
+    if (transform) {
+      TQKV_ASSIGN_OR_RETURN(kv, wrap_kv_transform(cfg, opt, std::move(kv)));
+    }
+    pool->slots_.push_back(std::move(kv));
+  }
+  return pool;
+}
+
+KvPool::~KvPool() = default;
+
+bool KvPool::fits(const int* slots, const int* n, int count) const {
+  if (full_group_ < 0) return true;  // every layer sliding: their pages are reserved per sequence
+  const int64_t ps = cache_->config().page_size;
+  int64_t need = 0;
+  for (int i = 0; i < count; ++i) {
+    const int64_t len = inner_[slots[i]]->tokens();
+    need += (len + n[i] + ps - 1) / ps - (len + ps - 1) / ps;
+  }
+  return need <= cache_->free_pages(full_group_);
+}
+
+int64_t KvPool::token_capacity() const { return cache_->token_capacity(); }
+int64_t KvPool::bytes() const { return cache_->bytes_allocated(); }
 
 }  // namespace tqkv

@@ -26,8 +26,14 @@ namespace {
 // The CPU runtime: one KvBackend per slot, a step = one Model::forward_batch.
 class CpuServeBackend final : public ServeBackend {
  public:
-  CpuServeBackend(const Model& m, std::vector<std::unique_ptr<KvBackend>> kv, int64_t ctx)
-      : model_(m), kv_(std::move(kv)), ctx_(ctx) {}
+  CpuServeBackend(const Model& m, std::vector<std::unique_ptr<KvBackend>> own, std::unique_ptr<KvPool> pool, int64_t ctx)
+      : model_(m), own_(std::move(own)), pool_(std::move(pool)), ctx_(ctx) {
+    if (pool_) {
+      for (int i = 0; i < pool_->slots(); ++i) kv_.push_back(&pool_->slot(i));
+    } else {
+      for (auto& k : own_) kv_.push_back(k.get());
+    }
+  }
   int slots() const override { return static_cast<int>(kv_.size()); }
   int64_t context() const override { return ctx_; }
   int n_vocab() const override { return model_.config().n_vocab; }
@@ -37,10 +43,21 @@ class CpuServeBackend final : public ServeBackend {
   }
   Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {
     segs_.resize(count);
-    for (int i = 0; i < count; ++i) segs_[i] = {tokens + i, 1, kv_[slots[i]]->tokens(), kv_[slots[i]].get()};
+    for (int i = 0; i < count; ++i) segs_[i] = {tokens + i, 1, kv_[slots[i]]->tokens(), kv_[slots[i]]};
     return model_.forward_batch(segs_.data(), count, logits);
   }
+  void release(int slot) override { (void)kv_[slot]->reset(); }  // its pages go back to the pool
   bool mixed_steps() const override { return true; }
+  bool fits(const StepItem* items, int count) const override {
+    if (!pool_) return true;
+    std::vector<int> slots(count), n(count);
+    for (int i = 0; i < count; ++i) {
+      // A prompt's first chunk empties its slot first: count its pages from zero.
+      slots[i] = items[i].slot;
+      n[i] = items[i].n + (items[i].first ? -static_cast<int>(kv_[items[i].slot]->tokens()) : 0);
+    }
+    return pool_->fits(slots.data(), n.data(), count);
+  }
   Status step_mixed(const StepItem* items, int count, float* logits) override {
     segs_.resize(count);
     for (int i = 0; i < count; ++i) {
@@ -53,34 +70,46 @@ class CpuServeBackend final : public ServeBackend {
   int64_t kv_bytes(int slot) const override { return kv_[slot]->bytes_in_use(); }
   int64_t kv_f16_bytes(int slot) const override { return kv_[slot]->f16_bytes_for(kv_[slot]->tokens()); }
   std::string describe() const override {
-    return "CPU, " + std::to_string(kv_.size()) + " slots of " + std::to_string(ctx_) + " tokens, " + kv_[0]->describe();
+    std::string s = "CPU, " + std::to_string(kv_.size()) + " slots of up to " + std::to_string(ctx_) + " tokens";
+    if (pool_)
+      s += " sharing a " + std::to_string(pool_->bytes() >> 20) + " MiB page pool (" +
+           std::to_string(pool_->token_capacity()) + " tokens in all)";
+    return s + ", " + kv_[0]->describe();
   }
 
  private:
   const Model& model_;
-  std::vector<std::unique_ptr<KvBackend>> kv_;
+  std::vector<std::unique_ptr<KvBackend>> own_;
+  std::unique_ptr<KvPool> pool_;
+  std::vector<KvBackend*> kv_;
   int64_t ctx_;
   std::vector<Model::BatchSegment> segs_;
 };
 
 }  // namespace
 
-Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots) {
+Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots,
+                                                        int64_t kv_budget_bytes) {
   if (slots < 1 || slots > 1024) return invalid_argument("max_batch must be in 1..1024");
   if (kv.max_tokens < 2) return invalid_argument("the context must hold at least 2 tokens");
   std::vector<std::unique_ptr<KvBackend>> caches;
-  for (int i = 0; i < slots; ++i) {
-    TQKV_ASSIGN_OR_RETURN(auto c, make_kv_backend(model.config(), kv));
-    caches.push_back(std::move(c));
+  std::unique_ptr<KvPool> pool;
+  if (kv_budget_bytes > 0) {
+    TQKV_ASSIGN_OR_RETURN(pool, KvPool::create(model.config(), kv, slots, kv_budget_bytes));
+  } else {
+    for (int i = 0; i < slots; ++i) {
+      TQKV_ASSIGN_OR_RETURN(auto c, make_kv_backend(model.config(), kv));
+      caches.push_back(std::move(c));
+    }
   }
-  return std::unique_ptr<ServeBackend>(new CpuServeBackend(model, std::move(caches), kv.max_tokens));
+  return std::unique_ptr<ServeBackend>(new CpuServeBackend(model, std::move(caches), std::move(pool), kv.max_tokens));
 }
 
 Engine::Engine(std::unique_ptr<ServeBackend> backend, const Tokenizer& tok, const EngineOptions& opt)
     : backend_(std::move(backend)), tok_(tok), opt_(opt) {}
 
 Result<std::unique_ptr<Engine>> Engine::create(const Model& model, const Tokenizer& tok, const EngineOptions& opt) {
-  TQKV_ASSIGN_OR_RETURN(auto b, cpu_serve_backend(model, opt.kv, opt.max_batch));
+  TQKV_ASSIGN_OR_RETURN(auto b, cpu_serve_backend(model, opt.kv, opt.max_batch, opt.kv_budget_bytes));
   return create(std::move(b), tok, opt);
 }
 
@@ -290,10 +319,42 @@ void Engine::loop() {
         items.push_back({s.slot, &s.next, 1, false});
       }
     }
+    // KV memory (a shared page pool): put off prompt chunks, newest first, while some sequence
+    // still decodes; then end the newest decoding sequences with a clear error. The others go on.
+    std::vector<char> exhausted(active_.size(), 0);
+    int64_t waits = 0;
+    while (!items.empty() && !backend_->fits(items.data(), static_cast<int>(items.size()))) {
+      int last_prompt = -1, last_decode = -1;  // indices into active_ of the newest items of each kind
+      for (size_t i = 0; i < active_.size(); ++i) {
+        if (item_of[i] < 0) continue;
+        if (active_[i]->fed < active_[i]->req.prompt.size()) last_prompt = static_cast<int>(i);
+        else last_decode = static_cast<int>(i);
+      }
+      const bool any_decode = last_decode >= 0;
+      // Prompt chunks wait while something decodes (it will finish and free pages); otherwise the
+      // newest sequence ends.
+      const int victim = last_prompt >= 0 ? last_prompt : last_decode;
+      if (victim < 0) break;
+      const bool prompt = active_[victim]->fed < active_[victim]->req.prompt.size();
+      if (prompt && any_decode) {
+        ++waits;
+        prompt_fed -= items[item_of[victim]].n;
+      } else {
+        exhausted[victim] = 1;
+        backend_->release(active_[victim]->slot);  // its pages count as free for the next check
+      }
+      items.erase(items.begin() + item_of[victim]);
+      const int removed = item_of[victim];
+      item_of[victim] = -1;
+      for (int& it : item_of)
+        if (it > removed) --it;
+    }
     const int n = static_cast<int>(items.size());
-    logits.resize(static_cast<size_t>(n) * V);
+    logits.resize(static_cast<size_t>(std::max(n, 1)) * V);
     Status st;
-    if (mixed) {
+    if (n == 0) {
+      // (nothing fits: only the endings below)
+    } else if (mixed) {
       st = backend_->step_mixed(items.data(), n, logits.data());
     } else {
       toks.resize(n);
@@ -309,7 +370,15 @@ void Engine::loop() {
       auto& s = active_[i];
       bool keep = true;
       const int it = item_of[i];
-      if (it < 0) {
+      if (exhausted[i]) {
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          stats_.kv_exhausted += 1;
+        }
+        finish(*s, "", resource_exhausted("the KV cache pool is full (" + std::to_string(active_.size()) +
+                                          " sequences hold it); retry later or raise --kv-budget"));
+        keep = false;
+      } else if (it < 0) {
         // (no item this step: its prompt waits for the chunk budget)
       } else if (!st.is_ok()) {
         finish(*s, "", st);
@@ -331,6 +400,7 @@ void Engine::loop() {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.steps += 1;
     stats_.prompt_tokens += prompt_fed;
+    stats_.prompt_waits += waits;
     fill_sum_ += n;
     stats_.batch_fill = fill_sum_ / static_cast<double>(stats_.steps);
     stats_.active = static_cast<int>(active_.size());

@@ -328,3 +328,101 @@ TEST(Engine, LongPromptJoinsInChunksWhileOthersDecode) {
 
 }  // namespace
 }  // namespace tqkv
+
+namespace tqkv {
+namespace {
+
+// One page pool shared by the slots: the same bytes hold ~3.7x the tokens in k4v4 as in f16;
+// fits() predicts exactly when an append would fail; a failed append leaves the other slots and
+// the failing slot's own tokens as they were.
+TEST(KvPool, SharedPagesCapacityAndExhaustion) {
+  TQKV_REQUIRE_SMOLLM2();
+  const ModelConfig& cfg = lm->model->config();
+  const int64_t budget = 24ll << 20;
+  KvOptions f16 = kv_options("f16", 2048), k4 = kv_options("k4v4", 2048);
+  auto pf = KvPool::create(cfg, f16, 4, budget);
+  auto pk = KvPool::create(cfg, k4, 4, budget);
+  ASSERT_TRUE(pf.is_ok()) << pf.status().to_string();
+  ASSERT_TRUE(pk.is_ok()) << pk.status().to_string();
+  const double ratio = static_cast<double>((*pk)->token_capacity()) / (*pf)->token_capacity();
+  std::printf("[kv pool] 24 MiB: f16 %lld tokens, k4v4 %lld tokens (%.2fx)\n",
+              static_cast<long long>((*pf)->token_capacity()), static_cast<long long>((*pk)->token_capacity()), ratio);
+  EXPECT_GT(ratio, 3.0);
+  // Fill slot 0 and 1 of the f16 pool until the pool is full, one 64-token chunk at a time.
+  KvPool& p = **pf;
+  const int V = cfg.n_vocab;
+  std::vector<float> logits(V);
+  std::vector<int32_t> chunk(64);
+  for (int i = 0; i < 64; ++i) chunk[i] = 100 + i;
+  int slot = 0, chunks = 0;
+  for (;;) {
+    const int n = 64;
+    if (!p.fits(&slot, &n, 1)) break;
+    KvBackend& kv = p.slot(slot);
+    if (kv.tokens() + 64 > 2048) {
+      ++slot;
+      ASSERT_LT(slot, 4);
+      continue;
+    }
+    ASSERT_TRUE(lm->model->forward(chunk.data(), 64, kv.tokens(), kv, logits.data(), LogitsMode::kLast).is_ok());
+    ++chunks;
+  }
+  EXPECT_GE(chunks * 64, p.token_capacity() - 64 * 4);  // (whole pages; up to a chunk left per slot)
+  KvBackend& kv = p.slot(slot);
+  const int64_t before = kv.tokens(), other = p.slot(0).tokens();
+  const Status st = lm->model->forward(chunk.data(), 64, kv.tokens(), kv, logits.data(), LogitsMode::kLast);
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.to_string();
+  EXPECT_NE(st.message().find("pool exhausted"), std::string::npos) << st.to_string();
+  EXPECT_EQ(kv.tokens(), before);
+  EXPECT_EQ(p.slot(0).tokens(), other);
+  // Freeing a slot (reset) makes room again.
+  ASSERT_TRUE(p.slot(0).reset().is_ok());
+  const int n = 64;
+  EXPECT_TRUE(p.fits(&slot, &n, 1));
+}
+
+// Serving from a shared pool too small for every request at once: nothing crashes, every request
+// ends (done, or with a clear "KV cache pool is full" error), at least two complete, and the
+// engine keeps serving afterwards.
+TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
+  TQKV_REQUIRE_SMOLLM2();
+  EngineOptions eo;
+  eo.kv = kv_options("f16", 512);
+  eo.max_batch = 4;
+  // The budget of ~40 pages in all (30 layers, 3 KV heads, head size 64, f16 K and V: 184 KiB per
+  // page across layers) plus the sink tiles: room for about 2 of the 4 sequences below.
+  eo.kv_budget_bytes = 40ll * 30 * 3 * 2 * 16 * 64 * 2 + (4ll << 20);
+  auto engine = Engine::create(*lm->model, *lm->tok, eo);
+  ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+  std::vector<Collector> c(4);
+  for (int i = 0; i < 4; ++i) {
+    CompletionRequest r = greedy(*lm->tok, kPrompts[i], 250);
+    r.stop_at_eog = false;
+    ASSERT_TRUE((*engine)->submit(std::move(r), c[i].sink()).is_ok());
+  }
+  int ok = 0, full = 0;
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(c[i].wait()) << "request " << i;
+    if (c[i].last.error.is_ok()) {
+      ++ok;
+      EXPECT_EQ(c[i].last.completion_tokens, 250);
+    } else {
+      EXPECT_EQ(c[i].last.error.code(), StatusCode::kResourceExhausted) << c[i].last.error.to_string();
+      EXPECT_NE(c[i].last.error.message().find("KV cache pool is full"), std::string::npos);
+      ++full;
+    }
+  }
+  const EngineStats st = (*engine)->stats();
+  std::printf("[kv pool] 4 requests of 250 tokens: %d done, %d ended for want of pages, %lld prompt chunks put off\n", ok,
+              full, static_cast<long long>(st.prompt_waits));
+  EXPECT_GE(ok, 2);
+  EXPECT_GE(full, 1);
+  EXPECT_EQ(st.kv_exhausted, full);
+  Collector after;
+  ASSERT_TRUE((*engine)->submit(greedy(*lm->tok, "Water boils at", 8), after.sink()).is_ok());
+  ASSERT_TRUE(after.wait());
+  EXPECT_TRUE(after.last.error.is_ok()) << after.last.error.to_string();
+}
+
+}  // namespace
+}  // namespace tqkv
