@@ -172,6 +172,9 @@ struct HttpServer::Impl {
               {"tokens_generated", s.tokens_generated},
               {"decode_steps", s.steps},
               {"mean_batch", s.batch_fill},
+              {"prompt_tokens", s.prompt_tokens},
+              {"kv_exhausted", s.kv_exhausted},
+              {"prompt_waits", s.prompt_waits},
               {"kv_bytes_in_use", s.kv_bytes_in_use},
               {"kv_f16_bytes", s.kv_f16_bytes}};
     res.set_content(j.dump(), "application/json");
@@ -311,6 +314,14 @@ Result<int> HttpServer::start() {
     return io_error("cannot bind " + impl_->opt.host + ":" + std::to_string(port) + " (in use?)");
   }
   impl_->thread = std::thread([this] { impl_->svr.listen_after_bind(); });
+  // Return only once the server is accepting: a stop() before that would find nothing running,
+  // and the listening thread would then never end (a destructor right after start hung on it).
+  for (int i = 0; i < 5000 && !impl_->svr.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (!impl_->svr.is_running()) {
+    impl_->svr.stop();
+    if (impl_->thread.joinable()) impl_->thread.join();
+    return io_error("the HTTP server did not start listening on port " + std::to_string(port));
+  }
   return port;
 }
 
