@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <string>
@@ -110,6 +111,19 @@ struct Collector {
   }
 };
 
+// An engine over the CPU runtime with `fmt` caches of `ctx` tokens in `slots` slots; `more` may set
+// the other options. Null (and a test failure) when it cannot be made.
+std::unique_ptr<Engine> cpu_engine(testing::LoadedModel& lm, const std::string& fmt, int ctx, int slots,
+                                   const std::function<void(EngineOptions&)>& more = nullptr) {
+  EngineOptions eo;
+  eo.kv = kv_options(fmt, ctx);
+  eo.max_batch = slots;
+  if (more) more(eo);
+  auto e = Engine::create(*lm.model, *lm.tok, eo);
+  EXPECT_TRUE(e.is_ok()) << e.status().to_string();
+  return e.is_ok() ? std::move(*e) : nullptr;
+}
+
 CompletionRequest greedy(const Tokenizer& tok, const std::string& prompt, int n) {
   CompletionRequest r;
   r.prompt = *tok.encode(prompt, tok.add_bos(), false);
@@ -125,26 +139,24 @@ const std::vector<std::string> kPrompts = {"The capital of France is", "Once upo
 // One slot: requests run one after another, so every reply must be generate()'s, id for id.
 TEST(Engine, OneSlotRepliesEqualGenerate) {
   TQKV_REQUIRE_SMOLLM2();
-  EngineOptions eo;
-  eo.kv = kv_options("k4v4", 256);
-  eo.max_batch = 1;
-  auto engine = Engine::create(*lm->model, *lm->tok, eo);
-  ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+  const KvOptions kv = kv_options("k4v4", 256);
+  auto engine = cpu_engine(*lm, "k4v4", 256, 1);
+  ASSERT_TRUE(engine);
   std::vector<Collector> c(kPrompts.size());
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     CompletionRequest r = greedy(*lm->tok, kPrompts[i], 16);
     r.stop_at_eog = true;
-    ASSERT_TRUE((*engine)->submit(std::move(r), c[i].sink()).is_ok());
+    ASSERT_TRUE(engine->submit(std::move(r), c[i].sink()).is_ok());
   }
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     ASSERT_TRUE(c[i].wait()) << "request " << i << " never finished";
     ASSERT_TRUE(c[i].last.error.is_ok()) << c[i].last.error.to_string();
-    const auto ids = generate_ids(*lm, eo.kv, kPrompts[i], 16);
+    const auto ids = generate_ids(*lm, kv, kPrompts[i], 16);
     EXPECT_EQ(c[i].text, lm->tok->decode(ids, false)) << kPrompts[i];
     EXPECT_EQ(c[i].last.completion_tokens, static_cast<int>(ids.size()));
     EXPECT_EQ(c[i].last.finish_reason, ids.size() == 16 ? "length" : "stop");
   }
-  EXPECT_EQ((*engine)->stats().requests_done, static_cast<int64_t>(kPrompts.size()));
+  EXPECT_EQ(engine->stats().requests_done, static_cast<int64_t>(kPrompts.size()));
 }
 
 // Three slots, six requests: they share decode steps (mean batch > 1), every one finishes, and
@@ -153,42 +165,37 @@ TEST(Engine, OneSlotRepliesEqualGenerate) {
 // and must always match).
 TEST(Engine, BatchedRepliesMatchOneAtATime) {
   TQKV_REQUIRE_SMOLLM2();
-  EngineOptions eo;
-  eo.kv = kv_options("k4v4", 256);
-  eo.max_batch = 3;
-  auto engine = Engine::create(*lm->model, *lm->tok, eo);
-  ASSERT_TRUE(engine.is_ok());
+  const KvOptions kv = kv_options("k4v4", 256);
+  auto engine = cpu_engine(*lm, "k4v4", 256, 3);
+  ASSERT_TRUE(engine);
   std::vector<Collector> c(kPrompts.size());
   for (size_t i = 0; i < kPrompts.size(); ++i)
-    ASSERT_TRUE((*engine)->submit(greedy(*lm->tok, kPrompts[i], 24), c[i].sink()).is_ok());
+    ASSERT_TRUE(engine->submit(greedy(*lm->tok, kPrompts[i], 24), c[i].sink()).is_ok());
   int same = 0;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     ASSERT_TRUE(c[i].wait());
     ASSERT_TRUE(c[i].last.error.is_ok()) << c[i].last.error.to_string();
-    const auto ids = generate_ids(*lm, eo.kv, kPrompts[i], 24);
+    const auto ids = generate_ids(*lm, kv, kPrompts[i], 24);
     const std::string want = lm->tok->decode(ids, false);
     same += c[i].text == want;
     ASSERT_FALSE(c[i].pieces.empty());
     EXPECT_EQ(want.rfind(c[i].pieces[0], 0), 0u) << "first piece of " << kPrompts[i];
   }
   EXPECT_GE(same, static_cast<int>(kPrompts.size()) - 1);
-  const EngineStats st = (*engine)->stats();
+  const EngineStats st = engine->stats();
   EXPECT_GT(st.batch_fill, 1.5) << "requests did not share decode steps";
   EXPECT_EQ(st.requests_done, static_cast<int64_t>(kPrompts.size()));
-  EXPECT_EQ(testing::active_after_settling(**engine), 0);
+  EXPECT_EQ(testing::active_after_settling(*engine), 0);
 }
 
 TEST(Engine, StopStringsLimitsQueueAndCancellation) {
   TQKV_REQUIRE_SMOLLM2();
-  EngineOptions eo;
-  eo.kv = kv_options("k4v4", 64);
-  eo.max_batch = 1;
-  eo.max_queue = 2;
-  auto engine = Engine::create(*lm->model, *lm->tok, eo);
-  ASSERT_TRUE(engine.is_ok());
-  Engine& e = **engine;
+  const KvOptions kv = kv_options("k4v4", 64);
+  auto engine = cpu_engine(*lm, "k4v4", 64, 1, [](EngineOptions& o) { o.max_queue = 2; });
+  ASSERT_TRUE(engine);
+  Engine& e = *engine;
   // Stop string: the reply ends before it and does not contain it.
-  const auto ids = generate_ids(*lm, eo.kv, "1, 2, 3, 4,", 20);
+  const auto ids = generate_ids(*lm, kv, "1, 2, 3, 4,", 20);
   const std::string full = lm->tok->decode(ids, false);
   ASSERT_NE(full.find(" 7"), std::string::npos) << full;
   {
@@ -243,30 +250,23 @@ TEST(Engine, StopStringsLimitsQueueAndCancellation) {
 // Shutting down with requests in flight: each gets a final event carrying an error.
 TEST(Engine, ShutdownEndsRequestsInFlight) {
   TQKV_REQUIRE_SMOLLM2();
-  EngineOptions eo;
-  eo.kv = kv_options("f16", 128);
-  eo.max_batch = 1;
-  auto engine = Engine::create(*lm->model, *lm->tok, eo);
-  ASSERT_TRUE(engine.is_ok());
+  const KvOptions kv = kv_options("f16", 128);
+  auto engine = cpu_engine(*lm, "f16", 128, 1);
+  ASSERT_TRUE(engine);
   Collector a, b;
   CompletionRequest r = greedy(*lm->tok, "Once upon a time", 100);
   r.stop_at_eog = false;
-  ASSERT_TRUE((*engine)->submit(r, a.sink()).is_ok());
-  ASSERT_TRUE((*engine)->submit(r, b.sink()).is_ok());
+  ASSERT_TRUE(engine->submit(r, a.sink()).is_ok());
+  ASSERT_TRUE(engine->submit(r, b.sink()).is_ok());
   ASSERT_TRUE(a.wait_pieces(1));
-  (*engine)->shutdown();
+  engine->shutdown();
   ASSERT_TRUE(a.wait(5));
   ASSERT_TRUE(b.wait(5));
   EXPECT_FALSE(a.last.error.is_ok());
   EXPECT_FALSE(b.last.error.is_ok());
-  EXPECT_EQ((*engine)->submit(r, a.sink()).code(), StatusCode::kInternal);
+  EXPECT_EQ(engine->submit(r, a.sink()).code(), StatusCode::kInternal);
 }
 
-}  // namespace
-}  // namespace tqkv
-
-namespace tqkv {
-namespace {
 
 // Chunked prompts (mixed steps): a long prompt that arrives while another request decodes is read
 // 16 tokens per step beside it, so the running request keeps getting tokens meanwhile (with the
@@ -276,12 +276,9 @@ namespace {
 // only the first token is compared).
 TEST(Engine, LongPromptJoinsInChunksWhileOthersDecode) {
   TQKV_REQUIRE_SMOLLM2();
-  EngineOptions eo;
-  eo.kv = kv_options("k4v4", 512);
-  eo.max_batch = 2;
-  eo.prefill_chunk = 16;
-  auto engine = Engine::create(*lm->model, *lm->tok, eo);
-  ASSERT_TRUE(engine.is_ok());
+  const KvOptions kv = kv_options("k4v4", 512);
+  auto engine = cpu_engine(*lm, "k4v4", 512, 2, [](EngineOptions& o) { o.prefill_chunk = 16; });
+  ASSERT_TRUE(engine);
   std::mutex mu;
   std::vector<char> order;  // 'a' = a piece of the running request, 'b' = of the newcomer
   auto logged = [&](char who, Collector& c) {
@@ -297,14 +294,14 @@ TEST(Engine, LongPromptJoinsInChunksWhileOthersDecode) {
   Collector a, b;
   CompletionRequest ra = greedy(*lm->tok, "Once upon a time", 120);
   ra.stop_at_eog = false;
-  ASSERT_TRUE((*engine)->submit(std::move(ra), logged('a', a)).is_ok());
+  ASSERT_TRUE(engine->submit(std::move(ra), logged('a', a)).is_ok());
   ASSERT_TRUE(a.wait_pieces(3));
   std::string story;
   for (int i = 0; i < 30; ++i) story += "The river ran past the old mill and the children watched it. ";
   CompletionRequest rb = greedy(*lm->tok, story, 8);
   const size_t prompt_b = rb.prompt.size();
   ASSERT_GT(prompt_b, 200u);
-  ASSERT_TRUE((*engine)->submit(rb, logged('b', b)).is_ok());
+  ASSERT_TRUE(engine->submit(rb, logged('b', b)).is_ok());
   ASSERT_TRUE(b.wait());
   ASSERT_TRUE(a.wait());
   // Pieces of a between the submit of b (a had >= 3 then) and b's first piece.
@@ -319,18 +316,13 @@ TEST(Engine, LongPromptJoinsInChunksWhileOthersDecode) {
   }
   const int chunks = static_cast<int>((prompt_b + 15) / 16);
   EXPECT_GE(a_before_b, chunks / 2) << "the running request stalled while the " << prompt_b << "-token prompt was read";
-  EXPECT_GE((*engine)->stats().prompt_tokens, static_cast<int64_t>(prompt_b));
-  const auto ids = generate_ids(*lm, eo.kv, story, 8);
+  EXPECT_GE(engine->stats().prompt_tokens, static_cast<int64_t>(prompt_b));
+  const auto ids = generate_ids(*lm, kv, story, 8);
   const std::string want = lm->tok->decode(ids, false);
   ASSERT_FALSE(b.pieces.empty());
   EXPECT_EQ(want.rfind(b.pieces[0], 0), 0u) << "first piece '" << b.pieces[0] << "' of '" << want << "'";
 }
 
-}  // namespace
-}  // namespace tqkv
-
-namespace tqkv {
-namespace {
 
 // One page pool shared by the slots: the same bytes hold ~3.7x the tokens in k4v4 as in f16;
 // fits() predicts exactly when an append would fail; a failed append leaves the other slots and
@@ -386,19 +378,18 @@ TEST(KvPool, SharedPagesCapacityAndExhaustion) {
 // engine keeps serving afterwards.
 TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
   TQKV_REQUIRE_SMOLLM2();
-  EngineOptions eo;
-  eo.kv = kv_options("f16", 512);
-  eo.max_batch = 4;
-  // The budget of ~40 pages in all (30 layers, 3 KV heads, head size 64, f16 K and V: 184 KiB per
-  // page across layers) plus the sink tiles: room for about 2 of the 4 sequences below.
-  eo.kv_budget_bytes = 40ll * 30 * 3 * 2 * 16 * 64 * 2 + (4ll << 20);
-  auto engine = Engine::create(*lm->model, *lm->tok, eo);
-  ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+  // 40 pages of 16 tokens (30 layers, 3 KV heads, head size 64, f16 K and V: 360 KiB per page
+  // across the layers) plus 4 MiB, ~51 pages = ~816 tokens in all: room for 3 of the 4 sequences
+  // of ~256 tokens below.
+  auto engine = cpu_engine(*lm, "f16", 512, 4, [](EngineOptions& o) {
+    o.kv_budget_bytes = 40ll * 30 * 3 * 2 * 16 * 64 * 2 + (4ll << 20);
+  });
+  ASSERT_TRUE(engine);
   std::vector<Collector> c(4);
   for (int i = 0; i < 4; ++i) {
     CompletionRequest r = greedy(*lm->tok, kPrompts[i], 250);
     r.stop_at_eog = false;
-    ASSERT_TRUE((*engine)->submit(std::move(r), c[i].sink()).is_ok());
+    ASSERT_TRUE(engine->submit(std::move(r), c[i].sink()).is_ok());
   }
   int ok = 0, full = 0;
   for (int i = 0; i < 4; ++i) {
@@ -412,14 +403,14 @@ TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
       ++full;
     }
   }
-  const EngineStats st = (*engine)->stats();
+  const EngineStats st = engine->stats();
   std::printf("[kv pool] 4 requests of 250 tokens: %d done, %d ended for want of pages, %lld prompt chunks put off\n", ok,
               full, static_cast<long long>(st.prompt_waits));
   EXPECT_GE(ok, 2);
   EXPECT_GE(full, 1);
   EXPECT_EQ(st.kv_exhausted, full);
   Collector after;
-  ASSERT_TRUE((*engine)->submit(greedy(*lm->tok, "Water boils at", 8), after.sink()).is_ok());
+  ASSERT_TRUE(engine->submit(greedy(*lm->tok, "Water boils at", 8), after.sink()).is_ok());
   ASSERT_TRUE(after.wait());
   EXPECT_TRUE(after.last.error.is_ok()) << after.last.error.to_string();
 }
