@@ -18,6 +18,10 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
+// Model text can hold bytes that are not UTF-8 (a byte token whose sequence never completes):
+// replaced by U+FFFD in JSON instead of an exception (nlohmann's default) in a server thread.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 // What the engine's thread hands to the HTTP thread of one request.
 struct Channel {
   std::mutex mu;
@@ -63,7 +67,7 @@ void send_error(httplib::Response& res, int status, const std::string& message) 
                 {"type", status == 400 ? "invalid_request_error" : status == 404 ? "not_found_error" : status == 503 ? "overloaded" : "server_error"},
                 {"code", status}};
   res.status = status;
-  res.set_content(e.dump(), "application/json");
+  res.set_content(dump(e), "application/json");
 }
 
 // Reads the sampling and length fields shared by both endpoints. Throws std::invalid_argument.
@@ -139,7 +143,7 @@ struct HttpServer::Impl {
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tqkv"}};
-      res.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
+      res.set_content(dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
     });
     svr.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& res) { complete(q, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& res) { complete(q, res, true); });
@@ -177,7 +181,7 @@ struct HttpServer::Impl {
               {"prompt_waits", s.prompt_waits},
               {"kv_bytes_in_use", s.kv_bytes_in_use},
               {"kv_f16_bytes", s.kv_f16_bytes}};
-    res.set_content(j.dump(), "application/json");
+    res.set_content(dump(j), "application/json");
   }
 
   void complete(const httplib::Request& q, httplib::Response& res, bool is_chat) {
@@ -245,7 +249,7 @@ struct HttpServer::Impl {
                   {"choices", json::array({choice})},
                   {"usage", {{"prompt_tokens", ev.prompt_tokens}, {"completion_tokens", ev.completion_tokens},
                              {"total_tokens", ev.prompt_tokens + ev.completion_tokens}}}};
-        res.set_content(j.dump(), "application/json");
+        res.set_content(dump(j), "application/json");
         return;
       }
     }
@@ -259,7 +263,7 @@ struct HttpServer::Impl {
         [ch, id, created, chunk_object, model, is_chat, first](size_t, httplib::DataSink& sink) {
           CompletionEvent ev = ch->pop();
           auto send = [&](const json& j) {
-            const std::string line = "data: " + j.dump() + "\n\n";
+            const std::string line = "data: " + dump(j) + "\n\n";
             return sink.write(line.data(), line.size());
           };
           json choice = {{"index", 0}};
