@@ -79,6 +79,10 @@ TEST(ForwardBatch, RejectsBadSegments) {
   EXPECT_EQ(kv->tokens(), 0);  // nothing was written
 }
 
+// Waits are long: under `ctest -j` on 2 shared cores, OpenMP threads of several test processes
+// contend, and a request that takes 10 s alone can take minutes.
+constexpr double kWaitSeconds = 600;
+
 // Collects one request's events; wait() returns the text and the final event.
 struct Collector {
   std::mutex mu;
@@ -101,11 +105,11 @@ struct Collector {
       return !(cancel_after > 0 && static_cast<int>(pieces.size()) >= cancel_after);
     };
   }
-  bool wait(double seconds = 120) {
+  bool wait(double seconds = kWaitSeconds) {
     std::unique_lock<std::mutex> lk(mu);
     return cv.wait_for(lk, std::chrono::duration<double>(seconds), [&] { return done; });
   }
-  bool wait_pieces(int n, double seconds = 120) {
+  bool wait_pieces(int n, double seconds = kWaitSeconds) {
     std::unique_lock<std::mutex> lk(mu);
     return cv.wait_for(lk, std::chrono::duration<double>(seconds), [&] { return static_cast<int>(pieces.size()) >= n; });
   }
@@ -123,6 +127,15 @@ std::unique_ptr<Engine> cpu_engine(testing::LoadedModel& lm, const std::string& 
   EXPECT_TRUE(e.is_ok()) << e.status().to_string();
   return e.is_ok() ? std::move(*e) : nullptr;
 }
+
+// Declared after a test's collectors: stops the engine before they are destroyed, also when an
+// assertion returns early (the engine's thread would otherwise call into freed collectors).
+struct ShutdownOnExit {
+  Engine* e;
+  ~ShutdownOnExit() {
+    if (e) e->shutdown();
+  }
+};
 
 CompletionRequest greedy(const Tokenizer& tok, const std::string& prompt, int n) {
   CompletionRequest r;
@@ -143,6 +156,7 @@ TEST(Engine, OneSlotRepliesEqualGenerate) {
   auto engine = cpu_engine(*lm, "k4v4", 256, 1);
   ASSERT_TRUE(engine);
   std::vector<Collector> c(kPrompts.size());
+  const ShutdownOnExit stop_first{engine.get()};
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     CompletionRequest r = greedy(*lm->tok, kPrompts[i], 16);
     r.stop_at_eog = true;
@@ -169,6 +183,7 @@ TEST(Engine, BatchedRepliesMatchOneAtATime) {
   auto engine = cpu_engine(*lm, "k4v4", 256, 3);
   ASSERT_TRUE(engine);
   std::vector<Collector> c(kPrompts.size());
+  const ShutdownOnExit stop_first{engine.get()};
   for (size_t i = 0; i < kPrompts.size(); ++i)
     ASSERT_TRUE(engine->submit(greedy(*lm->tok, kPrompts[i], 24), c[i].sink()).is_ok());
   int same = 0;
@@ -209,6 +224,7 @@ TEST(Engine, StopStringsLimitsQueueAndCancellation) {
   }
   // Bad requests fail at submit and queue nothing.
   Collector unused;
+  const ShutdownOnExit stop_first_u{engine.get()};
   CompletionRequest empty;
   EXPECT_EQ(e.submit(empty, unused.sink()).code(), StatusCode::kInvalidArgument);
   CompletionRequest longp = greedy(*lm->tok, "x", 4);
@@ -231,6 +247,7 @@ TEST(Engine, StopStringsLimitsQueueAndCancellation) {
   // Cancellation frees the slot: a request whose sink refuses after 6 pieces ends, and the
   // requests queued behind it (one slot) still finish. A full queue refuses with kResourceExhausted.
   Collector a, b, d;
+  const ShutdownOnExit stop_first{engine.get()};
   a.cancel_after = 6;
   CompletionRequest ra = greedy(*lm->tok, "Once upon a time", 40);
   ra.stop_at_eog = false;
@@ -254,6 +271,7 @@ TEST(Engine, ShutdownEndsRequestsInFlight) {
   auto engine = cpu_engine(*lm, "f16", 128, 1);
   ASSERT_TRUE(engine);
   Collector a, b;
+  const ShutdownOnExit stop_first{engine.get()};
   CompletionRequest r = greedy(*lm->tok, "Once upon a time", 100);
   r.stop_at_eog = false;
   ASSERT_TRUE(engine->submit(r, a.sink()).is_ok());
@@ -292,6 +310,7 @@ TEST(Engine, LongPromptJoinsInChunksWhileOthersDecode) {
     });
   };
   Collector a, b;
+  const ShutdownOnExit stop_first{engine.get()};
   CompletionRequest ra = greedy(*lm->tok, "Once upon a time", 120);
   ra.stop_at_eog = false;
   ASSERT_TRUE(engine->submit(std::move(ra), logged('a', a)).is_ok());
@@ -378,16 +397,16 @@ TEST(KvPool, SharedPagesCapacityAndExhaustion) {
 // engine keeps serving afterwards.
 TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
   TQKV_REQUIRE_SMOLLM2();
-  // 40 pages of 16 tokens (30 layers, 3 KV heads, head size 64, f16 K and V: 360 KiB per page
-  // across the layers) plus 4 MiB, ~51 pages = ~816 tokens in all: room for 3 of the 4 sequences
-  // of ~256 tokens below.
-  auto engine = cpu_engine(*lm, "f16", 512, 4, [](EngineOptions& o) {
-    o.kv_budget_bytes = 40ll * 30 * 3 * 2 * 16 * 64 * 2 + (4ll << 20);
+  // 26 pages of 16 tokens (30 layers, 3 KV heads, head size 64, f16 K and V: 360 KiB per page
+  // across the layers) = 416 tokens in all: room for 3 of the 4 sequences of ~126 tokens below.
+  auto engine = cpu_engine(*lm, "f16", 256, 4, [](EngineOptions& o) {
+    o.kv_budget_bytes = 26ll * 30 * 3 * 2 * 16 * 64 * 2;
   });
   ASSERT_TRUE(engine);
   std::vector<Collector> c(4);
+  const ShutdownOnExit stop_first{engine.get()};
   for (int i = 0; i < 4; ++i) {
-    CompletionRequest r = greedy(*lm->tok, kPrompts[i], 250);
+    CompletionRequest r = greedy(*lm->tok, kPrompts[i], 120);
     r.stop_at_eog = false;
     ASSERT_TRUE(engine->submit(std::move(r), c[i].sink()).is_ok());
   }
@@ -396,7 +415,7 @@ TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
     ASSERT_TRUE(c[i].wait()) << "request " << i;
     if (c[i].last.error.is_ok()) {
       ++ok;
-      EXPECT_EQ(c[i].last.completion_tokens, 250);
+      EXPECT_EQ(c[i].last.completion_tokens, 120);
     } else {
       EXPECT_EQ(c[i].last.error.code(), StatusCode::kResourceExhausted) << c[i].last.error.to_string();
       EXPECT_NE(c[i].last.error.message().find("KV cache pool is full"), std::string::npos);
@@ -404,12 +423,13 @@ TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
     }
   }
   const EngineStats st = engine->stats();
-  std::printf("[kv pool] 4 requests of 250 tokens: %d done, %d ended for want of pages, %lld prompt chunks put off\n", ok,
+  std::printf("[kv pool] 4 requests of 120 tokens: %d done, %d ended for want of pages, %lld prompt chunks put off\n", ok,
               full, static_cast<long long>(st.prompt_waits));
   EXPECT_GE(ok, 2);
   EXPECT_GE(full, 1);
   EXPECT_EQ(st.kv_exhausted, full);
   Collector after;
+  const ShutdownOnExit stop_after{engine.get()};
   ASSERT_TRUE(engine->submit(greedy(*lm->tok, "Water boils at", 8), after.sink()).is_ok());
   ASSERT_TRUE(after.wait());
   EXPECT_TRUE(after.last.error.is_ok()) << after.last.error.to_string();

@@ -47,7 +47,7 @@ std::unique_ptr<Server> start(testing::LoadedModel& lm, int max_batch = 4) {
 
 json post(int port, const std::string& path, const std::string& body, int* status) {
   httplib::Client cli("127.0.0.1", port);
-  cli.set_read_timeout(120, 0);
+  cli.set_read_timeout(600, 0);  // (ctest -j on 2 shared cores can be slow)
   auto r = cli.Post(path.c_str(), body, "application/json");
   if (!r) {
     *status = -1;
