@@ -96,6 +96,7 @@ TEST(HttpServer, CompletionsPlainStreamedAndChat) {
   // The same request streamed: the chunks add up to the same text, then [DONE].
   {
     httplib::Client cli("127.0.0.1", s->port);
+    cli.set_read_timeout(600, 0);  // (ctest -j on 2 shared cores can be slow)
     auto res = cli.Post("/v1/completions", R"({"prompt":"The capital of France is","max_tokens":12,"temperature":0,"stream":true})",
                         "application/json");
     ASSERT_TRUE(res);
@@ -125,6 +126,7 @@ TEST(HttpServer, CompletionsPlainStreamedAndChat) {
   // Streamed chat: role first, then the content deltas.
   {
     httplib::Client cli("127.0.0.1", s->port);
+    cli.set_read_timeout(600, 0);  // (ctest -j on 2 shared cores can be slow)
     auto res = cli.Post("/v1/chat/completions",
                         R"({"messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":24,"temperature":0,"stream":true})",
                         "application/json");
@@ -136,6 +138,7 @@ TEST(HttpServer, CompletionsPlainStreamedAndChat) {
   }
   // Health and models.
   httplib::Client cli("127.0.0.1", s->port);
+  cli.set_read_timeout(600, 0);  // (ctest -j on 2 shared cores can be slow)
   auto h = cli.Get("/health");
   ASSERT_TRUE(h);
   const json hj = json::parse(h->body);
@@ -221,6 +224,7 @@ TEST(HttpServer, DroppedStreamFreesItsSlot) {
   auto s = start(*lm, 1);
   {
     httplib::Client cli("127.0.0.1", s->port);
+    cli.set_read_timeout(600, 0);  // (ctest -j on 2 shared cores can be slow)
     int chunks = 0;
     httplib::Request req;
     req.method = "POST";
