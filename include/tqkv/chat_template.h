@@ -35,7 +35,7 @@ struct ChatTemplate {
   // adds it when the file says so). Special tokens appear as text: encode with parse_special.
   std::string render_user_turn(const std::string& user, const std::string& system = "") const;
   // A whole conversation (system messages first, then user / assistant turns in order) and the
-  // opening of the next assistant reply; a single user message renders as render_user_turn.
+  // opening of the next assistant reply (render_user_turn is the one-turn case of it).
   // Fails on an unknown role, on no user message, or when the last message is not the user's.
   Result<std::string> render_conversation(const std::vector<ChatMessage>& messages) const;
 };

@@ -146,6 +146,7 @@ class Engine {
   void loop();
   bool admit(std::unique_ptr<Seq>& s);        // prefill; false when the request ended there
   bool emit_token(Seq& s, int32_t id);        // false when the request is finished
+  bool emit_sampled(Seq& s, const float* logits);  // samples from logits [n_vocab], then emit_token
   void finish(Seq& s, const std::string& reason, const Status& error);
 
   std::unique_ptr<ServeBackend> backend_;

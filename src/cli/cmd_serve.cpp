@@ -39,18 +39,24 @@ int fail(const std::string& what, const tqkv::Status& st) {
   return 1;
 }
 
-// --device cuda: the GPU runtime's slots (weights uploaded as fp16, KV cache on the device).
+// The GPU model the backend of --device cuda reads (declared before the engine in run(), so it
+// outlives it); an incomplete type without the GPU runtime.
+#ifdef TQKV_HAVE_GPU_RUNTIME
+using GpuModelPtr = std::unique_ptr<tqkv::GpuModel>;
+#else
+using GpuModelPtr = std::shared_ptr<void>;
+#endif
+
+// --device cuda: the GPU runtime's slots (weights uploaded as fp16 into *gm, KV cache on the device).
 tqkv::Result<std::unique_ptr<tqkv::ServeBackend>> gpu_backend(const tqkv::Model& model, const tqkv::KvOptions& kv,
-                                                              int slots) {
+                                                              int slots, GpuModelPtr* gm) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
-  TQKV_ASSIGN_OR_RETURN(auto gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
-  std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", gm->weight_bytes() / 1e6);
-  static std::unique_ptr<tqkv::GpuModel> keep;  // lives as long as the process (the backend refers to it)
-  keep = std::move(gm);
-  return tqkv::gpu_serve_backend(*keep, kv, slots);
+  TQKV_ASSIGN_OR_RETURN(*gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
+  std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", (*gm)->weight_bytes() / 1e6);
+  return tqkv::gpu_serve_backend(**gm, kv, slots);
 #else
-  (void)model, (void)kv, (void)slots;
+  (void)model, (void)kv, (void)slots, (void)gm;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -92,7 +98,8 @@ int run(const Options& o) {
   if (o.device == "cuda" && eo.kv_budget_bytes > 0)
     return fail("--kv-budget-mib", tqkv::unsupported("the shared page pool is built for the CPU runtime only; on the GPU "
                                                      "each slot holds --ctx tokens"));
-  auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch)
+  GpuModelPtr gpu_model;
+  auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch, &gpu_model)
                                     : tqkv::cpu_serve_backend(**model, eo.kv, o.max_batch, eo.kv_budget_bytes);
   if (!backend.is_ok()) return fail("KV cache", backend.status());
   auto engine = tqkv::Engine::create(std::move(*backend), **tok, eo);

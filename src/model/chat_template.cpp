@@ -67,32 +67,11 @@ Result<ChatTemplate> chat_template_from_gguf(const GgufFile& g) {
 }
 
 std::string ChatTemplate::render_user_turn(const std::string& user, const std::string& system) const {
-  const std::string sys = system.empty() ? default_system : system;
-  switch (format) {
-    case ChatFormat::kChatML: {
-      std::string s;
-      if (!sys.empty()) s += "<|im_start|>system\n" + sys + "<|im_end|>\n";
-      return s + "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
-    }
-    case ChatFormat::kGemma:
-      // Gemma has no system role: a system text goes before the user's, in the user turn.
-      return "<start_of_turn>user\n" + (sys.empty() ? "" : sys + "\n\n") + user +
-             "<end_of_turn>\n<start_of_turn>model\n";
-    case ChatFormat::kLlama3: {
-      std::string s;
-      if (!sys.empty()) s += "<|start_header_id|>system<|end_header_id|>\n\n" + sys + "<|eot_id|>";
-      return s + "<|start_header_id|>user<|end_header_id|>\n\n" + user +
-             "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-    }
-    case ChatFormat::kPhi3: {
-      std::string s;
-      if (!sys.empty()) s += "<|system|>\n" + sys + "<|end|>\n";
-      return s + "<|user|>\n" + user + "<|end|>\n<|assistant|>\n";
-    }
-    case ChatFormat::kMistral:
-      return "[INST] " + (sys.empty() ? "" : sys + "\n\n") + user + " [/INST]";
-  }
-  return user;
+  // (one user turn after at most one system message: render_conversation cannot fail on it)
+  std::vector<ChatMessage> m;
+  if (!system.empty()) m.push_back({"system", system});
+  m.push_back({"user", user});
+  return *render_conversation(m);
 }
 
 Result<std::string> ChatTemplate::render_conversation(const std::vector<ChatMessage>& messages) const {
@@ -109,7 +88,6 @@ Result<std::string> ChatTemplate::render_conversation(const std::vector<ChatMess
     }
   }
   if (turns.empty() || turns.back()->role != "user") return invalid_argument("the last message must be the user's");
-  if (turns.size() == 1) return render_user_turn(turns[0]->content, sys);
   const std::string sy = sys.empty() ? default_system : sys;
   std::string s;
   bool first_user = true;
@@ -118,7 +96,7 @@ Result<std::string> ChatTemplate::render_conversation(const std::vector<ChatMess
       if (!sy.empty()) s += "<|im_start|>system\n" + sy + "<|im_end|>\n";
       for (const auto* m : turns) s += "<|im_start|>" + m->role + "\n" + m->content + "<|im_end|>\n";
       return s + "<|im_start|>assistant\n";
-    case ChatFormat::kGemma:
+    case ChatFormat::kGemma:  // no system role: a system text goes first in the first user turn
       for (const auto* m : turns) {
         if (m->role == "user") {
           s += "<start_of_turn>user\n" + (first_user && !sy.empty() ? sy + "\n\n" : "") + m->content + "<end_of_turn>\n";

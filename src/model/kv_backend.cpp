@@ -16,20 +16,29 @@ Result<KvFormat> parse_kv_format(const std::string& s) {
 
 std::string kv_format_name(const KvFormat& f) { return kv_format_name(f.k_bits, f.v_bits); }
 
-Result<std::unique_ptr<KvBackend>> make_kv_backend(const ModelConfig& cfg, const KvOptions& opt) {
+Status check_kv_options(const ModelConfig& cfg, const KvOptions& opt) {
   if (opt.max_tokens <= 0) return invalid_argument("KV cache: max_tokens must be positive");
   if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
     return invalid_argument("KV cache: bits must be 2, 3, 4, 8 or 16");
   if (cfg.head_dim % 8 != 0) return unsupported("KV cache: head size must be a multiple of 8");
+  return Status::ok();
+}
+
+bool kv_transform_needed(const KvOptions& opt) {
+  const bool compressed = opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits;
+  return !opt.dense_fp32 && ((compressed && (opt.center_keys || opt.center_values || opt.smooth_keys)) ||
+                             !opt.emulate.empty());
+}
+
+Result<std::unique_ptr<KvBackend>> make_kv_backend(const ModelConfig& cfg, const KvOptions& opt) {
+  TQKV_RETURN_IF_ERROR(check_kv_options(cfg, opt));
   std::unique_ptr<KvBackend> kv;
   if (opt.paged && !opt.dense_fp32 && is_valid_head_dim(cfg.head_dim)) {
     TQKV_ASSIGN_OR_RETURN(kv, make_paged_kv(cfg, opt));
   } else {
     TQKV_ASSIGN_OR_RETURN(kv, make_contiguous_kv(cfg, opt));
   }
-  const bool compressed = opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits;
-  if (opt.dense_fp32 || ((!compressed || (!opt.center_keys && !opt.center_values && !opt.smooth_keys)) && opt.emulate.empty()))
-    return kv;
+  if (!kv_transform_needed(opt)) return kv;
   return wrap_kv_transform(cfg, opt, std::move(kv));
 }
 

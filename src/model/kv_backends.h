@@ -7,6 +7,12 @@
 
 namespace tqkv {
 
+// The checks every KV backend of make_kv_backend / KvPool shares (max_tokens, bits, head size).
+Status check_kv_options(const ModelConfig& cfg, const KvOptions& opt);
+// Whether make_kv_backend / KvPool put wrap_kv_transform in front of the cache (centering,
+// smoothing of a compressed format, or the q4_0h emulation).
+bool kv_transform_needed(const KvOptions& opt);
+
 // Contiguous arrays per layer: fp32 reference, fp16, or TurboQuant (src/model/kv_contiguous.cpp).
 Result<std::unique_ptr<KvBackend>> make_contiguous_kv(const ModelConfig& cfg, const KvOptions& opt);
 

@@ -222,9 +222,7 @@ Result<std::unique_ptr<KvPool>> KvPool::create(const ModelConfig& cfg, const KvO
                                                int64_t budget_bytes) {
   if (slots < 1 || slots > 4096) return invalid_argument("KV pool: slots must be in 1..4096");
   if (budget_bytes <= 0) return invalid_argument("KV pool: the byte budget must be positive");
-  if (opt.max_tokens <= 0) return invalid_argument("KV cache: max_tokens must be positive");
-  if (!is_valid_kv_bits(opt.format.k_bits) || !is_valid_kv_bits(opt.format.v_bits))
-    return invalid_argument("KV cache: bits must be 2, 3, 4, 8 or 16");
+  TQKV_RETURN_IF_ERROR(check_kv_options(cfg, opt));
   if (!opt.paged || opt.dense_fp32 || !is_valid_head_dim(cfg.head_dim) || !opt.emulate.empty())
     return unsupported("KV pool: needs the paged cache (head size 64..256, a multiple of 8; no emulation)");
   TQKV_ASSIGN_OR_RETURN(KVCacheConfig cc, cache_config(cfg, opt, slots, budget_bytes));
@@ -234,8 +232,7 @@ Result<std::unique_ptr<KvPool>> KvPool::create(const ModelConfig& cfg, const KvO
   pool->full_group_ = -1;
   for (int32_t gi = 0; gi < pool->cache_->num_groups(); ++gi)
     if (pool->cache_->group_window(gi) == 0) pool->full_group_ = gi;
-  const bool compressed = opt.format.k_bits != kF16Bits || opt.format.v_bits != kF16Bits;
-  const bool transform = compressed && (opt.center_keys || opt.center_values || opt.smooth_keys);
+  const bool transform = kv_transform_needed(opt);
   for (int i = 0; i < slots; ++i) {
     TQKV_ASSIGN_OR_RETURN(auto inner, PagedKv::create(cfg, opt, pool->cache_));
     pool->inner_.push_back(inner.get());

@@ -41,10 +41,10 @@ class CpuServeBackend final : public ServeBackend {
     TQKV_RETURN_IF_ERROR(kv_[slot]->reset());
     return model_.forward(prompt.data(), static_cast<int>(prompt.size()), 0, *kv_[slot], logits, LogitsMode::kLast);
   }
-  Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {
-    segs_.resize(count);
-    for (int i = 0; i < count; ++i) segs_[i] = {tokens + i, 1, kv_[slots[i]]->tokens(), kv_[slots[i]]};
-    return model_.forward_batch(segs_.data(), count, logits);
+  Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {  // (one token each)
+    std::vector<StepItem> items(count);
+    for (int i = 0; i < count; ++i) items[i] = {slots[i], tokens + i, 1, false};
+    return step_mixed(items.data(), count, logits);
   }
   void release(int slot) override { (void)kv_[slot]->reset(); }  // its pages go back to the pool
   bool mixed_steps() const override { return true; }
@@ -249,14 +249,18 @@ bool Engine::admit(std::unique_ptr<Seq>& s) {
     finish(*s, "", st);
     return false;
   }
-  s->context = s->req.prompt;
   s->fed = s->req.prompt.size();
   {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.prompt_tokens += static_cast<int64_t>(s->fed);
   }
-  const int32_t id = s->sampler->sample(logits, s->context);
-  return emit_token(*s, id);
+  return emit_sampled(*s, logits.data());
+}
+
+bool Engine::emit_sampled(Seq& s, const float* logits) {
+  if (s.context.empty()) s.context = s.req.prompt;  // (its first token: the prompt is the context)
+  const int V = backend_->n_vocab();
+  return emit_token(s, s.sampler->sample({logits, static_cast<size_t>(V)}, s.context));
 }
 
 void Engine::loop() {
@@ -386,12 +390,8 @@ void Engine::loop() {
       } else {
         const bool prompt_chunk = s->fed < s->req.prompt.size();
         if (prompt_chunk) s->fed += static_cast<size_t>(items[it].n);
-        if (!prompt_chunk || s->fed == s->req.prompt.size()) {  // a token to sample
-          if (prompt_chunk) s->context = s->req.prompt;
-          const int32_t id = s->sampler->sample({logits.data() + static_cast<size_t>(it) * V, static_cast<size_t>(V)},
-                                                s->context);
-          keep = emit_token(*s, id);
-        }
+        if (!prompt_chunk || s->fed == s->req.prompt.size())  // a token to sample
+          keep = emit_sampled(*s, logits.data() + static_cast<size_t>(it) * V);
       }
       if (keep) still.push_back(std::move(s));
       else release(s);
