@@ -124,6 +124,13 @@ struct GpuContextOptions {
   // last recent_tokens (0..64) positions of each sequence also kept in an fp16 ring in the same
   // layers as the sinks (written by cuda::store_sink_tokens); attention reads them from there.
   int recent_tokens = 0;
+  // Shared page pool (`tqkv serve --device cuda --kv-budget-mib`): > 0 = the full-attention layers'
+  // pages form one pool of this many tokens (whole 16-token pages) that the slots share; a sequence
+  // takes pages as it grows and reset() gives them back. A step whose new tokens need more pages
+  // than are free fails with kResourceExhausted before anything runs (no sequence loses data).
+  // 0 = each slot owns max_tokens of pages (the default). Sliding-window rings, sink tiles and
+  // recent rings stay per slot either way.
+  int64_t pool_tokens = 0;
 };
 
 class GpuContext {
@@ -143,8 +150,12 @@ class GpuContext {
   // Which attention path prefill chunks take ("tiled" or "decode").
   const char* prefill_path_name() const;
   // One token for each of the sequences 0..batch-1 (tokens[b] at position seq_len(b)).
-  // logits: [batch][n_vocab] host, or null; argmax: [batch] host, or null.
-  Status decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax);
+  // logits: [batch][n_vocab] host, or null; argmax: [batch] host, or null. active: null (all), or
+  // [batch] flags; an inactive slot is emptied and runs its token at position 0 into a scratch page
+  // (its output is meaningless; it stays empty and takes no page of a shared pool): serving steps a
+  // prefix of its slots, some of them idle, so that one captured graph per batch size serves.
+  Status decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax,
+                const uint8_t* active = nullptr);
   Status reset(int seq);
   int64_t seq_len(int seq) const;
 
@@ -182,6 +193,16 @@ class GpuContext {
   // Query rows the probe has measured since it was switched on (each row once, all layers).
   int64_t attention_probe_rows() const;
 
+  // Shared page pool (GpuContextOptions::pool_tokens): its size and free pages in tokens (whole
+  // pages), and the pages sequence `seq` holds, in tokens; all 0 without a pool.
+  int64_t pool_tokens() const;
+  int64_t pool_free_tokens() const;
+  int64_t pool_held_tokens(int seq) const;
+  // Tokens of a pool that a budget of `bytes` buys for `max_seqs` slots under `opt` (the slots'
+  // fixed parts, i.e. sliding-window rings, sink tiles and recent rings, come off first); <= 0 when
+  // the budget does not cover them.
+  static int64_t pool_tokens_for_budget(const ModelConfig& cfg, const GpuContextOptions& opt, int64_t bytes);
+
   int64_t kv_bytes_allocated() const;
   // Bytes one sequence of `len` tokens needs under this context's per-layer policy (whole pages).
   int64_t kv_bytes_per_seq(int64_t len) const;
@@ -215,9 +236,12 @@ GpuContextOptions gpu_context_options(const KvOptions& kv, int max_seqs);
 
 // `tqkv serve --device cuda` (include/tqkv/serve.h): `slots` sequence slots of one GpuContext
 // (gpu_context_options(kv, slots)); a step is one GpuContext::decode over slots 0 .. the highest
-// busy one (idle slots below it are emptied and carry a dummy token: decode takes a slot prefix).
-// k8_layers, center_values and emulate are kUnsupported, as in gpu_generate.
-Result<std::unique_ptr<ServeBackend>> gpu_serve_backend(const GpuModel& model, const KvOptions& kv, int slots);
+// busy one, rounded up to one of a few batch sizes (idle slots in it are inactive). kv_budget_bytes
+// > 0: the slots share a page pool of what that budget buys (GpuContext::pool_tokens_for_budget,
+// at most slots x kv.max_tokens), else each holds kv.max_tokens. k8_layers, center_values and
+// emulate are kUnsupported, as in gpu_generate.
+Result<std::unique_ptr<ServeBackend>> gpu_serve_backend(const GpuModel& model, const KvOptions& kv, int slots,
+                                                        int64_t kv_budget_bytes = 0);
 
 Result<GenerateStats> gpu_generate(const GpuModel& model, const Tokenizer& tok, const KvOptions& kv,
                                    const std::vector<int32_t>& prompt, const GenerateOptions& opt,

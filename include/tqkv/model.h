@@ -206,6 +206,7 @@ class KvPool {
   // Whether slots[i] can each take n[i] more tokens together (pages of the full-attention pool).
   bool fits(const int* slots, const int* n, int count) const;
   int64_t token_capacity() const;  // tokens the pool holds in all (full-attention pages)
+  int page_size() const;           // tokens per page
   int64_t bytes() const;           // bytes allocated (pages, sink tiles, recent rings)
 
  private:

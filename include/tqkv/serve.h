@@ -9,9 +9,11 @@
 // tokens per step), so the running sequences keep producing tokens while it is read; the GPU
 // backend prefills a new prompt whole, between two steps.
 //
-// KV memory: max_batch caches of `kv.max_tokens` positions each, in the chosen format, are made up
-// front (the paged cache sizes itself for that context), so a request never fails for want of KV
-// memory mid-way; a request that cannot fit its context is refused before it starts.
+// KV memory: max_batch caches of `kv.max_tokens` positions each, in the chosen format, made up
+// front, so a request never fails for want of KV memory mid-way; or (kv_budget_bytes, CPU and GPU)
+// one page pool of a byte budget that the slots share, where a compressed format holds 4-5x the
+// tokens of f16, and EngineOptions::kv_admission decides when requests start. A request that
+// cannot fit its context is refused before it starts.
 //
 // The HTTP front end (OpenAI-compatible, include/tqkv/http_server.h) sits on top of this.
 #pragma once
@@ -69,6 +71,11 @@ class ServeBackend {
     (void)items, (void)count, (void)logits;
     return unsupported("this serving backend has no mixed steps");
   }
+  // A KV page pool that the slots share: its size in tokens (whole pages; 0 = no shared pool, each
+  // slot holds context() positions), and the tokens a sequence of `len` positions takes from it (len
+  // rounded up to whole pages). The engine's admission (EngineOptions::kv_admission) reads them.
+  virtual int64_t pool_tokens() const { return 0; }
+  virtual int64_t pool_tokens_for(int64_t len) const { return len; }
   virtual int64_t kv_bytes(int slot) const = 0;       // bytes its tokens occupy
   virtual int64_t kv_f16_bytes(int slot) const = 0;   // what an f16 cache would use for them
   virtual std::string describe() const = 0;
@@ -80,12 +87,24 @@ class ServeBackend {
 Result<std::unique_ptr<ServeBackend>> cpu_serve_backend(const Model& model, const KvOptions& kv, int slots,
                                                         int64_t kv_budget_bytes = 0);
 
+// How requests start when the backend's slots share a page pool (ServeBackend::pool_tokens() > 0).
+enum class KvAdmission {
+  // A request starts only when the pool can hold its prompt and all of max_tokens beside what the
+  // running requests have reserved: no request ever ends for want of KV pages; the others queue.
+  kReserve,
+  // A request starts whenever a slot is free; pages are taken as sequences grow. When the pool runs
+  // out, prompt chunks wait while others decode, then the newest sequence ends with
+  // kResourceExhausted (HTTP 503). More sequences at once, at that risk.
+  kGreedy,
+};
+
 struct EngineOptions {
   KvOptions kv;           // (CPU, Engine::create(model, ...)) format, transforms; kv.max_tokens = context
   int max_batch = 8;      // (CPU) sequences decoding together (= KV cache slots)
   int max_queue = 256;    // requests waiting beyond this are refused (kResourceExhausted)
   int prefill_chunk = Model::kMaxChunk;  // prompt tokens per step (mixed steps; 1..Model::kMaxChunk)
   int64_t kv_budget_bytes = 0;  // (CPU, Engine::create(model, ...)) > 0: the slots share a KvPool of this size
+  KvAdmission kv_admission = KvAdmission::kReserve;  // (shared pools) see KvAdmission
 };
 
 struct CompletionRequest {
@@ -117,6 +136,9 @@ struct EngineStats {
   int64_t prompt_tokens = 0;  // prompt tokens read (prefill)
   int64_t kv_exhausted = 0;   // requests ended because the shared KV pool was full
   int64_t prompt_waits = 0;   // prompt chunks put off a step for want of KV pages
+  int64_t admit_waits = 0;    // (kReserve) steps in which the next queued request waited for pool room
+  int peak_active = 0;        // most sequences running at once
+  int64_t pool_tokens = 0;    // the shared pool's size in tokens (0: none)
 };
 
 class Engine {
@@ -133,7 +155,8 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Queues a request. Fails at once (nothing queued) on an empty prompt, a prompt that leaves no
-  // room in the context, bad sampler options or a full queue. max_tokens is cut to the room left.
+  // room in the context (or, with a shared pool, in the whole pool), bad sampler options or a full
+  // queue. max_tokens is cut to the room left (in the context, and in the pool).
   Status submit(CompletionRequest req, CompletionSink sink);
   EngineStats stats() const;
   const EngineOptions& options() const { return opt_; }

@@ -31,6 +31,7 @@ struct Options {
   int max_queue = 256;
   int prefill_chunk = tqkv::Model::kMaxChunk;
   double kv_budget_mib = 0;
+  std::string kv_admit = "reserve";
   tqkv::cli::KvTransformFlags tf;
 };
 
@@ -49,14 +50,14 @@ using GpuModelPtr = std::shared_ptr<void>;
 
 // --device cuda: the GPU runtime's slots (weights uploaded as fp16 into *gm, KV cache on the device).
 tqkv::Result<std::unique_ptr<tqkv::ServeBackend>> gpu_backend(const tqkv::Model& model, const tqkv::KvOptions& kv,
-                                                              int slots, GpuModelPtr* gm) {
+                                                              int slots, int64_t budget, GpuModelPtr* gm) {
 #ifdef TQKV_HAVE_GPU_RUNTIME
   TQKV_RETURN_IF_ERROR(tqkv::gpu_available());
   TQKV_ASSIGN_OR_RETURN(*gm, tqkv::GpuModel::from_gguf(model.gguf(), model.config()));
   std::fprintf(stderr, "  device: cuda, weights %.1f MB fp16\n", (*gm)->weight_bytes() / 1e6);
-  return tqkv::gpu_serve_backend(**gm, kv, slots);
+  return tqkv::gpu_serve_backend(**gm, kv, slots, budget);
 #else
-  (void)model, (void)kv, (void)slots, (void)gm;
+  (void)model, (void)kv, (void)slots, (void)budget, (void)gm;
   return tqkv::unsupported("--device cuda: this tqkv was built without the CUDA backend (configure with -DTQKV_CUDA=ON)");
 #endif
 }
@@ -95,11 +96,9 @@ int run(const Options& o) {
   eo.max_queue = o.max_queue;
   eo.prefill_chunk = o.prefill_chunk;
   eo.kv_budget_bytes = static_cast<int64_t>(o.kv_budget_mib * 1024 * 1024);
-  if (o.device == "cuda" && eo.kv_budget_bytes > 0)
-    return fail("--kv-budget-mib", tqkv::unsupported("the shared page pool is built for the CPU runtime only; on the GPU "
-                                                     "each slot holds --ctx tokens"));
+  eo.kv_admission = o.kv_admit == "greedy" ? tqkv::KvAdmission::kGreedy : tqkv::KvAdmission::kReserve;
   GpuModelPtr gpu_model;
-  auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch, &gpu_model)
+  auto backend = o.device == "cuda" ? gpu_backend(**model, eo.kv, o.max_batch, eo.kv_budget_bytes, &gpu_model)
                                     : tqkv::cpu_serve_backend(**model, eo.kv, o.max_batch, eo.kv_budget_bytes);
   if (!backend.is_ok()) return fail("KV cache", backend.status());
   auto engine = tqkv::Engine::create(std::move(*backend), **tok, eo);
@@ -143,10 +142,15 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
                  "their tokens flowing more evenly while a long prompt is read")
       ->check(CLI::Range(1, tqkv::Model::kMaxChunk));
   sub.add_option("--kv-budget-mib", o->kv_budget_mib,
-                 "CPU: the slots share one KV page pool of this many MiB, taken as sequences grow (a compressed "
-                 "--kv fits ~4x the tokens of f16); a step the pool cannot hold ends the newest sequence with an "
-                 "error. Default 0: each slot holds --ctx tokens of its own")
+                 "The slots share one KV page pool of this many MiB (CPU and cuda), pages taken as sequences "
+                 "grow: a compressed --kv holds ~4x the tokens of f16, so more requests run at once. Default 0: "
+                 "each slot holds --ctx tokens of its own")
       ->check(CLI::Range(0.0, 1e7));
+  sub.add_option("--kv-admit", o->kv_admit,
+                 "With --kv-budget-mib: reserve (default) starts a request only when the pool can hold its prompt "
+                 "and all of max_tokens beside the running ones' (none ever fails for want of KV); greedy starts "
+                 "it whenever a slot is free and, when the pool runs out, ends the newest with a 503")
+      ->check(CLI::IsMember({"reserve", "greedy"}));
   sub.add_option("--name", o->name, "Model name in responses (default: the file's name)");
   sub.add_option("--center", o->center, "keys (default): exact key centering before quantization; none: the plain codec")
       ->check(CLI::IsMember({"keys", "none"}));
@@ -156,6 +160,6 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   return [o] { return run(*o); };
 }
 
-tqkv::cli::CommandRegistrar reg("serve", "OpenAI-compatible HTTP server with continuous batching (CPU runtime)", &setup);
+tqkv::cli::CommandRegistrar reg("serve", "OpenAI-compatible HTTP server with continuous batching (CPU, or --device cuda)", &setup);
 
 }  // namespace

@@ -77,18 +77,31 @@ Result<std::unique_ptr<GpuContext>> GpuContext::create(const GpuModel& model, co
   m.max_pages[1] = m.max_pages[0];
   m.ring = any_sliding ? std::min<int64_t>(ring_pages_for(c, opt.max_chunk), m.max_pages[0]) : 0;
   std::mt19937_64 rng(opt.page_shuffle_seed);
-  const int64_t full_pool = static_cast<int64_t>(opt.max_seqs) * m.max_pages[0];
+  if (opt.pool_tokens < 0) return invalid_argument("GpuContext: pool_tokens must be >= 0");
+  m.pooled = opt.pool_tokens > 0;
+  // A shared pool: its pages plus the scratch page of inactive decode slots (the last id).
+  const int64_t full_pool =
+      m.pooled ? (opt.pool_tokens + kPage - 1) / kPage + 1 : static_cast<int64_t>(opt.max_seqs) * m.max_pages[0];
+  if (full_pool > INT32_MAX) return invalid_argument("GpuContext: page pool too large");
   const int64_t slide_pool = static_cast<int64_t>(opt.max_seqs) * m.ring;
   for (int g = 0; g < m.G; ++g) {
     const int64_t pool = g == 0 ? full_pool : slide_pool;
     std::vector<int32_t> perm(static_cast<size_t>(pool));
     std::iota(perm.begin(), perm.end(), 0);
-    if (opt.page_shuffle_seed != 0) std::shuffle(perm.begin(), perm.end(), rng);
+    if (opt.page_shuffle_seed != 0) std::shuffle(perm.begin(), perm.end() - (g == 0 && m.pooled ? 1 : 0), rng);
     std::vector<int32_t> t(static_cast<size_t>(opt.max_seqs) * m.max_pages[g]);
-    for (int s = 0; s < opt.max_seqs; ++s)
-      for (int p = 0; p < m.max_pages[g]; ++p)
-        t[static_cast<size_t>(s) * m.max_pages[g] + p] =
-            g == 0 ? perm[static_cast<size_t>(s) * m.max_pages[0] + p] : perm[static_cast<size_t>(s * m.ring + p % m.ring)];
+    if (g == 0 && m.pooled) {
+      m.scratch_page = static_cast<int32_t>(full_pool - 1);
+      std::fill(t.begin(), t.end(), m.scratch_page);
+      // Taken from the back: the first pages handed out are perm[0], perm[1], ...
+      m.free_pages.assign(perm.rbegin() + 1, perm.rend());
+      m.owned.assign(static_cast<size_t>(opt.max_seqs), {});
+    } else {
+      for (int s = 0; s < opt.max_seqs; ++s)
+        for (int p = 0; p < m.max_pages[g]; ++p)
+          t[static_cast<size_t>(s) * m.max_pages[g] + p] =
+              g == 0 ? perm[static_cast<size_t>(s) * m.max_pages[0] + p] : perm[static_cast<size_t>(s * m.ring + p % m.ring)];
+    }
     TQKV_ASSIGN_OR_RETURN(m.table[g], a.alloc<int32_t>(t.size()));
     CK(cudaMemcpy(m.table[g], t.data(), t.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
   }
@@ -230,6 +243,7 @@ Status GpuContext::prefill(int seq, const int32_t* tokens, int n, float* logits,
     if (tokens[i] < 0 || tokens[i] >= m.cfg.n_vocab) return out_of_range("prefill: token id " + std::to_string(tokens[i]) + " outside the vocabulary");
   if (m.lens[seq] + n > m.opt.max_tokens)
     return out_of_range("GPU KV cache full: " + std::to_string(m.lens[seq] + n) + " tokens > context " + std::to_string(m.opt.max_tokens));
+  TQKV_RETURN_IF_ERROR(m.ensure_pages(seq, m.lens[seq] + n));
   std::vector<int32_t> seqs(static_cast<size_t>(m.opt.max_chunk), seq), pos(static_cast<size_t>(m.opt.max_chunk));
   for (int done = 0; done < n;) {
     const int cnt = std::min(m.opt.max_chunk, n - done);
@@ -283,6 +297,15 @@ Status GpuContext::prefill_batch(const int* seqs, const int32_t* const* tokens, 
       if (tokens[i][j] < 0 || tokens[i][j] >= m.cfg.n_vocab) return out_of_range("prefill_batch: token id outside the vocabulary");
     if (m.lens[seqs[i]] + n[i] > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
   }
+  if (m.pooled) {  // every sequence's pages first: nothing runs unless all of them fit
+    int64_t need = 0;
+    for (int i = 0; i < count; ++i)
+      need += std::max<int64_t>(0, (m.lens[seqs[i]] + n[i] + kPage - 1) / kPage - static_cast<int64_t>(m.owned[seqs[i]].size()));
+    if (need > static_cast<int64_t>(m.free_pages.size()))
+      return resource_exhausted("GPU KV page pool is full: " + std::to_string(need) + " more pages needed, " +
+                                std::to_string(m.free_pages.size()) + " free");
+    for (int i = 0; i < count; ++i) TQKV_RETURN_IF_ERROR(m.ensure_pages(seqs[i], m.lens[seqs[i]] + n[i]));
+  }
   const int C = m.opt.max_chunk, V = m.cfg.n_vocab;
   std::vector<int32_t> tok(static_cast<size_t>(C)), sq(static_cast<size_t>(C)), pos(static_cast<size_t>(C)),
       qlen(static_cast<size_t>(C)), last(static_cast<size_t>(C));
@@ -328,13 +351,30 @@ Status GpuContext::prefill_batch(const int* seqs, const int32_t* const* tokens, 
 
 const char* GpuContext::prefill_path_name() const { return impl_->tiled_prefill ? "tiled" : "decode"; }
 
-Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax) {
+Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32_t* argmax, const uint8_t* active) {
   Impl& m = *impl_;
   if (batch < 1 || batch > m.opt.max_seqs) return out_of_range("decode: batch must be 1.." + std::to_string(m.opt.max_seqs));
   std::vector<int32_t> seqs(static_cast<size_t>(batch)), pos(static_cast<size_t>(batch));
   for (int b = 0; b < batch; ++b) {
     if (tokens[b] < 0 || tokens[b] >= m.cfg.n_vocab) return out_of_range("decode: token id outside the vocabulary");
     if (m.lens[b] + 1 > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
+  }
+  if (m.pooled) {  // the new tokens' pages first: nothing runs unless all of them fit
+    int64_t need = 0;
+    for (int b = 0; b < batch; ++b)
+      if (active == nullptr || active[b])
+        need += std::max<int64_t>(0, (m.lens[b] + 1 + kPage - 1) / kPage - static_cast<int64_t>(m.owned[b].size()));
+    if (need > static_cast<int64_t>(m.free_pages.size()))
+      return resource_exhausted("GPU KV page pool is full: " + std::to_string(need) + " more pages needed, " +
+                                std::to_string(m.free_pages.size()) + " free");
+  }
+  for (int b = 0; b < batch; ++b) {
+    if (active != nullptr && !active[b]) {
+      m.lens[b] = 0;
+      TQKV_RETURN_IF_ERROR(m.release_pages(b));  // position 0 lands on the scratch page (pool), or its own page
+    } else {
+      TQKV_RETURN_IF_ERROR(m.ensure_pages(b, m.lens[b] + 1));
+    }
     seqs[b] = b;
     pos[b] = static_cast<int32_t>(m.lens[b]);
     if (b == m.probe.seq) m.probe.valid = false;  // decode steps are not measured: the probe stops
@@ -354,7 +394,8 @@ Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32
     TQKV_RETURN_IF_ERROR(m.enqueue_forward(batch, true, 0));
   }
   TQKV_RETURN_IF_ERROR(m.fetch(batch, logits, argmax));
-  for (int b = 0; b < batch; ++b) ++m.lens[b];
+  for (int b = 0; b < batch; ++b)
+    if (active == nullptr || active[b]) ++m.lens[b];
   return Status::ok();
 }
 
@@ -362,7 +403,45 @@ Status GpuContext::reset(int seq) {
   Impl& m = *impl_;
   if (seq < 0 || seq >= m.opt.max_seqs) return out_of_range("reset: bad sequence slot");
   m.lens[seq] = 0;
-  return Status::ok();
+  return m.release_pages(seq);
+}
+
+int64_t GpuContext::pool_tokens() const {
+  const Impl& m = *impl_;
+  return m.pooled ? static_cast<int64_t>(m.scratch_page) * kPage : 0;  // (the scratch page is the last id)
+}
+
+int64_t GpuContext::pool_free_tokens() const {
+  const Impl& m = *impl_;
+  return m.pooled ? static_cast<int64_t>(m.free_pages.size()) * kPage : 0;
+}
+
+int64_t GpuContext::pool_held_tokens(int seq) const {
+  const Impl& m = *impl_;
+  return m.pooled && seq >= 0 && seq < m.opt.max_seqs ? static_cast<int64_t>(m.owned[seq].size()) * kPage : 0;
+}
+
+int64_t GpuContext::pool_tokens_for_budget(const ModelConfig& c, const GpuContextOptions& opt, int64_t bytes) {
+  // What create() allocates: per slot the sliding layers' rings and the compressed layers' sink
+  // tiles and recent rings; for the pool, one page of every full-attention layer per 16 tokens,
+  // plus the scratch page.
+  int64_t fixed = 0, page = 0;
+  for (int l = 0; l < c.n_layer; ++l) {
+    const bool f16 = layer_is_f16(c, opt.f16_layers, l);
+    const int kb = f16 ? kF16Bits : opt.format.k_bits, vb = f16 ? kF16Bits : opt.format.v_bits;
+    const int64_t tiles = c.n_head_kv * (tile_bytes(kPage, c.head_dim, kb) + tile_bytes(kPage, c.head_dim, vb));
+    if (layer_is_sliding(c, l)) {
+      fixed += std::min<int64_t>(ring_pages_for(c, opt.max_chunk), (opt.max_tokens + kPage - 1) / kPage) * tiles;
+    } else {
+      page += tiles;
+      if (kb != kF16Bits || vb != kF16Bits)
+        fixed += 2ll * c.n_head_kv * (tile_bytes(opt.sink_tokens, c.head_dim, kF16Bits) * (opt.sink_tokens > 0) +
+                                      tile_bytes(opt.recent_tokens, c.head_dim, kF16Bits) * (opt.recent_tokens > 0));
+    }
+  }
+  if (page == 0) return 0;  // no full-attention layer: nothing to pool
+  const int64_t pages = (bytes - fixed * opt.max_seqs) / page - 1;
+  return pages > 0 ? pages * kPage : 0;
 }
 
 int64_t GpuContext::seq_len(int seq) const {

@@ -8,6 +8,7 @@ namespace tqkv {
 Status GpuContext::fill_random(int64_t len, uint64_t seed) {
   Impl& m = *impl_;
   if (len < 0 || len > m.opt.max_tokens) return out_of_range("fill_random: length beyond the context");
+  for (int b = 0; b < m.opt.max_seqs; ++b) TQKV_RETURN_IF_ERROR(m.ensure_pages(b, len));  // (a shared pool)
   for (int l = 0; l < m.cfg.n_layer; ++l) {
     const Impl::LayerKv& L = m.lkv[l];
     const int64_t tiles = L.pages * m.cfg.n_head_kv;
@@ -34,6 +35,7 @@ Result<double> GpuContext::time_decode_steps(int batch, int steps, int32_t first
   if (batch < 1 || batch > m.opt.max_seqs) return out_of_range("time_decode_steps: bad batch");
   for (int b = 0; b < batch; ++b)
     if (m.lens[b] + steps + 2 > m.opt.max_tokens) return out_of_range("time_decode_steps: context too small for the steps");
+  for (int b = 0; b < batch; ++b) TQKV_RETURN_IF_ERROR(m.ensure_pages(b, m.lens[b] + steps + 2));
   std::vector<int32_t> toks(static_cast<size_t>(batch), first_token), seqs(static_cast<size_t>(batch)), pos(static_cast<size_t>(batch));
   for (int b = 0; b < batch; ++b) {
     seqs[b] = b;

@@ -76,6 +76,45 @@ struct GpuContext::Impl {
   int max_pages[2] = {0, 0};
   int64_t ring = 0;
   int32_t* table[2] = {nullptr, nullptr};
+  // Shared page pool (opt.pool_tokens > 0, group 0 only): free page ids, the pages each slot holds
+  // in position order (owned[s][p] = its page of positions [16p, 16p + 16)), and a scratch page that
+  // inactive decode slots write into (entry 0 of every slot's row while it holds nothing).
+  bool pooled = false;
+  std::vector<int32_t> free_pages;
+  std::vector<std::vector<int32_t>> owned;
+  int32_t scratch_page = -1;
+  // Pages for positions [0, len) of `seq` (pool: taken from the free list and written into the
+  // device table before the next step; kResourceExhausted when too few are free, nothing taken).
+  Status ensure_pages(int seq, int64_t len) {
+    if (!pooled) return Status::ok();
+    const size_t need = static_cast<size_t>((len + kPage - 1) / kPage);
+    auto& own = owned[seq];
+    if (need <= own.size()) return Status::ok();
+    if (need - own.size() > free_pages.size())
+      return resource_exhausted("GPU KV page pool is full: " + std::to_string(need - own.size()) + " more pages needed, " +
+                                std::to_string(free_pages.size()) + " free");
+    const size_t first = own.size();
+    while (own.size() < need) {
+      own.push_back(free_pages.back());
+      free_pages.pop_back();
+    }
+    // Pageable source: the copy is staged before cudaMemcpyAsync returns, so `own` may change after.
+    CK(cudaMemcpyAsync(table[0] + static_cast<int64_t>(seq) * max_pages[0] + first, own.data() + first,
+                       (need - first) * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    return Status::ok();
+  }
+  // A slot emptied: its pages back to the pool, its first table entry on the scratch page.
+  Status release_pages(int seq) {
+    if (!pooled) return Status::ok();
+    auto& own = owned[seq];
+    free_pages.insert(free_pages.end(), own.rbegin(), own.rend());
+    const bool had = !own.empty();
+    own.clear();
+    if (had)
+      CK(cudaMemcpyAsync(table[0] + static_cast<int64_t>(seq) * max_pages[0], &scratch_page, sizeof(int32_t),
+                         cudaMemcpyHostToDevice, stream));
+    return Status::ok();
+  }
   struct LayerKv {
     uint8_t *k = nullptr, *v = nullptr;
     int kb = 16, vb = 16, group = 0, window = 0;

@@ -179,6 +179,9 @@ struct HttpServer::Impl {
               {"prompt_tokens", s.prompt_tokens},
               {"kv_exhausted", s.kv_exhausted},
               {"prompt_waits", s.prompt_waits},
+              {"admit_waits", s.admit_waits},
+              {"peak_active", s.peak_active},
+              {"pool_tokens", s.pool_tokens},
               {"kv_bytes_in_use", s.kv_bytes_in_use},
               {"kv_f16_bytes", s.kv_f16_bytes}};
     res.set_content(dump(j), "application/json");

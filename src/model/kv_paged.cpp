@@ -259,6 +259,7 @@ bool KvPool::fits(const int* slots, const int* n, int count) const {
 }
 
 int64_t KvPool::token_capacity() const { return cache_->token_capacity(); }
+int KvPool::page_size() const { return static_cast<int>(cache_->config().page_size); }
 int64_t KvPool::bytes() const { return cache_->bytes_allocated(); }
 
 }  // namespace tqkv

@@ -19,6 +19,7 @@ struct Engine::Seq {
   Utf8StreamDecoder utf8;
   std::string text;              // decoded text not yet sent (held back while it may start a stop string)
   size_t max_stop = 0;           // longest stop string
+  int64_t reserved = 0;          // (KvAdmission::kReserve) pool tokens held for it: prompt + max_tokens
 };
 
 namespace {
@@ -66,6 +67,11 @@ class CpuServeBackend final : public ServeBackend {
       segs_[i] = {items[i].tokens, items[i].n, kv.tokens(), &kv};
     }
     return model_.forward_batch(segs_.data(), count, logits);
+  }
+  int64_t pool_tokens() const override { return pool_ ? pool_->token_capacity() : 0; }
+  int64_t pool_tokens_for(int64_t len) const override {
+    const int64_t ps = pool_ ? pool_->page_size() : 1;
+    return (len + ps - 1) / ps * ps;
   }
   int64_t kv_bytes(int slot) const override { return kv_[slot]->bytes_in_use(); }
   int64_t kv_f16_bytes(int slot) const override { return kv_[slot]->f16_bytes_for(kv_[slot]->tokens()); }
@@ -121,6 +127,7 @@ Result<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<ServeBackend> bac
     return invalid_argument("prefill_chunk must be in 1.." + std::to_string(Model::kMaxChunk));
   if (backend->context() < 2) return invalid_argument("the context must hold at least 2 tokens");
   std::unique_ptr<Engine> e(new Engine(std::move(backend), tok, opt));
+  e->stats_.pool_tokens = e->backend_->pool_tokens();
   for (int i = 0; i < e->backend_->slots(); ++i) e->free_slots_.push_back(i);
   e->stats_.max_batch = e->backend_->slots();
   e->thread_ = std::thread([p = e.get()] { p->loop(); });
@@ -155,6 +162,14 @@ Status Engine::submit(CompletionRequest req, CompletionSink sink) {
                             std::to_string(context()));
   if (req.max_tokens < 1) return invalid_argument("max_tokens must be >= 1");
   req.max_tokens = static_cast<int>(std::min<int64_t>(req.max_tokens, room));
+  const int64_t pool = backend_->pool_tokens();
+  if (pool > 0) {  // a shared pool: the request must fit in the whole of it
+    const int64_t pool_room = pool - static_cast<int64_t>(req.prompt.size());
+    if (pool_room < 1)
+      return invalid_argument("the prompt has " + std::to_string(req.prompt.size()) + " tokens; the KV pool holds " +
+                              std::to_string(pool) + " in all");
+    req.max_tokens = static_cast<int>(std::min<int64_t>(req.max_tokens, pool_room));
+  }
   auto s = std::make_unique<Seq>();
   TQKV_ASSIGN_OR_RETURN(Sampler sm, Sampler::create(req.sampler));
   s->sampler = std::make_unique<Sampler>(std::move(sm));
@@ -275,7 +290,23 @@ void Engine::loop() {
       std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [&] { return stopping_ || !active_.empty() || (!queue_.empty() && !free_slots_.empty()); });
       if (stopping_) return;
+      // kReserve: the pool tokens the running requests hold (prompt + max_tokens each).
+      const int64_t pool = backend_->pool_tokens();
+      const bool reserve = pool > 0 && opt_.kv_admission == KvAdmission::kReserve;
+      int64_t reserved = 0;
+      for (const auto& a : active_) reserved += a->reserved;
       while (!queue_.empty() && !free_slots_.empty()) {
+        if (reserve) {
+          const CompletionRequest& r = queue_.front()->req;
+          const int64_t need = backend_->pool_tokens_for(static_cast<int64_t>(r.prompt.size()) + r.max_tokens);
+          // (submit cut max_tokens to the pool, so with nothing running the request fits)
+          if (reserved + need > pool && reserved > 0) {
+            ++stats_.admit_waits;
+            break;
+          }
+          queue_.front()->reserved = need;
+          reserved += need;
+        }
         auto s = std::move(queue_.front());
         queue_.pop_front();
         // The lowest free slot: the GPU backend steps a prefix of its slots (fewer idle ones).
@@ -369,6 +400,7 @@ void Engine::loop() {
       }
       st = backend_->step(slots.data(), toks.data(), n, logits.data());
     }
+    const int running = static_cast<int>(active_.size());
     std::vector<std::unique_ptr<Seq>> still;
     for (size_t i = 0; i < active_.size(); ++i) {
       auto& s = active_[i];
@@ -404,6 +436,7 @@ void Engine::loop() {
     fill_sum_ += n;
     stats_.batch_fill = fill_sum_ / static_cast<double>(stats_.steps);
     stats_.active = static_cast<int>(active_.size());
+    stats_.peak_active = std::max(stats_.peak_active, running);
     int64_t used = 0, f16 = 0;
     for (const auto& s : active_) {
       used += backend_->kv_bytes(s->slot);

@@ -392,15 +392,16 @@ TEST(KvPool, SharedPagesCapacityAndExhaustion) {
   EXPECT_TRUE(p.fits(&slot, &n, 1));
 }
 
-// Serving from a shared pool too small for every request at once: nothing crashes, every request
-// ends (done, or with a clear "KV cache pool is full" error), at least two complete, and the
-// engine keeps serving afterwards.
+// Greedy admission from a shared pool too small for every request at once: nothing crashes, every
+// request ends (done, or with a clear "KV cache pool is full" error), at least two complete, and
+// the engine keeps serving afterwards.
 TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
   TQKV_REQUIRE_SMOLLM2();
   // 26 pages of 16 tokens (30 layers, 3 KV heads, head size 64, f16 K and V: 360 KiB per page
   // across the layers) = 416 tokens in all: room for 3 of the 4 sequences of ~126 tokens below.
   auto engine = cpu_engine(*lm, "f16", 256, 4, [](EngineOptions& o) {
     o.kv_budget_bytes = 26ll * 30 * 3 * 2 * 16 * 64 * 2;
+    o.kv_admission = KvAdmission::kGreedy;
   });
   ASSERT_TRUE(engine);
   std::vector<Collector> c(4);
@@ -433,6 +434,57 @@ TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
   ASSERT_TRUE(engine->submit(greedy(*lm->tok, "Water boils at", 8), after.sink()).is_ok());
   ASSERT_TRUE(after.wait());
   EXPECT_TRUE(after.last.error.is_ok()) << after.last.error.to_string();
+}
+
+// Reserving admission (the default) from the same pool: a request starts only when the pool holds
+// its prompt and all of max_tokens beside the running ones', so all four complete, at most three run
+// at once (416 tokens / 128-144 reserved each), and the fourth waits in the queue instead of failing.
+// A prompt larger than the whole pool is refused at submit; max_tokens is cut to the pool.
+TEST(Engine, SharedKvPoolReserveAdmissionCompletesEveryRequest) {
+  TQKV_REQUIRE_SMOLLM2();
+  auto engine = cpu_engine(*lm, "f16", 1024, 4, [](EngineOptions& o) {
+    o.kv_budget_bytes = 26ll * 30 * 3 * 2 * 16 * 64 * 2;  // 416 tokens, as above
+  });
+  ASSERT_TRUE(engine);
+  const EngineStats st0 = engine->stats();
+  ASSERT_EQ(st0.pool_tokens, 416);
+  std::vector<Collector> c(4);
+  const ShutdownOnExit stop_first{engine.get()};
+  for (int i = 0; i < 4; ++i) {
+    CompletionRequest r = greedy(*lm->tok, kPrompts[i], 120);
+    r.stop_at_eog = false;
+    ASSERT_TRUE(engine->submit(std::move(r), c[i].sink()).is_ok());
+  }
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(c[i].wait()) << "request " << i;
+    EXPECT_TRUE(c[i].last.error.is_ok()) << "request " << i << ": " << c[i].last.error.to_string();
+    EXPECT_EQ(c[i].last.completion_tokens, 120) << "request " << i;
+  }
+  const EngineStats st = engine->stats();
+  std::printf("[kv pool] reserve: 4 requests of 120 tokens in 416 pool tokens: peak %d at once, %lld admission waits\n",
+              st.peak_active, static_cast<long long>(st.admit_waits));
+  EXPECT_EQ(st.kv_exhausted, 0);
+  EXPECT_EQ(st.requests_failed, 0);
+  EXPECT_GE(st.peak_active, 2);
+  EXPECT_LE(st.peak_active, 3);
+  EXPECT_GT(st.admit_waits, 0);
+  // Larger than the pool: refused at once; max_tokens beyond the pool: cut to it.
+  std::vector<int32_t> big(500, 100);
+  CompletionRequest r;
+  r.prompt = big;
+  Collector never;
+  const Status refused = engine->submit(r, never.sink());
+  EXPECT_EQ(refused.code(), StatusCode::kInvalidArgument) << refused.to_string();
+  EXPECT_NE(refused.message().find("KV pool holds 416"), std::string::npos) << refused.to_string();
+  Collector cut;
+  CompletionRequest r2 = greedy(*lm->tok, "Water boils at", 1000);
+  r2.stop_at_eog = false;
+  const int prompt = static_cast<int>(r2.prompt.size());
+  ASSERT_TRUE(engine->submit(std::move(r2), cut.sink()).is_ok());
+  ASSERT_TRUE(cut.wait());
+  EXPECT_TRUE(cut.last.error.is_ok()) << cut.last.error.to_string();
+  EXPECT_EQ(cut.last.completion_tokens, 416 - prompt);
+  EXPECT_EQ(cut.last.finish_reason, "length");
 }
 
 }  // namespace
