@@ -18,6 +18,8 @@
 # PREFILL = N adds `--prefill N` (prefill tokens/s, tiled kernel vs decode path) to the bench,
 # XZ=1 = binaries packed with xz, not gzip; FORMATS = formats benchmarked against f16 (default k4v4), TEST_TIMEOUT / BENCH_TIMEOUT = seconds
 # for test_gpu (300) and each bench (240). BENCH_ARGS = extra flags for the bench (e.g. "--scale-search on").
+# TEST_FILTER = a gtest filter for test_gpu; SERVE_ARGS = flags of a `tqkv bench serve` run (below);
+# FORMATS=none skips `tqkv bench decode`.
 #
 # cuBLAS is linked dynamically (libcublasLt is 540 MB, too large to carry): `run` finds the
 # device's own libcublas.so.13 (CUDA toolkit or PyTorch's wheel) and puts it on LD_LIBRARY_PATH.
@@ -131,7 +133,7 @@ ldd "$D/tqkv" | grep -E 'not found|cublas' | tee "$OUT/ldd.txt"
 export TQKV_GPU_FIXTURES="$PWD/$D"
 # (tail, not head: head would close the pipe early and kill test_gpu with SIGPIPE once its
 # summary lines pass the limit)
-timeout "${TEST_TIMEOUT:-300}" "$D/test_gpu" 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | tail -80
+timeout "${TEST_TIMEOUT:-300}" "$D/test_gpu" ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} 2>&1 | tee "$OUT/test_gpu.log" | grep -E '^\[gpu|FAILED|PASSED|SKIPPED|Failure|error' | tail -80
 echo "== test_gpu rc=${PIPESTATUS[0]}"
 
 # The CLI paths (--device cuda) on the reduced SmolLM2 (its tokenizer kept; the prompts and the
@@ -152,6 +154,28 @@ for n in "$OUT/ppl_gpu_k4v4.json" "$D/ppl_cpu_k4v4.json"; do
 done
 tail -3 "$OUT/cli.err"
 
+# SERVE_ARGS: the serving engine's throughput from one KV budget, f16 against --kv, on the synthetic
+# Llama-3.1-8B shape with the reduced SmolLM2's tokenizer (e.g. "--kv-budget-mib 4096 --requests 128").
+if [[ -n ${SERVE_ARGS:-} ]]; then
+  read -ra sargs <<<"$SERVE_ARGS"
+  timeout "${BENCH_TIMEOUT:-240}" "$D/tqkv" bench serve --device cuda --synthetic llama3-8b --tokenizer $M "${sargs[@]}" --json \
+    >"$OUT/bench_serve.json" 2>"$OUT/bench_serve.err"
+  echo "== bench serve rc=$?"
+  tail -3 "$OUT/bench_serve.err"
+  python3 - "$OUT/bench_serve.json" <<'EOF' || cat "$OUT/bench_serve.json"
+import json, sys
+j = json.load(open(sys.argv[1]))
+print(f"{j['model']}: {j['requests']} requests x ({j['prompt_len']} + {j['max_tokens']}), {j['max_batch']} slots, "
+      f"budget {j['kv_budget_bytes']/2**20:.0f} MiB, {j['admission']}")
+for r in j['rows']:
+    print(f"{r['kv']:6} wall {r['wall_s']:7.2f} s {r['tokens_per_s']:8.1f} tok/s ({r['speedup_vs_baseline']:.2f}x) peak {r['peak_active']:4d} "
+          f"batch {r['mean_batch']:6.2f} steps {r['steps']:6d} pool {r['pool_tokens']:8d} done {r['requests_done']} failed {r['requests_failed']} "
+          f"TTFT p50 {r['ttft_median_s']:.2f} s latency p50 {r['latency_median_s']:.2f} s {r['first_error']}")
+    print(f"       {r['backend']}")
+EOF
+fi
+
+[[ ${FORMATS:-k4v4} == none ]] && exit 0
 args=(bench decode --backend cuda --synthetic llama3-8b --batch "${BATCH:-32}" --context "${CONTEXT:-16384}" --steps 20)
 [[ -n ${PREFILL:-} ]] && args+=(--prefill "$PREFILL" --prefill-chunk "${PREFILL_CHUNK:-2048}")
 # BENCH_ARGS: extra flags for every bench row, e.g. "--scale-search on" (the CLI default of generate).

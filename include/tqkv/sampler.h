@@ -31,6 +31,11 @@ class Sampler {
   // Never fails on finite logits; NaN logits are treated as -inf.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> recent);
   const SamplerOptions& options() const { return opt_; }
+  // Plain argmax, first index on ties (greedy without a repetition penalty): a backend's own argmax
+  // gives the same token.
+  bool is_plain_greedy() const {
+    return opt_.temperature <= 0.0f && (opt_.repeat_penalty == 1.0f || opt_.repeat_last_n <= 0);
+  }
 
  private:
   explicit Sampler(const SamplerOptions& opt) : opt_(opt), rng_(opt.seed) {}

@@ -51,6 +51,14 @@ class ServeBackend {
   // logits [count][n_vocab] in the order given.
   virtual Status step(const int* slots, const int32_t* tokens, int count, float* logits) = 0;
   virtual void release(int slot) { (void)slot; }  // the slot's sequence is over
+  // Steps whose every sequence samples by plain argmax (Sampler::is_plain_greedy): the backend may
+  // return each row's argmax (first index on ties, NaN never wins) in ids [count] instead of logits,
+  // which spares the GPU backend copying [count][n_vocab] floats to the host every step.
+  virtual bool argmax_steps() const { return false; }
+  virtual Status step_argmax(const int* slots, const int32_t* tokens, int count, int32_t* ids) {
+    (void)slots, (void)tokens, (void)count, (void)ids;
+    return unsupported("this serving backend has no argmax steps");
+  }
   // Mixed steps: prompt chunks and decode tokens of different slots in one pass. An item with
   // `first` empties its slot before its tokens (a prompt's first chunk). logits [count][n_vocab]:
   // the last token of each item. Backends without it (mixed_steps() false) get prefill() + step().

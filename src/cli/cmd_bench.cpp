@@ -24,6 +24,7 @@ int run_bench_attention_cuda(const CpuAttentionBenchConfig& cfg, bool json);
 
 namespace tqkv::cli {
 RunFn setup_bench_decode(CLI::App& sub);  // src/cli/cmd_bench_decode.cpp
+RunFn setup_bench_serve(CLI::App& sub);   // src/cli/cmd_bench_serve.cpp
 }  // namespace tqkv::cli
 
 namespace {
@@ -152,6 +153,9 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   // `bench decode` (GPU runtime, end to end): src/cli/cmd_bench_decode.cpp.
   CLI::App* dec = sub.add_subcommand("decode", "End-to-end decode on the GPU runtime: f16 vs a compressed KV cache");
   tqkv::cli::RunFn dec_run = tqkv::cli::setup_bench_decode(*dec);
+  // `bench serve` (the serving engine's throughput from one KV budget): src/cli/cmd_bench_serve.cpp.
+  CLI::App* srv = sub.add_subcommand("serve", "Continuous-batching throughput from one KV budget: f16 vs a compressed KV cache");
+  tqkv::cli::RunFn srv_run = tqkv::cli::setup_bench_serve(*srv);
   CLI::App* att = sub.add_subcommand("attention", "Decode attention over a compressed cache vs the f16 path");
   att->add_option("--backend", o->backend, "cpu or cuda (cuda: needs a build with the CUDA backend)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -174,15 +178,16 @@ tqkv::cli::RunFn setup(CLI::App& sub) {
   cap->add_option("--page-size", o->page_size, "tokens per page");
   cap->add_option("--formats", o->formats, "formats, comma-separated")->delimiter(',');
   cap->add_flag("--json", o->json, "print JSON");
-  return [o, att, cap, dec, dec_run] {
+  return [o, att, cap, dec, dec_run, srv, srv_run] {
     if (dec->parsed()) return dec_run();
+    if (srv->parsed()) return srv_run();
     if (att->parsed()) return run_attention(*o);
     if (cap->parsed()) return run_capacity(*o);
     return 2;
   };
 }
 
-tqkv::cli::CommandRegistrar reg("bench", "Benchmarks: `bench attention` (CPU decode vs f16), `bench capacity`",
+tqkv::cli::CommandRegistrar reg("bench", "Benchmarks: `bench attention`, `bench decode`, `bench serve`, `bench capacity` (each beside f16)",
                                 &setup);
 
 }  // namespace

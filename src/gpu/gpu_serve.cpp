@@ -25,17 +25,31 @@ class GpuServeBackend final : public ServeBackend {
   // multiples of 8) so that few CUDA graphs are captured; idle slots in it are inactive (emptied,
   // their token goes to a scratch page, their output is dropped).
   Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {
-    int n = 0;
-    for (int i = 0; i < count; ++i) n = std::max(n, slots[i] + 1);
-    n = std::min(this->slots(), n <= 8 ? (n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8) : (n + 7) / 8 * 8);
-    toks_.assign(static_cast<size_t>(n), 0);
-    for (int i = 0; i < count; ++i) toks_[slots[i]] = tokens[i];
+    const int n = stage(slots, tokens, count);
     all_.resize(static_cast<size_t>(n) * cfg_.n_vocab);
     TQKV_RETURN_IF_ERROR(ctx_->decode(toks_.data(), n, all_.data(), nullptr, busy_.data()));
     for (int i = 0; i < count; ++i)
       std::copy_n(all_.data() + static_cast<size_t>(slots[i]) * cfg_.n_vocab, cfg_.n_vocab,
                   logits + static_cast<size_t>(i) * cfg_.n_vocab);
     return Status::ok();
+  }
+  // The decode step's own argmax rows (GpuContext computes them on the device every step).
+  bool argmax_steps() const override { return true; }
+  Status step_argmax(const int* slots, const int32_t* tokens, int count, int32_t* ids) override {
+    const int n = stage(slots, tokens, count);
+    ids_.resize(static_cast<size_t>(n));
+    TQKV_RETURN_IF_ERROR(ctx_->decode(toks_.data(), n, nullptr, ids_.data(), busy_.data()));
+    for (int i = 0; i < count; ++i) ids[i] = ids_[slots[i]];
+    return Status::ok();
+  }
+  // The slot prefix a step runs (toks_ [n], idle slots token 0); returns n.
+  int stage(const int* slots, const int32_t* tokens, int count) {
+    int n = 0;
+    for (int i = 0; i < count; ++i) n = std::max(n, slots[i] + 1);
+    n = std::min(this->slots(), n <= 8 ? (n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8) : (n + 7) / 8 * 8);
+    toks_.assign(static_cast<size_t>(n), 0);
+    for (int i = 0; i < count; ++i) toks_[slots[i]] = tokens[i];
+    return n;
   }
   void release(int slot) override {
     busy_[slot] = 0;
@@ -77,6 +91,7 @@ class GpuServeBackend final : public ServeBackend {
   std::vector<uint8_t> busy_;
   std::vector<int32_t> toks_;
   std::vector<float> all_;
+  std::vector<int32_t> ids_;
 };
 
 }  // namespace

@@ -282,7 +282,7 @@ void Engine::loop() {
   const int V = backend_->n_vocab();
   std::vector<float> logits;
   std::vector<int> slots;
-  std::vector<int32_t> toks;
+  std::vector<int32_t> toks, ids;
   for (;;) {
     // ---- take waiting requests while there are free slots ----
     std::vector<std::unique_ptr<Seq>> joining;
@@ -387,6 +387,7 @@ void Engine::loop() {
     const int n = static_cast<int>(items.size());
     logits.resize(static_cast<size_t>(std::max(n, 1)) * V);
     Status st;
+    bool use_ids = false;  // the step returned argmax ids, not logits
     if (n == 0) {
       // (nothing fits: only the endings below)
     } else if (mixed) {
@@ -398,7 +399,16 @@ void Engine::loop() {
         toks[i] = *items[i].tokens;
         slots[i] = items[i].slot;
       }
-      st = backend_->step(slots.data(), toks.data(), n, logits.data());
+      // Every sequence of the step greedy: the backend's argmax rows, no logits to the host.
+      use_ids = backend_->argmax_steps();
+      for (size_t i = 0; i < active_.size() && use_ids; ++i)
+        use_ids = item_of[i] < 0 || active_[i]->sampler->is_plain_greedy();
+      if (use_ids) {
+        ids.resize(n);
+        st = backend_->step_argmax(slots.data(), toks.data(), n, ids.data());
+      } else {
+        st = backend_->step(slots.data(), toks.data(), n, logits.data());
+      }
     }
     const int running = static_cast<int>(active_.size());
     std::vector<std::unique_ptr<Seq>> still;
@@ -422,7 +432,8 @@ void Engine::loop() {
       } else {
         const bool prompt_chunk = s->fed < s->req.prompt.size();
         if (prompt_chunk) s->fed += static_cast<size_t>(items[it].n);
-        if (!prompt_chunk || s->fed == s->req.prompt.size())  // a token to sample
+        if (use_ids) keep = emit_token(*s, ids[it]);
+        else if (!prompt_chunk || s->fed == s->req.prompt.size())  // a token to sample
           keep = emit_sampled(*s, logits.data() + static_cast<size_t>(it) * V);
       }
       if (keep) still.push_back(std::move(s));

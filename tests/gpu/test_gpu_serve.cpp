@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <string>
@@ -81,12 +82,32 @@ TEST(GpuServe, EngineOnGpuSlotsMatchesGpuGenerate) {
     ASSERT_TRUE(st.is_ok()) << st.status().to_string();
     alone[i] = (*tok)->decode(st->ids, false);
   }
-  for (int slots : {1, 3}) {
-    auto backend = gpu_serve_backend(**gm, kv, slots);
+  // The third round shares a page pool of 80 tokens (5 pages): a request reserves its prompt (5 to
+  // 19) plus max_tokens (10 to 20) in whole pages, 32 or 48 tokens, so at most two run at once.
+  const ModelConfig& cfg = (*model)->config();
+  const int64_t page = gpu_kv_bytes_per_seq(cfg, kv.format, {}, 16) - gpu_kv_bytes_per_seq(cfg, kv.format, {}, 0);
+  const int64_t fixed = gpu_kv_bytes_per_seq(cfg, kv.format, {}, 0, 128, kv.sink_tokens, kv.recent_tokens);
+  for (int round = 0; round < 3; ++round) {
+    const int slots = round == 0 ? 1 : 3;
+    const int64_t budget = round == 2 ? 3 * fixed + 6 * page : 0;  // (5 pages + the scratch page)
+    auto backend = gpu_serve_backend(**gm, kv, slots, budget);
     ASSERT_TRUE(backend.is_ok()) << backend.status().to_string();
+    if (round == 2) ASSERT_EQ((*backend)->pool_tokens(), 80);
     auto engine = Engine::create(std::move(*backend), **tok, EngineOptions{});
     ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
     std::vector<Done> d(prompts.size());
+    // Round 1 first submits a sampled request: while it runs, steps fetch logits for every row (the greedy
+    // rows sample on the host); otherwise every row is greedy and steps return the device's argmax.
+    Done sampled;
+    if (round == 1) {
+      CompletionRequest r;
+      r.prompt = prompts[3];
+      r.max_tokens = 12;
+      r.sampler.temperature = 0.8f;
+      r.sampler.seed = 5;
+      r.stop_at_eog = false;
+      ASSERT_TRUE((*engine)->submit(std::move(r), sampled.sink()).is_ok());
+    }
     for (size_t i = 0; i < prompts.size(); ++i) {
       CompletionRequest r;
       r.prompt = prompts[i];
@@ -105,12 +126,99 @@ TEST(GpuServe, EngineOnGpuSlotsMatchesGpuGenerate) {
       same += prefix;
       if (slots == 1) EXPECT_TRUE(prefix) << "request " << i << ": '" << d[i].text << "' vs '" << alone[i] << "'";
     }
+    if (round == 1) {
+      ASSERT_TRUE(sampled.wait());
+      EXPECT_TRUE(sampled.last.error.is_ok()) << sampled.last.error.to_string();
+      EXPECT_EQ(sampled.last.completion_tokens, 12);
+    }
     const EngineStats st = (*engine)->stats();
-    std::printf("[gpu serve] slots %d: %d of %zu replies equal one-at-a-time, mean decode batch %.2f, %lld steps\n",
-                slots, same, prompts.size(), st.batch_fill, static_cast<long long>(st.steps));
+    std::printf("[gpu serve] slots %d%s: %d of %zu replies equal one-at-a-time, mean decode batch %.2f, %lld steps, "
+                "peak %d at once\n", slots, round == 2 ? " (80-token page pool)" : "", same, prompts.size(), st.batch_fill,
+                static_cast<long long>(st.steps), st.peak_active);
     EXPECT_GE(same, static_cast<int>(prompts.size()) - (slots == 1 ? 0 : 1));
-    if (slots > 1) EXPECT_GT(st.batch_fill, 1.5);
+    if (round == 1) EXPECT_GT(st.batch_fill, 1.5);
+    if (round == 2) {
+      EXPECT_EQ(st.kv_exhausted, 0);
+      EXPECT_EQ(st.pool_tokens, 80);
+      EXPECT_EQ(st.peak_active, 2);
+      EXPECT_GT(st.admit_waits, 0);
+    }
   }
+}
+
+// The shared page pool against slots that own their pages: the same prefills and decode steps
+// (inactive slots included) give bit-identical logits; a prefill the pool cannot hold fails with
+// kResourceExhausted before anything runs (the sequence stays empty, no page is taken); reset()
+// gives a sequence's pages back and they serve the next one.
+TEST(GpuServe, SharedPagePoolMatchesOwnedPages) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = serve_fixture_dir() + "/smollm2-4l.gguf";
+  if (!std::ifstream(path).good()) GTEST_SKIP() << path << " absent (scripts/device_runtime.sh prepare)";
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  auto gm = GpuModel::from_gguf((*model)->gguf(), (*model)->config());
+  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
+  const int V = (*model)->config().n_vocab;
+  GpuContextOptions o;
+  o.format = KvFormat{4, 4};
+  o.max_seqs = 3;
+  o.max_tokens = 160;
+  o.sink_tokens = 4;
+  o.recent_tokens = 8;
+  auto own = GpuContext::create(**gm, o);
+  o.pool_tokens = 160;  // 10 pages
+  auto pool = GpuContext::create(**gm, o);
+  ASSERT_TRUE(own.is_ok()) << own.status().to_string();
+  ASSERT_TRUE(pool.is_ok()) << pool.status().to_string();
+  GpuContext& a = **own;
+  GpuContext& b = **pool;
+  EXPECT_EQ(a.pool_tokens(), 0);
+  EXPECT_EQ(b.pool_tokens(), 160);
+  EXPECT_EQ(b.pool_free_tokens(), 160);
+  const auto p0 = testing::random_tokens(37, V, 31), p1 = testing::random_tokens(70, V, 32),
+             p2 = testing::random_tokens(40, V, 33);
+  std::vector<float> la(static_cast<size_t>(3) * V), lb(la.size());
+  auto both_prefill = [&](int seq, const std::vector<int32_t>& p) {
+    ASSERT_TRUE(a.prefill(seq, p.data(), static_cast<int>(p.size()), la.data(), LogitsMode::kLast).is_ok());
+    const Status st = b.prefill(seq, p.data(), static_cast<int>(p.size()), lb.data(), LogitsMode::kLast);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), static_cast<size_t>(V) * sizeof(float))) << "prefill of " << seq;
+  };
+  auto both_decode = [&](const std::vector<uint8_t>& active, int steps) {
+    for (int s = 0; s < steps; ++s) {
+      const std::vector<int32_t> t = testing::random_tokens(3, V, 100 + s);
+      ASSERT_TRUE(a.decode(t.data(), 3, la.data(), nullptr, active.data()).is_ok());
+      const Status st = b.decode(t.data(), 3, lb.data(), nullptr, active.data());
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+      for (int r = 0; r < 3; ++r)
+        if (active[r])
+          EXPECT_EQ(0, std::memcmp(la.data() + static_cast<size_t>(r) * V, lb.data() + static_cast<size_t>(r) * V,
+                                   static_cast<size_t>(V) * sizeof(float)))
+              << "decode step " << s << " row " << r;
+    }
+  };
+  both_prefill(0, p0);  // 3 pages
+  both_prefill(1, p1);  // 5 pages
+  EXPECT_EQ(b.pool_free_tokens(), 32);
+  both_decode({1, 1, 0}, 6);  // 37 -> 43 (3 pages), 70 -> 76 (5 pages)
+  EXPECT_EQ(b.pool_free_tokens(), 32);
+  EXPECT_EQ(b.seq_len(2), 0);
+  // 40 tokens need 3 pages; 2 are free.
+  const Status full = b.prefill(2, p2.data(), static_cast<int>(p2.size()), lb.data(), LogitsMode::kLast);
+  EXPECT_EQ(full.code(), StatusCode::kResourceExhausted) << full.to_string();
+  EXPECT_EQ(b.seq_len(2), 0);
+  EXPECT_EQ(b.pool_free_tokens(), 32);
+  EXPECT_EQ(b.seq_len(0), 43);
+  // Sequence 1 ends: its 5 pages serve sequence 2.
+  ASSERT_TRUE(a.reset(1).is_ok());
+  ASSERT_TRUE(b.reset(1).is_ok());
+  EXPECT_EQ(b.pool_free_tokens(), 112);
+  both_prefill(2, p2);
+  both_decode({1, 0, 1}, 10);  // 43 -> 53 (4 pages), 40 -> 50 (4 pages)
+  EXPECT_EQ(b.pool_held_tokens(0), 64);
+  EXPECT_EQ(b.pool_held_tokens(1), 0);
+  EXPECT_EQ(b.pool_held_tokens(2), 64);
+  EXPECT_EQ(b.pool_free_tokens(), 32);
 }
 
 }  // namespace
