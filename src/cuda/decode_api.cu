@@ -2,6 +2,7 @@
 // merge kernel that combines the splits and rotates the output back. Plan and checks on the host.
 // The checks, workspace layout and kernel chain are shared with attention_prefill (prefill_api.cu)
 // through attention_internal.h.
+#include <atomic>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -165,25 +166,46 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
         if (ln == 0) sink_x[j] = x;
       }
     }
-    if (sk.recent > 0) {  // the ring's positions [max(recent_from, s_lo), len), V rows read from global
+    if (sk.recent > 0) {  // the ring's positions [max(recent_from, s_lo), len)
       const int seq_len = sk.seq_lens[pseq];
-      rs.lo = max(max(seq_len - sk.recent, sk.tokens), s_lo);
-      rs.n = max(0, len - rs.lo);
-      rs.w = sk.recent;
+      const int lo = max(max(seq_len - sk.recent, sk.tokens), s_lo);
+      rs.n = max(0, len - lo);
       rs.x = sink_x + detail::kPage;
+      // Their K and V rows to shared memory in position order, every 16-byte load in flight at once
+      // (one warp per position reading global memory was a chain of dependent loads per thread:
+      // ~30 us per call at batch 64).
       const size_t tile = slot_head * sk.ring_halves;
-      rs.v = sk.rv + tile;
-      const __half* kt = sk.rk + tile;
-      for (int e = wp; e < rs.n; e += nwp) {  // one warp per recent position
-        const float x = detail::sink_score(qr, kt + static_cast<size_t>((rs.lo + e) % rs.w) * d, d, sk.softcap);
-        if (ln == 0) sink_x[detail::kPage + e] = x;
-      }
+      const uint4* kg = reinterpret_cast<const uint4*>(sk.rk + tile);
+      const uint4* vg = reinterpret_cast<const uint4*>(sk.rv + tile);
+      __half* rks = svs + static_cast<size_t>(sk.tokens) * d;
+      __half* rvs = rks + static_cast<size_t>(sk.recent) * d;
+      // Thread t copies column t % per_row of rows t / per_row, + rows_per_pass, ... (no division
+      // or modulo per element: this kernel is issue-bound).
+      const int per_row = d / 8, rows_per_pass = static_cast<int>(blockDim.x) / per_row;
+      const int c = static_cast<int>(threadIdx.x) % per_row, lo_row = lo % sk.recent;
+      if (static_cast<int>(threadIdx.x) < rows_per_pass * per_row)
+        for (int e = static_cast<int>(threadIdx.x) / per_row; e < rs.n; e += rows_per_pass) {
+          int r = lo_row + e;  // (lo + e) % recent, e < recent
+          if (r >= sk.recent) r -= sk.recent;
+          reinterpret_cast<uint4*>(rks)[e * per_row + c] = kg[static_cast<size_t>(r) * per_row + c];
+          reinterpret_cast<uint4*>(rvs)[e * per_row + c] = vg[static_cast<size_t>(r) * per_row + c];
+        }
     }
-    __syncthreads();  // scores and V rows in shared memory
+    __syncthreads();  // sink scores, sink V rows and the ring rows in shared memory
+    for (int e = wp; e < rs.n; e += nwp) {  // one warp per recent position, from shared memory
+      const float x = detail::sink_score(qr, svs + static_cast<size_t>(sk.tokens + e) * d, d, sk.softcap);
+      if (ln == 0) sink_x[detail::kPage + e] = x;
+    }
+    __syncthreads();  // recent scores
     const detail::SinkStats st = detail::sink_stats(sink_x, s_lo, s_hi, rs);
     sink_lse = st.lse;
     sink_m = st.m;
     sink_inv_l = st.inv_l;
+    __syncthreads();  // every thread has read the scores
+    // Scores to weights 2^(x - m) once per position (sink_output recomputed them per coordinate).
+    for (int j = s_lo + static_cast<int>(threadIdx.x); j < s_hi; j += blockDim.x) sink_x[j] = exp2f(sink_x[j] - sink_m);
+    for (int e = static_cast<int>(threadIdx.x); e < rs.n; e += blockDim.x)
+      sink_x[detail::kPage + e] = exp2f(sink_x[detail::kPage + e] - sink_m);
   }
   __shared__ float red[32];
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -215,7 +237,13 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     if (den > 0.f) {
 #pragma unroll 4
       for (int k = 0; k < num_splits; ++k) num = fmaf(wts[k], part_o[(k * split_stride_rows + row) * d + i], num);
-      if (w_sink > 0.f) num = fmaf(w_sink * sink_inv_l, detail::sink_output(sink_x, sink_m, svs, d, i, s_lo, s_hi, rs), num);
+      if (w_sink > 0.f) {  // sink_output's sum, same order, from the weights and the staged rows
+        float so = 0.f;
+        for (int j = s_lo; j < s_hi; ++j) so = fmaf(sink_x[j], __half2float(svs[static_cast<size_t>(j) * d + i]), so);
+        const __half* rv = svs + (static_cast<size_t>(sk.tokens) + sk.recent) * d + i;  // the ring's V rows
+        for (int e = 0; e < rs.n; ++e) so = fmaf(sink_x[detail::kPage + e], __half2float(rv[static_cast<size_t>(e) * d]), so);
+        num = fmaf(w_sink * sink_inv_l, so, num);
+      }
     }
     y[i] = num * inv_den;
   }
@@ -229,6 +257,20 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
       static_cast<__half*>(out)[row * d + i] = __float2half_rn(x);
     }
   }
+}
+
+// Dynamic shared memory beyond the default 48 KB (a ring of 64 recent tokens at head size 256
+// stages 64 KB) must be allowed per kernel; done once for the largest size asked so far, before
+// the first launch that needs it (eager: a shape's first call is never inside a graph capture).
+Status allow_merge_smem(size_t bytes) {
+  static std::atomic<size_t> allowed{48 * 1024};
+  if (bytes <= allowed.load()) return Status::ok();
+  TQKV_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(merge_splits_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  size_t cur = allowed.load();
+  while (bytes > cur && !allowed.compare_exchange_weak(cur, bytes)) {
+  }
+  return Status::ok();
 }
 
 }  // namespace
@@ -431,9 +473,10 @@ Status launch_chain(const PagedKVView& view, const DecodeParams& params, const D
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(rows);
   cfg.blockDim = dim3(threads);
-  // y[d], split weights (padded to 4), and with sinks the V sink rows (fp16).
+  // y[d], split weights (padded to 4), then fp16 rows: the sinks' V, the recent ring's K and V.
   cfg.dynamicSmemBytes = (d + ((plan.num_splits + 3) & ~3)) * sizeof(float) +
-                         (view.sink_tokens > 0 ? static_cast<size_t>(view.sink_tokens) * d * 2 : 0);
+                         (static_cast<size_t>(view.sink_tokens) + 2 * static_cast<size_t>(view.recent_tokens)) * d * 2;
+  TQKV_RETURN_IF_ERROR(allow_merge_smem(cfg.dynamicSmemBytes));
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
