@@ -141,10 +141,10 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
   float mx = -INFINITY;
   for (int k = threadIdx.x; k < num_splits; k += blockDim.x) mx = fmaxf(mx, part_lse[k * split_stride_rows + row]);
   // ---- the sink split: scores sink_x[s_lo, s_hi), m, 1 / l, log2-sum-exp2 sink_lse ----
-  float sink_lse = -INFINITY, sink_m = 0.f, sink_inv_l = 0.f;
+  float sink_lse = -INFINITY, sink_inv_l = 0.f;
   int s_lo = 0, s_hi = 0;
   __half* svs = reinterpret_cast<__half*>(wts + ((num_splits + 3) & ~3));  // 16-byte aligned (d % 8 == 0)
-  detail::RecentSpan rs;
+  int ring_n = 0;  // recent positions of the row (their scores and weights at sink_x[kPage ..])
   if (sk.tokens > 0 || sk.recent > 0) {
     const int r = static_cast<int>(row / sk.num_q_heads), h = static_cast<int>(row % sk.num_q_heads);
     const int pseq = sk.row_seq ? sk.row_seq[r] : r;
@@ -169,8 +169,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
     if (sk.recent > 0) {  // the ring's positions [max(recent_from, s_lo), len)
       const int seq_len = sk.seq_lens[pseq];
       const int lo = max(max(seq_len - sk.recent, sk.tokens), s_lo);
-      rs.n = max(0, len - lo);
-      rs.x = sink_x + detail::kPage;
+      ring_n = max(0, len - lo);
       // Their K and V rows to shared memory in position order, every 16-byte load in flight at once
       // (one warp per position reading global memory was a chain of dependent loads per thread:
       // ~30 us per call at batch 64).
@@ -184,7 +183,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
       const int per_row = d / 8, rows_per_pass = static_cast<int>(blockDim.x) / per_row;
       const int c = static_cast<int>(threadIdx.x) % per_row, lo_row = lo % sk.recent;
       if (static_cast<int>(threadIdx.x) < rows_per_pass * per_row)
-        for (int e = static_cast<int>(threadIdx.x) / per_row; e < rs.n; e += rows_per_pass) {
+        for (int e = static_cast<int>(threadIdx.x) / per_row; e < ring_n; e += rows_per_pass) {
           int r = lo_row + e;  // (lo + e) % recent, e < recent
           if (r >= sk.recent) r -= sk.recent;
           reinterpret_cast<uint4*>(rks)[e * per_row + c] = kg[static_cast<size_t>(r) * per_row + c];
@@ -192,20 +191,38 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
         }
     }
     __syncthreads();  // sink scores, sink V rows and the ring rows in shared memory
-    for (int e = wp; e < rs.n; e += nwp) {  // one warp per recent position, from shared memory
+    for (int e = wp; e < ring_n; e += nwp) {  // one warp per recent position, from shared memory
       const float x = detail::sink_score(qr, svs + static_cast<size_t>(sk.tokens + e) * d, d, sk.softcap);
       if (ln == 0) sink_x[detail::kPage + e] = x;
     }
     __syncthreads();  // recent scores
-    const detail::SinkStats st = detail::sink_stats(sink_x, s_lo, s_hi, rs);
-    sink_lse = st.lse;
-    sink_m = st.m;
-    sink_inv_l = st.inv_l;
-    __syncthreads();  // every thread has read the scores
-    // Scores to weights 2^(x - m) once per position (sink_output recomputed them per coordinate).
-    for (int j = s_lo + static_cast<int>(threadIdx.x); j < s_hi; j += blockDim.x) sink_x[j] = exp2f(sink_x[j] - sink_m);
-    for (int e = static_cast<int>(threadIdx.x); e < rs.n; e += blockDim.x)
-      sink_x[detail::kPage + e] = exp2f(sink_x[detail::kPage + e] - sink_m);
+    // The sink split's softmax (sink positions [s_lo, s_hi), then the ring's ring_n) by warp 0, a lane
+    // per position: the scores become weights 2^(x - m) (computed once per position, not once per
+    // coordinate as sink_output does), and lse, m, 1 / l go to shared memory.
+    __shared__ float sstat[3];
+    if (wp == 0) {
+      const int ns = max(0, s_hi - s_lo), nt = ns + ring_n;
+      auto at = [&](int t) { return t < ns ? s_lo + t : detail::kPage + t - ns; };
+      float m = -INFINITY;
+      for (int t = ln; t < nt; t += 32) m = fmaxf(m, sink_x[at(t)]);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      float l = 0.f;
+      for (int t = ln; t < nt; t += 32) {
+        const float w = exp2f(sink_x[at(t)] - m);
+        sink_x[at(t)] = w;
+        l += w;
+      }
+      l = detail::warp_sum(l);
+      if (ln == 0) {
+        sstat[0] = nt > 0 ? m + log2f(l) : -INFINITY;
+        sstat[1] = nt > 0 ? m : 0.f;
+        sstat[2] = nt > 0 ? 1.f / l : 0.f;
+      }
+    }
+    __syncthreads();  // weights and statistics
+    sink_lse = sstat[0];
+    sink_inv_l = sstat[2];  // (sstat[1], m, is already in the weights)
   }
   __shared__ float red[32];
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -241,7 +258,7 @@ __global__ void merge_splits_kernel(const float* part_o, const float* part_lse, 
         float so = 0.f;
         for (int j = s_lo; j < s_hi; ++j) so = fmaf(sink_x[j], __half2float(svs[static_cast<size_t>(j) * d + i]), so);
         const __half* rv = svs + (static_cast<size_t>(sk.tokens) + sk.recent) * d + i;  // the ring's V rows
-        for (int e = 0; e < rs.n; ++e) so = fmaf(sink_x[detail::kPage + e], __half2float(rv[static_cast<size_t>(e) * d]), so);
+        for (int e = 0; e < ring_n; ++e) so = fmaf(sink_x[detail::kPage + e], __half2float(rv[static_cast<size_t>(e) * d]), so);
         num = fmaf(w_sink * sink_inv_l, so, num);
       }
     }
