@@ -392,25 +392,35 @@ TEST(KvPool, SharedPagesCapacityAndExhaustion) {
   EXPECT_TRUE(p.fits(&slot, &n, 1));
 }
 
+// The shared-pool tests' engine: f16, 4 slots of `ctx` tokens sharing 26 pages of 16 tokens (30
+// layers, 3 KV heads, head size 64, f16 K and V: 360 KiB per page across the layers) = 416 tokens.
+std::unique_ptr<Engine> pool_engine(testing::LoadedModel& lm, int ctx, KvAdmission admission) {
+  return cpu_engine(lm, "f16", ctx, 4, [admission](EngineOptions& o) {
+    o.kv_budget_bytes = 26ll * 30 * 3 * 2 * 16 * 64 * 2;
+    o.kv_admission = admission;
+  });
+}
+
+// Four greedy requests of 120 tokens each that do not stop at an end-of-generation token.
+void submit_four_long_requests(testing::LoadedModel& lm, Engine& engine, std::vector<Collector>& c) {
+  for (int i = 0; i < 4; ++i) {
+    CompletionRequest r = greedy(*lm.tok, kPrompts[i], 120);
+    r.stop_at_eog = false;
+    ASSERT_TRUE(engine.submit(std::move(r), c[i].sink()).is_ok());
+  }
+}
+
 // Greedy admission from a shared pool too small for every request at once: nothing crashes, every
 // request ends (done, or with a clear "KV cache pool is full" error), at least two complete, and
 // the engine keeps serving afterwards.
 TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
   TQKV_REQUIRE_SMOLLM2();
-  // 26 pages of 16 tokens (30 layers, 3 KV heads, head size 64, f16 K and V: 360 KiB per page
-  // across the layers) = 416 tokens in all: room for 3 of the 4 sequences of ~126 tokens below.
-  auto engine = cpu_engine(*lm, "f16", 256, 4, [](EngineOptions& o) {
-    o.kv_budget_bytes = 26ll * 30 * 3 * 2 * 16 * 64 * 2;
-    o.kv_admission = KvAdmission::kGreedy;
-  });
+  // Room for 3 of the 4 sequences of ~126 tokens below.
+  auto engine = pool_engine(*lm, 256, KvAdmission::kGreedy);
   ASSERT_TRUE(engine);
   std::vector<Collector> c(4);
   const ShutdownOnExit stop_first{engine.get()};
-  for (int i = 0; i < 4; ++i) {
-    CompletionRequest r = greedy(*lm->tok, kPrompts[i], 120);
-    r.stop_at_eog = false;
-    ASSERT_TRUE(engine->submit(std::move(r), c[i].sink()).is_ok());
-  }
+  submit_four_long_requests(*lm, *engine, c);
   int ok = 0, full = 0;
   for (int i = 0; i < 4; ++i) {
     ASSERT_TRUE(c[i].wait()) << "request " << i;
@@ -442,19 +452,13 @@ TEST(Engine, SharedKvPoolExhaustionEndsOnlyTheNewest) {
 // A prompt larger than the whole pool is refused at submit; max_tokens is cut to the pool.
 TEST(Engine, SharedKvPoolReserveAdmissionCompletesEveryRequest) {
   TQKV_REQUIRE_SMOLLM2();
-  auto engine = cpu_engine(*lm, "f16", 1024, 4, [](EngineOptions& o) {
-    o.kv_budget_bytes = 26ll * 30 * 3 * 2 * 16 * 64 * 2;  // 416 tokens, as above
-  });
+  auto engine = pool_engine(*lm, 1024, KvAdmission::kReserve);
   ASSERT_TRUE(engine);
   const EngineStats st0 = engine->stats();
   ASSERT_EQ(st0.pool_tokens, 416);
   std::vector<Collector> c(4);
   const ShutdownOnExit stop_first{engine.get()};
-  for (int i = 0; i < 4; ++i) {
-    CompletionRequest r = greedy(*lm->tok, kPrompts[i], 120);
-    r.stop_at_eog = false;
-    ASSERT_TRUE(engine->submit(std::move(r), c[i].sink()).is_ok());
-  }
+  submit_four_long_requests(*lm, *engine, c);
   for (int i = 0; i < 4; ++i) {
     ASSERT_TRUE(c[i].wait()) << "request " << i;
     EXPECT_TRUE(c[i].last.error.is_ok()) << "request " << i << ": " << c[i].last.error.to_string();
