@@ -144,6 +144,9 @@ TEST(HttpServer, CompletionsPlainStreamedAndChat) {
   const json hj = json::parse(h->body);
   EXPECT_EQ(hj["status"], "ok");
   EXPECT_EQ(hj["requests_done"], 4);
+  EXPECT_EQ(hj["pool_tokens"], 0);  // (each slot owns its cache here)
+  EXPECT_GE(hj["peak_active"].get<int>(), 1);
+  EXPECT_EQ(hj["admit_waits"], 0);
   auto m = cli.Get("/v1/models");
   ASSERT_TRUE(m);
   EXPECT_EQ(json::parse(m->body)["data"][0]["id"], "smollm2");
