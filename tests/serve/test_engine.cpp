@@ -1,6 +1,8 @@
 // Model::forward_batch and the continuous-batching Engine (include/tqkv/serve.h) on the real SmolLM2.
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -489,6 +491,97 @@ TEST(Engine, SharedKvPoolReserveAdmissionCompletesEveryRequest) {
   EXPECT_TRUE(cut.last.error.is_ok()) << cut.last.error.to_string();
   EXPECT_EQ(cut.last.completion_tokens, 416 - prompt);
   EXPECT_EQ(cut.last.finish_reason, "length");
+}
+
+// A backend without a model: its logits put all the weight on token 200 + (length % 37) of the
+// slot's sequence, and it counts which kind of step the engine asked for.
+class FakeBackend final : public ServeBackend {
+ public:
+  FakeBackend(int slots, int vocab) : len_(static_cast<size_t>(slots), 0), vocab_(vocab) {}
+  int slots() const override { return static_cast<int>(len_.size()); }
+  int64_t context() const override { return 512; }
+  int n_vocab() const override { return vocab_; }
+  Status prefill(int slot, const std::vector<int32_t>& prompt, float* logits) override {
+    len_[slot] = static_cast<int64_t>(prompt.size());
+    fill(slot, logits);
+    return Status::ok();
+  }
+  Status step(const int* slots, const int32_t* tokens, int count, float* logits) override {
+    (void)tokens;
+    ++logit_steps;
+    for (int i = 0; i < count; ++i) {
+      ++len_[slots[i]];
+      fill(slots[i], logits + static_cast<size_t>(i) * vocab_);
+    }
+    return Status::ok();
+  }
+  bool argmax_steps() const override { return true; }
+  Status step_argmax(const int* slots, const int32_t* tokens, int count, int32_t* ids) override {
+    (void)tokens;
+    ++argmax_calls;
+    for (int i = 0; i < count; ++i) ids[i] = static_cast<int32_t>(want(++len_[slots[i]]));
+    return Status::ok();
+  }
+  void release(int slot) override { len_[slot] = 0; }
+  int64_t kv_bytes(int) const override { return 0; }
+  int64_t kv_f16_bytes(int) const override { return 0; }
+  std::string describe() const override { return "fake"; }
+  static int64_t want(int64_t len) { return 200 + len % 37; }
+  std::atomic<int> logit_steps{0}, argmax_calls{0};
+
+ private:
+  void fill(int slot, float* l) const {
+    std::fill(l, l + vocab_, 0.f);
+    l[want(len_[slot])] = 10.f;
+  }
+  std::vector<int64_t> len_;
+  int vocab_;
+};
+
+// Steps whose every request is plain greedy take the backend's argmax rows (no logits); a sampled
+// request in the batch (here top-k 1, so its token is still the argmax) brings the logits path back.
+// The replies are the same either way.
+TEST(Engine, GreedyStepsUseTheBackendsArgmax) {
+  TQKV_REQUIRE_SMOLLM2();
+  auto backend = std::make_unique<FakeBackend>(2, lm->tok->vocab_size());
+  FakeBackend* fake = backend.get();
+  auto created = Engine::create(std::move(backend), *lm->tok, EngineOptions{});
+  ASSERT_TRUE(created.is_ok()) << created.status().to_string();
+  Engine& engine = **created;
+  const int n = 12;
+  auto expected = [&](const CompletionRequest& r) {
+    std::vector<int32_t> ids;
+    for (int k = 0; k < n; ++k) ids.push_back(static_cast<int32_t>(FakeBackend::want(static_cast<int64_t>(r.prompt.size()) + k)));
+    return lm->tok->decode(ids, false);
+  };
+  std::vector<Collector> both(4);  // two per round
+  const ShutdownOnExit stop{&engine};
+  for (bool sampled : {false, true}) {
+    const int logit_before = fake->logit_steps, argmax_before = fake->argmax_calls;
+    Collector* c = both.data() + (sampled ? 2 : 0);
+    std::vector<std::string> want;
+    for (int i = 0; i < 2; ++i) {
+      CompletionRequest r = greedy(*lm->tok, kPrompts[i], n);
+      r.stop_at_eog = false;
+      if (sampled && i == 1) {
+        r.sampler.temperature = 0.8f;
+        r.sampler.top_k = 1;
+      }
+      want.push_back(expected(r));
+      ASSERT_TRUE(engine.submit(std::move(r), c[i].sink()).is_ok());
+    }
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(c[i].wait());
+      EXPECT_TRUE(c[i].last.error.is_ok()) << c[i].last.error.to_string();
+      EXPECT_EQ(c[i].text, want[i]) << (sampled ? "with a sampled request" : "greedy only") << ", request " << i;
+    }
+    if (sampled) {
+      EXPECT_GT(fake->logit_steps - logit_before, 0);
+    } else {
+      EXPECT_GT(fake->argmax_calls - argmax_before, 0);
+      EXPECT_EQ(fake->logit_steps - logit_before, 0);
+    }
+  }
 }
 
 }  // namespace
