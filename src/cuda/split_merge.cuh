@@ -28,28 +28,18 @@ __device__ __forceinline__ float sink_score(const float* q, const __half* k, int
   return dot * 1.4426950408889634f;
 }
 
-// Recent tokens (PagedKVView::recent_tokens, docs/formats.md) join the sink split: n positions
-// lo .. lo + n - 1 of the ring, scores x[0, n) in that order, V row (lo + e) % w of the ring tile v
-// (global memory). n = 0: none.
-struct RecentSpan {
-  const float* x = nullptr;
-  const __half* v = nullptr;
-  int w = 1, lo = 0, n = 0;
-};
-
-// The sink split's softmax over its scores x[lo, hi) and the recent span's: log2-sum-exp2 (-inf:
-// nothing visible), max and 1 / sum. (m and inv_l are 0 when nothing is visible; never used then.)
+// The sink split's softmax over its scores x[lo, hi): log2-sum-exp2 (-inf: nothing visible), max
+// and 1 / sum. (m and inv_l are 0 when nothing is visible; never used then.) merge_splits_kernel
+// (decode_api.cu) computes the same with the recent ring's scores added, one warp for the row.
 struct SinkStats {
   float lse = -INFINITY, m = 0.f, inv_l = 0.f;
 };
-__device__ __forceinline__ SinkStats sink_stats(const float* x, int lo, int hi, const RecentSpan& r = {}) {
+__device__ __forceinline__ SinkStats sink_stats(const float* x, int lo, int hi) {
   SinkStats s;
-  if (hi <= lo && r.n <= 0) return s;
+  if (hi <= lo) return s;
   float m = -INFINITY, l = 0.f;
   for (int j = lo; j < hi; ++j) m = fmaxf(m, x[j]);
-  for (int e = 0; e < r.n; ++e) m = fmaxf(m, r.x[e]);
   for (int j = lo; j < hi; ++j) l += exp2f(x[j] - m);
-  for (int e = 0; e < r.n; ++e) l += exp2f(r.x[e] - m);
   s.lse = m + log2f(l);
   s.m = m;
   s.inv_l = 1.f / l;
@@ -57,15 +47,10 @@ __device__ __forceinline__ SinkStats sink_stats(const float* x, int lo, int hi, 
 }
 
 // Coordinate c of the sink split's output before normalisation: sum_j 2^(x_j - m) v[j][c] over the
-// visible sink positions, v rows of d halves (global or shared memory), plus the recent span's.
-__device__ __forceinline__ float sink_output(const float* x, float m, const __half* v, int d, int c, int lo, int hi,
-                                             const RecentSpan& r = {}) {
+// visible sink positions, v rows of d halves (global or shared memory).
+__device__ __forceinline__ float sink_output(const float* x, float m, const __half* v, int d, int c, int lo, int hi) {
   float o = 0.f;
   for (int j = lo; j < hi; ++j) o = fmaf(exp2f(x[j] - m), __half2float(v[static_cast<size_t>(j) * d + c]), o);
-  for (int e = 0; e < r.n; ++e) {
-    const int row = (r.lo + e) % r.w;
-    o = fmaf(exp2f(r.x[e] - m), __half2float(r.v[static_cast<size_t>(row) * d + c]), o);
-  }
   return o;
 }
 
