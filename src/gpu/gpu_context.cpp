@@ -8,22 +8,37 @@
 
 namespace tqkv {
 
-int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vector<int>& f16_layers, int64_t len,
-                             int max_chunk, int sink_tokens, int recent_tokens) {
-  int64_t total = 0;
-  const int64_t pages = (len + kPage - 1) / kPage;
+namespace {
+
+// One slot's KV bytes under a per-layer policy, by kind: a 16-token page of every full-attention
+// layer together, a page of every sliding layer together (a slot holds at most its ring of those),
+// and the fixed fp16 copies of the compressed full-attention layers (attention-sink tiles and the
+// ring of recent tokens, K and V, as on the CPU).
+struct SlotKvBytes {
+  int64_t full_page = 0, sliding_page = 0, exact = 0;
+};
+SlotKvBytes slot_kv_bytes(const ModelConfig& c, KvFormat fmt, const std::vector<int>& f16_layers, int sink_tokens,
+                          int recent_tokens) {
+  SlotKvBytes b;
   for (int l = 0; l < c.n_layer; ++l) {
     const bool f16 = layer_is_f16(c, f16_layers, l);
     const int kb = f16 ? kF16Bits : fmt.k_bits, vb = f16 ? kF16Bits : fmt.v_bits;
-    const int64_t p = layer_is_sliding(c, l) ? std::min(pages, ring_pages_for(c, max_chunk)) : pages;
-    total += p * c.n_head_kv * (tile_bytes(kPage, c.head_dim, kb) + tile_bytes(kPage, c.head_dim, vb));
-    // Attention-sink tiles (K and V) of a compressed full-attention layer, as on the CPU.
-    if (sink_tokens > 0 && (kb != kF16Bits || vb != kF16Bits))
-      total += 2ll * c.n_head_kv * tile_bytes(sink_tokens, c.head_dim, kF16Bits);
-    if (recent_tokens > 0 && (kb != kF16Bits || vb != kF16Bits))  // and its ring of recent tokens
-      total += 2ll * c.n_head_kv * tile_bytes(recent_tokens, c.head_dim, kF16Bits);
+    const int64_t page = c.n_head_kv * (tile_bytes(kPage, c.head_dim, kb) + tile_bytes(kPage, c.head_dim, vb));
+    (layer_is_sliding(c, l) ? b.sliding_page : b.full_page) += page;
+    if (kb == kF16Bits && vb == kF16Bits) continue;
+    if (sink_tokens > 0) b.exact += 2ll * c.n_head_kv * tile_bytes(sink_tokens, c.head_dim, kF16Bits);
+    if (recent_tokens > 0) b.exact += 2ll * c.n_head_kv * tile_bytes(recent_tokens, c.head_dim, kF16Bits);
   }
-  return total;
+  return b;
+}
+
+}  // namespace
+
+int64_t gpu_kv_bytes_per_seq(const ModelConfig& c, KvFormat fmt, const std::vector<int>& f16_layers, int64_t len,
+                             int max_chunk, int sink_tokens, int recent_tokens) {
+  const SlotKvBytes b = slot_kv_bytes(c, fmt, f16_layers, sink_tokens, recent_tokens);
+  const int64_t pages = (len + kPage - 1) / kPage;
+  return pages * b.full_page + std::min(pages, ring_pages_for(c, max_chunk)) * b.sliding_page + b.exact;
 }
 
 GpuContext::~GpuContext() = default;
@@ -297,13 +312,10 @@ Status GpuContext::prefill_batch(const int* seqs, const int32_t* const* tokens, 
       if (tokens[i][j] < 0 || tokens[i][j] >= m.cfg.n_vocab) return out_of_range("prefill_batch: token id outside the vocabulary");
     if (m.lens[seqs[i]] + n[i] > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
   }
-  if (m.pooled) {  // every sequence's pages first: nothing runs unless all of them fit
+  {  // every sequence's pages first (a shared pool): nothing runs unless all of them fit
     int64_t need = 0;
-    for (int i = 0; i < count; ++i)
-      need += std::max<int64_t>(0, (m.lens[seqs[i]] + n[i] + kPage - 1) / kPage - static_cast<int64_t>(m.owned[seqs[i]].size()));
-    if (need > static_cast<int64_t>(m.free_pages.size()))
-      return resource_exhausted("GPU KV page pool is full: " + std::to_string(need) + " more pages needed, " +
-                                std::to_string(m.free_pages.size()) + " free");
+    for (int i = 0; i < count; ++i) need += m.pages_short(seqs[i], m.lens[seqs[i]] + n[i]);
+    TQKV_RETURN_IF_ERROR(m.pool_holds(need));
     for (int i = 0; i < count; ++i) TQKV_RETURN_IF_ERROR(m.ensure_pages(seqs[i], m.lens[seqs[i]] + n[i]));
   }
   const int C = m.opt.max_chunk, V = m.cfg.n_vocab;
@@ -359,14 +371,11 @@ Status GpuContext::decode(const int32_t* tokens, int batch, float* logits, int32
     if (tokens[b] < 0 || tokens[b] >= m.cfg.n_vocab) return out_of_range("decode: token id outside the vocabulary");
     if (m.lens[b] + 1 > m.opt.max_tokens) return out_of_range("GPU KV cache full (raise --ctx)");
   }
-  if (m.pooled) {  // the new tokens' pages first: nothing runs unless all of them fit
+  {  // the new tokens' pages first (a shared pool): nothing runs unless all of them fit
     int64_t need = 0;
     for (int b = 0; b < batch; ++b)
-      if (active == nullptr || active[b])
-        need += std::max<int64_t>(0, (m.lens[b] + 1 + kPage - 1) / kPage - static_cast<int64_t>(m.owned[b].size()));
-    if (need > static_cast<int64_t>(m.free_pages.size()))
-      return resource_exhausted("GPU KV page pool is full: " + std::to_string(need) + " more pages needed, " +
-                                std::to_string(m.free_pages.size()) + " free");
+      if (active == nullptr || active[b]) need += m.pages_short(b, m.lens[b] + 1);
+    TQKV_RETURN_IF_ERROR(m.pool_holds(need));
   }
   for (int b = 0; b < batch; ++b) {
     if (active != nullptr && !active[b]) {
@@ -422,25 +431,14 @@ int64_t GpuContext::pool_held_tokens(int seq) const {
 }
 
 int64_t GpuContext::pool_tokens_for_budget(const ModelConfig& c, const GpuContextOptions& opt, int64_t bytes) {
-  // What create() allocates: per slot the sliding layers' rings and the compressed layers' sink
-  // tiles and recent rings; for the pool, one page of every full-attention layer per 16 tokens,
-  // plus the scratch page.
-  int64_t fixed = 0, page = 0;
-  for (int l = 0; l < c.n_layer; ++l) {
-    const bool f16 = layer_is_f16(c, opt.f16_layers, l);
-    const int kb = f16 ? kF16Bits : opt.format.k_bits, vb = f16 ? kF16Bits : opt.format.v_bits;
-    const int64_t tiles = c.n_head_kv * (tile_bytes(kPage, c.head_dim, kb) + tile_bytes(kPage, c.head_dim, vb));
-    if (layer_is_sliding(c, l)) {
-      fixed += std::min<int64_t>(ring_pages_for(c, opt.max_chunk), (opt.max_tokens + kPage - 1) / kPage) * tiles;
-    } else {
-      page += tiles;
-      if (kb != kF16Bits || vb != kF16Bits)
-        fixed += 2ll * c.n_head_kv * (tile_bytes(opt.sink_tokens, c.head_dim, kF16Bits) * (opt.sink_tokens > 0) +
-                                      tile_bytes(opt.recent_tokens, c.head_dim, kF16Bits) * (opt.recent_tokens > 0));
-    }
-  }
-  if (page == 0) return 0;  // no full-attention layer: nothing to pool
-  const int64_t pages = (bytes - fixed * opt.max_seqs) / page - 1;
+  // What create() allocates: per slot the sliding layers' ring (at most the context's pages) and the
+  // fixed fp16 copies; for the pool, one page of every full-attention layer per 16 tokens, plus the
+  // scratch page.
+  const SlotKvBytes b = slot_kv_bytes(c, opt.format, opt.f16_layers, opt.sink_tokens, opt.recent_tokens);
+  if (b.full_page == 0) return 0;  // no full-attention layer: nothing to pool
+  const int64_t ring = std::min<int64_t>(ring_pages_for(c, opt.max_chunk), (opt.max_tokens + kPage - 1) / kPage);
+  const int64_t fixed = opt.max_seqs * (ring * b.sliding_page + b.exact);
+  const int64_t pages = (bytes - fixed) / b.full_page - 1;
   return pages > 0 ? pages * kPage : 0;
 }
 

@@ -83,24 +83,31 @@ struct GpuContext::Impl {
   std::vector<int32_t> free_pages;
   std::vector<std::vector<int32_t>> owned;
   int32_t scratch_page = -1;
+  // Pages positions [0, len) of `seq` still need from the pool (0 without one).
+  int64_t pages_short(int seq, int64_t len) const {
+    return pooled ? std::max<int64_t>(0, (len + kPage - 1) / kPage - static_cast<int64_t>(owned[seq].size())) : 0;
+  }
+  // kResourceExhausted unless `need` pages are free.
+  Status pool_holds(int64_t need) const {
+    if (need <= static_cast<int64_t>(free_pages.size())) return Status::ok();
+    return resource_exhausted("GPU KV page pool is full: " + std::to_string(need) + " more pages needed, " +
+                              std::to_string(free_pages.size()) + " free");
+  }
   // Pages for positions [0, len) of `seq` (pool: taken from the free list and written into the
   // device table before the next step; kResourceExhausted when too few are free, nothing taken).
   Status ensure_pages(int seq, int64_t len) {
-    if (!pooled) return Status::ok();
-    const size_t need = static_cast<size_t>((len + kPage - 1) / kPage);
+    const int64_t short_by = pages_short(seq, len);
+    if (short_by == 0) return Status::ok();
+    TQKV_RETURN_IF_ERROR(pool_holds(short_by));
     auto& own = owned[seq];
-    if (need <= own.size()) return Status::ok();
-    if (need - own.size() > free_pages.size())
-      return resource_exhausted("GPU KV page pool is full: " + std::to_string(need - own.size()) + " more pages needed, " +
-                                std::to_string(free_pages.size()) + " free");
     const size_t first = own.size();
-    while (own.size() < need) {
+    for (int64_t i = 0; i < short_by; ++i) {
       own.push_back(free_pages.back());
       free_pages.pop_back();
     }
     // Pageable source: the copy is staged before cudaMemcpyAsync returns, so `own` may change after.
     CK(cudaMemcpyAsync(table[0] + static_cast<int64_t>(seq) * max_pages[0] + first, own.data() + first,
-                       (need - first) * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+                       static_cast<size_t>(short_by) * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     return Status::ok();
   }
   // A slot emptied: its pages back to the pool, its first table entry on the scratch page.

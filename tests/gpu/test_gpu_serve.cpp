@@ -92,7 +92,9 @@ TEST(GpuServe, EngineOnGpuSlotsMatchesGpuGenerate) {
     const int64_t budget = round == 2 ? 3 * fixed + 6 * page : 0;  // (5 pages + the scratch page)
     auto backend = gpu_serve_backend(**gm, kv, slots, budget);
     ASSERT_TRUE(backend.is_ok()) << backend.status().to_string();
-    if (round == 2) ASSERT_EQ((*backend)->pool_tokens(), 80);
+    if (round == 2) {
+      ASSERT_EQ((*backend)->pool_tokens(), 80);
+    }
     auto engine = Engine::create(std::move(*backend), **tok, EngineOptions{});
     ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
     std::vector<Done> d(prompts.size());
@@ -124,7 +126,9 @@ TEST(GpuServe, EngineOnGpuSlotsMatchesGpuGenerate) {
       // The reply is a prefix of the one-at-a-time reply of n tokens (its own length is shorter).
       const bool prefix = alone[i].rfind(d[i].text, 0) == 0;
       same += prefix;
-      if (slots == 1) EXPECT_TRUE(prefix) << "request " << i << ": '" << d[i].text << "' vs '" << alone[i] << "'";
+      if (slots == 1) {
+        EXPECT_TRUE(prefix) << "request " << i << ": '" << d[i].text << "' vs '" << alone[i] << "'";
+      }
     }
     if (round == 1) {
       ASSERT_TRUE(sampled.wait());
@@ -136,7 +140,9 @@ TEST(GpuServe, EngineOnGpuSlotsMatchesGpuGenerate) {
                 "peak %d at once\n", slots, round == 2 ? " (80-token page pool)" : "", same, prompts.size(), st.batch_fill,
                 static_cast<long long>(st.steps), st.peak_active);
     EXPECT_GE(same, static_cast<int>(prompts.size()) - (slots == 1 ? 0 : 1));
-    if (round == 1) EXPECT_GT(st.batch_fill, 1.5);
+    if (round == 1) {
+      EXPECT_GT(st.batch_fill, 1.5);
+    }
     if (round == 2) {
       EXPECT_EQ(st.kv_exhausted, 0);
       EXPECT_EQ(st.pool_tokens, 80);
@@ -190,11 +196,12 @@ TEST(GpuServe, SharedPagePoolMatchesOwnedPages) {
       ASSERT_TRUE(a.decode(t.data(), 3, la.data(), nullptr, active.data()).is_ok());
       const Status st = b.decode(t.data(), 3, lb.data(), nullptr, active.data());
       ASSERT_TRUE(st.is_ok()) << st.to_string();
-      for (int r = 0; r < 3; ++r)
-        if (active[r])
-          EXPECT_EQ(0, std::memcmp(la.data() + static_cast<size_t>(r) * V, lb.data() + static_cast<size_t>(r) * V,
-                                   static_cast<size_t>(V) * sizeof(float)))
-              << "decode step " << s << " row " << r;
+      for (int r = 0; r < 3; ++r) {
+        if (!active[r]) continue;
+        EXPECT_EQ(0, std::memcmp(la.data() + static_cast<size_t>(r) * V, lb.data() + static_cast<size_t>(r) * V,
+                                 static_cast<size_t>(V) * sizeof(float)))
+            << "decode step " << s << " row " << r;
+      }
     }
   };
   both_prefill(0, p0);  // 3 pages
