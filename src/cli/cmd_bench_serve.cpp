@@ -196,10 +196,7 @@ int run(const ServeBenchOptions& o) {
     kv.format = f;
     kv.max_tokens = o.ctx;
     kv.center_keys = true;
-    kv.smooth_keys = o.tf.smooth();
-    kv.scale_search = o.tf.search();
-    kv.sink_tokens = o.tf.sinks();
-    kv.recent_tokens = o.tf.recent();
+    o.tf.apply_to(kv);
     Result<std::unique_ptr<ServeBackend>> backend = unsupported("no backend");
     if (o.device == "cuda") {
 #ifdef TQKV_HAVE_GPU_RUNTIME

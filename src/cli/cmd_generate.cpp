@@ -99,11 +99,8 @@ int run(const Options& o) {
   tqkv::KvOptions ko;
   ko.format = *fmt;
   ko.center_keys = o.center == "keys";
-  ko.smooth_keys = o.tf.smooth();
-  ko.scale_search = o.tf.search();
+  o.tf.apply_to(ko);
   ko.k8_layers = o.k8_layers;
-  ko.sink_tokens = o.tf.sinks();
-  ko.recent_tokens = o.tf.recent();
   ko.max_tokens = o.ctx > 0 ? o.ctx : static_cast<int64_t>(ids->size()) + o.n;
   if (ko.max_tokens < static_cast<int64_t>(ids->size()) + o.n)
     return fail("--ctx", tqkv::invalid_argument("--ctx " + std::to_string(o.ctx) + " is smaller than prompt (" +

@@ -74,8 +74,7 @@ int run(const Options& o) {
   if (o.device != "cpu" && !o.k8_layers.empty())
     return fail("--k8-layers", tqkv::unsupported("per-layer 8-bit keys are implemented by the CPU runtime only"));
   po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
-  po.sink_tokens = o.tf.sinks();
-  po.recent_tokens = o.tf.recent();
+  o.tf.apply_to(po);
   // Default: keys centered (docs/formats.md, "Key centering"), on the CPU and the GPU runtime;
   // value centering is implemented by the CPU runtime only.
   const std::string center = o.center != "default" ? o.center : "keys";
@@ -83,8 +82,6 @@ int run(const Options& o) {
     return fail("--center", tqkv::unsupported("value centering is implemented by the CPU runtime only"));
   po.center_keys = center == "keys" || center == "kv";
   po.center_values = center == "values" || center == "kv";
-  po.smooth_keys = o.tf.smooth();
-  po.scale_search = o.tf.search();
   if (o.device != "cpu" && !o.emulate.empty())
     return fail("--emulate", tqkv::unsupported("this evaluation runs on the CPU runtime only"));
   po.emulate = o.emulate;

@@ -87,10 +87,7 @@ int run(const Options& o) {
   tqkv::EngineOptions eo;
   eo.kv.format = *fmt;
   eo.kv.center_keys = o.center == "keys";
-  eo.kv.smooth_keys = o.tf.smooth();
-  eo.kv.scale_search = o.tf.search();
-  eo.kv.sink_tokens = o.tf.sinks();
-  eo.kv.recent_tokens = o.tf.recent();
+  o.tf.apply_to(eo.kv);
   eo.kv.max_tokens = o.ctx;
   eo.max_batch = o.max_batch;
   eo.max_queue = o.max_queue;

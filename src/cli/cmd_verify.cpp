@@ -120,10 +120,7 @@ int run(const Options& o) {
   po.per_layer = true;
   po.center_keys = o.center == "keys" || o.center == "kv";
   po.center_values = o.center == "values" || o.center == "kv";
-  po.sink_tokens = o.tf.sinks();
-  po.recent_tokens = o.tf.recent();
-  po.smooth_keys = o.tf.smooth();
-  po.scale_search = o.tf.search();
+  o.tf.apply_to(po);
   po.bos_id = in->tok->add_bos() ? in->tok->bos_id() : -1;
   auto progress = [&](int done, int total) {
     const int width = 30, fill = done * width / total;

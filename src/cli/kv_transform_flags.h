@@ -42,6 +42,14 @@ struct KvTransformFlags {
                        " on the CPU and the GPU runtime, 0 = off; at most 64 on the GPU)")
         ->check(CLI::Range(0, 1024));
   }
+  // Into the options of the command (KvOptions, PerplexityOptions: the same field names).
+  template <class Options>
+  void apply_to(Options& o) const {
+    o.smooth_keys = smooth();
+    o.scale_search = search();
+    o.sink_tokens = sinks();
+    o.recent_tokens = recent();
+  }
   bool smooth() const { return smooth_keys != "off"; }
   bool search() const { return scale_search != "off"; }
   int sinks() const { return sink_tokens >= 0 ? sink_tokens : KvOptions::kDefaultSinkTokens; }
